@@ -1,0 +1,143 @@
+"""The spatio-temporal tubelet encoder and its classifier, with named sizes.
+
+Reference: Tran et al., "A Closer Look at Spatiotemporal Convolutions for Action
+Recognition" (CVPR 2018): a (2+1)D block factors a 3D convolution into a spatial
+(1 x k x k) and a temporal (k x 1 x 1) one, with a nonlinearity between them.
+
+Shapes: input (N, 1, T, H, W); embedding (N, D); logits (N, num_classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture knobs (from params `model`).
+
+    Attributes:
+        size: a named size from SIZES (`widths` overrides it when given).
+        widths: channels per stage; each stage halves H and W (and T after the first).
+        blocks_per_stage: (2+1)D blocks per stage.
+        embed_dim: embedding size D (a linear projection of the pooled features).
+        dropout: before the classification head.
+    """
+
+    size: str = "tiny"
+    widths: tuple[int, ...] | None = None
+    blocks_per_stage: int = 1
+    embed_dim: int = 64
+    dropout: float = 0.1
+
+    def resolved_widths(self) -> tuple[int, ...]:
+        if self.widths:
+            return tuple(self.widths)
+        if self.size not in SIZES:
+            raise ValueError(f"model.size {self.size!r} is not one of {sorted(SIZES)}")
+        return SIZES[self.size]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.resolved_widths())
+        return d
+
+
+# Named sizes: tiny for CPU laptops and CI, small and base for GPU nodes.
+SIZES: dict[str, tuple[int, ...]] = {
+    "tiny": (16, 32, 48),
+    "small": (32, 64, 128),
+    "base": (64, 128, 256, 384),
+}
+
+
+class Conv2Plus1D(nn.Sequential):
+    """(1 x 3 x 3) spatial conv, norm, ReLU, then (3 x 1 x 1) temporal conv."""
+
+    def __init__(self, c_in: int, c_out: int, stride_t: int = 1, stride_s: int = 1):
+        mid = max(c_out, (c_in * c_out * 27) // (c_in * 9 + c_out * 3))  # parameter-matched, as in R(2+1)D
+        super().__init__(
+            nn.Conv3d(c_in, mid, (1, 3, 3), stride=(1, stride_s, stride_s), padding=(0, 1, 1), bias=False),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid, c_out, (3, 1, 1), stride=(stride_t, 1, 1), padding=(1, 0, 0), bias=False),
+        )
+
+
+class Block(nn.Module):
+    """Residual (2+1)D block."""
+
+    def __init__(self, c_in: int, c_out: int, stride_t: int, stride_s: int):
+        super().__init__()
+        self.conv1 = Conv2Plus1D(c_in, c_out, stride_t, stride_s)
+        self.bn1 = nn.BatchNorm3d(c_out)
+        self.conv2 = Conv2Plus1D(c_out, c_out)
+        self.bn2 = nn.BatchNorm3d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.skip = (
+            nn.Identity()
+            if c_in == c_out and stride_t == 1 and stride_s == 1
+            else nn.Sequential(
+                nn.Conv3d(c_in, c_out, 1, stride=(stride_t, stride_s, stride_s), bias=False), nn.BatchNorm3d(c_out)
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + self.skip(x))
+
+
+class TubeletEncoder(nn.Module):
+    """(N, 1, T, H, W) -> (N, D) embedding; `features` gives the last feature map."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        widths = cfg.resolved_widths()
+        self.stem = nn.Sequential(
+            nn.Conv3d(1, widths[0], (3, 3, 3), padding=1, bias=False), nn.BatchNorm3d(widths[0]), nn.ReLU(inplace=True)
+        )
+        layers: list[nn.Module] = []
+        c = widths[0]
+        for i, w in enumerate(widths):
+            for b in range(cfg.blocks_per_stage):
+                first = b == 0
+                stride_s = 2 if first else 1
+                stride_t = 2 if first and i > 0 else 1
+                layers.append(Block(c, w, stride_t, stride_s))
+                c = w
+        self.stages = nn.Sequential(*layers)
+        self.proj = nn.Linear(c, cfg.embed_dim)
+        self.out_channels = c
+        self.embed_dim = cfg.embed_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, T, H, W) -> (N, C, T', H', W')."""
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(x).mean(dim=(2, 3, 4)))
+
+
+class TubeletClassifier(nn.Module):
+    """Encoder plus a linear head: (N, 1, T, H, W) -> (N, num_classes) logits."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = TubeletEncoder(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.embed_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.encoder(x)))
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int) -> TubeletClassifier:
+    return TubeletClassifier(cfg, num_classes)
