@@ -1,0 +1,157 @@
+"""The prepare step on hand-made raw data: metric windows, splits, errors, atomicity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import prepare
+from thermops.calibration import load_calibrations
+from thermops.extract import PrepareError, PrepareParams, window_frames
+from thermops.geometry import PinholeCamera
+from thermops.rawdata import write_raw
+from thermops.tubelets import load_prepared, row_boxes
+
+CAM = "fence_mid"
+CLASSES = ["person", "vehicle", "animal", "nuisance"]
+
+
+def _make_raw(root: Path, cal, objects: list[tuple[str, str, float, float]], n_frames: int = 12) -> None:
+    """One clip: warm rectangles of (track, label, range m, height m) on a 15 degC scene."""
+    cam = PinholeCamera.from_calibration(cal)
+    h, w = cal.geometry.image_height, cal.geometry.image_width
+    temp = np.full((n_frames, h, w), 15.0)
+    anns = []
+    for k, (track, label, rng_m, height_m) in enumerate(objects):
+        for f in range(n_frames):
+            g = cam.ground_point_at_range(rng_m, lateral_m=(k - 1) * 0.08 * rng_m + 0.02 * f)
+            uv, _ = cam.project(np.array([[g[0], g[1], 0.0], [g[0], g[1], height_m]]))
+            hpx = uv[0, 1] - uv[1, 1]
+            x0, x1 = uv[0, 0] - 0.2 * hpx, uv[0, 0] + 0.2 * hpx
+            y0, y1 = uv[1, 1], uv[0, 1]
+            temp[f, int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))] = 30.0
+            anns.append({"clip_id": "c0", "frame": f, "track_id": track, "label": label, "source_label": label,
+                         "x0": x0, "y0": y0, "x1": x1, "y1": y1, "ground_x": g[0], "ground_y": g[1],
+                         "distance_m": float(np.hypot(*g))})  # fmt: skip
+    counts = np.round(cal.radiometry.celsius_to_counts(temp)).astype(np.uint16)
+    clip = {"clip_id": "c0", "camera_id": CAM, "calibration_version": cal.version, "source": "synthetic",
+            "n_frames": n_frames, "height": h, "width": w, "dtype": "uint16", "units": "counts", "fps": 9.0,
+            "time_of_day_h": 22.0, "weather": "clear", "ambient_c": 15.0}  # fmt: skip
+    write_raw(root / "synthetic" / CAM, [clip], anns, {"c0": counts})
+
+
+@pytest.fixture()
+def cal(repo_root):
+    return load_calibrations(repo_root / "data" / "calibration")[CAM]
+
+
+def _run(tmp_path, repo_root, p=PrepareParams(), out="prepared"):
+    return prepare.run(p, ["synthetic"], CLASSES, 7, tmp_path / "raw", repo_root / "data" / "calibration", tmp_path / out)
+
+
+def _warm_fraction(tub: np.ndarray) -> float:
+    """Fraction of the tubelet's rows that hold the warm object (first frame)."""
+    rows = (tub[0] > 22.5).any(axis=1)
+    return rows.mean()
+
+
+def test_metric_window_makes_near_and_far_comparable(tmp_path, repo_root, cal):
+    _make_raw(tmp_path / "raw", cal, [("near", "person", 30.0, 1.8), ("far", "person", 150.0, 1.8),
+                                      ("truck", "vehicle", 60.0, 3.6)])  # fmt: skip
+    _run(tmp_path, repo_root)
+    data = load_prepared(tmp_path / "prepared")
+    objs = {r["track_id"].split("/")[-1]: i for i, r in enumerate(data.rows) if r["kind"] == "object"}
+    near, far, truck = (_warm_fraction(data.tubelets[objs[k]]) for k in ("near", "far", "truck"))
+    # A 1.8 m person fills ~1.8/4 of a 4 m window at 30 m and at 150 m alike.
+    assert near == pytest.approx(1.8 / 4.0, abs=0.08)
+    assert far == pytest.approx(near, abs=0.08)
+    # Metric windows keep true size: the 3.6 m vehicle looks twice as tall as the person.
+    assert truck == pytest.approx(2 * near, rel=0.2)
+    row = data.rows[objs["far"]]
+    assert row["units"] == "celsius" and float(row["window_m"]) == pytest.approx(4.0, rel=0.1)
+    assert float(data.tubelets[objs["far"]].max()) == pytest.approx(30.0, abs=0.5)
+
+
+def test_context_windows_without_geometry_scale_with_the_box(tmp_path, repo_root, cal):
+    _make_raw(tmp_path / "raw", cal, [("person", "person", 40.0, 1.8), ("truck", "vehicle", 40.0, 3.6)])
+    _run(tmp_path, repo_root, PrepareParams(geometric=False, context=2.0))
+    data = load_prepared(tmp_path / "prepared")
+    fr = [_warm_fraction(data.tubelets[i]) for i, r in enumerate(data.rows) if r["kind"] == "object"]
+    assert fr[0] == pytest.approx(0.5, abs=0.1) and fr[1] == pytest.approx(0.5, abs=0.1)
+
+
+def test_counts_kept_when_radiometric_off(tmp_path, repo_root, cal):
+    _make_raw(tmp_path / "raw", cal, [("p", "person", 40.0, 1.8)])
+    _run(tmp_path, repo_root, PrepareParams(radiometric=False))
+    data = load_prepared(tmp_path / "prepared")
+    assert {r["units"] for r in data.rows} == {"counts"}
+    assert float(data.tubelets.max()) == pytest.approx(cal.radiometry.celsius_to_counts(30.0), abs=2)
+
+
+def test_splits_by_track_deterministic_and_complete(tmp_path, repo_root, cal):
+    objs = [(f"t{i}", CLASSES[i % 3], 30.0 + 10 * i, 1.8) for i in range(9)]
+    _make_raw(tmp_path / "raw", cal, objs, n_frames=24)
+    s1 = _run(tmp_path, repo_root)
+    data = load_prepared(tmp_path / "prepared")
+    splits_of: dict[str, set] = {}
+    for r in data.rows:
+        splits_of.setdefault(r["track_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits_of.values())
+    assert set(s1["by_split"]) == {"train", "val", "test"}
+    assert len(data.rows) == s1["n_tubelets"] and data.tubelets.shape[1:] == (8, 32, 32)
+    assert all(len(row_boxes(r)) == 8 for r in data.rows if r["kind"] == "object")
+    _run(tmp_path, repo_root, out="again")
+    for name in ("tubelets.npy", "manifest.csv", "summary.json"):
+        assert (tmp_path / "prepared" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_short_and_single_frame_tracks_repeat_their_last_frame():
+    assert window_frames([4], 8, 8) == [[4] * 8]
+    assert window_frames([1, 2, 3], 5, 5) == [[1, 2, 3, 3, 3]]
+    assert window_frames(list(range(20)), 8, 6) == [list(range(0, 8)), list(range(6, 14)), list(range(12, 20))]
+
+
+def test_calibration_version_mismatch_is_rejected_and_nothing_written(tmp_path, repo_root, cal):
+    stale = cal.model_copy(update={"version": "1999-01-01.1"})
+    _make_raw(tmp_path / "raw", stale, [("p", "person", 40.0, 1.8)])
+    with pytest.raises(PrepareError, match="re-run its import"):
+        _run(tmp_path, repo_root)
+    assert not (tmp_path / "prepared").exists()
+    assert not list(tmp_path.glob(".prepared*"))
+
+
+def test_unknown_label_and_unimported_source_are_rejected(tmp_path, repo_root, cal):
+    _make_raw(tmp_path / "raw", cal, [("p", "ghost", 40.0, 1.8)])
+    with pytest.raises(PrepareError, match="'ghost' is not one of the classes"):
+        _run(tmp_path, repo_root)
+    with pytest.raises(PrepareError, match="was not imported"):
+        prepare.run(PrepareParams(), ["hit-uav"], CLASSES, 7, tmp_path / "raw", repo_root / "data" / "calibration", tmp_path / "x")
+
+
+def test_failed_run_keeps_previous_output(tmp_path, repo_root, cal):
+    _make_raw(tmp_path / "raw", cal, [("p", "person", 40.0, 1.8)])
+    _run(tmp_path, repo_root)
+    before = (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    frames = tmp_path / "raw" / "synthetic" / CAM / "frames" / "c0.npy"
+    frames.write_bytes(frames.read_bytes()[:1000])  # truncated file
+    with pytest.raises(PrepareError, match="unreadable frames"):
+        _run(tmp_path, repo_root)
+    assert (tmp_path / "prepared" / "manifest.csv").read_bytes() == before
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="sum to 1"):
+        PrepareParams(splits={"train": 0.5, "val": 0.2, "test": 0.2})
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, repo_root):
+    from tests.conftest import run_step
+
+    (tmp_path / "params.yaml").write_text("seed: 1\nclasses: [person]\ndata: {sources: [synthetic]}\nprepare: {size: 4}\n")
+    proc = run_step("components.prepare", "--params", str(tmp_path / "params.yaml"), "--raw", str(tmp_path),
+                    "--out", str(tmp_path / "out"), check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: prepare:") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
