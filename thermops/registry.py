@@ -82,6 +82,13 @@ def _read_yaml(path: Path) -> Any:
         raise CalibrationError(f"{path}: not valid YAML: {err}") from None
 
 
+def _content(cal: Calibration) -> dict[str, Any]:
+    d = cal.model_dump(mode="json")
+    d.pop("version")
+    d.pop("valid_from")
+    return d
+
+
 def add_camera(
     directory: str | Path,
     camera_id: str,
@@ -188,8 +195,8 @@ def record_calibration(
     new = parse_calibration(data, f"new calibration of {camera_id}")
     if new.version == current.version:
         raise CalibrationError(f"record: version {new.version!r} is the current version; a new calibration needs a new one")
-    if new.fingerprint() == current.fingerprint():
-        raise CalibrationError("record: nothing changed")
+    if _content(new) == _content(current):
+        raise CalibrationError("record: nothing changed besides version and valid_from")
     write_calibration(new, directory)
     return current, new
 
