@@ -131,3 +131,17 @@ def test_cli_add_record_history_and_clear_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert _snapshot(root / "data" / "calibration") == before
+
+
+def test_history_without_a_git_binary_reads_the_same_versions(tmp_path, monkeypatch):
+    # The component image may lack git; libgit2 (pygit2, a DVC dependency) reads history then.
+    root = make_project(tmp_path, cameras=("fence_mid",))
+    reg = root / "data" / "calibration"
+    record_calibration(reg, "fence_mid", assignments=[("geometry.pitch_deg", 8.0)], valid_from=DAY)
+    commit_all(root, "re-aimed")
+    record_calibration(reg, "fence_mid", description="uncommitted", valid_from=DAY)
+    with_git = calibration_history(reg, "fence_mid")
+    monkeypatch.setattr("thermops.registry.shutil.which", lambda name: None)
+    without = calibration_history(reg, "fence_mid")
+    assert [e.calibration for e in without] == [e.calibration for e in with_git]
+    assert [e.commit for e in without] == [e.commit for e in with_git] and len(without) == 2

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,21 +232,56 @@ def repo_root(path: str | Path) -> Path | None:
         return None
 
 
-def calibration_history(directory: str | Path, camera_id: str, max_count: int = 200) -> list[HistoryEntry]:
-    """Committed versions of a camera's file, newest first (empty outside git)."""
-    path = camera_path(directory, camera_id).resolve()
-    root = repo_root(path.parent)
-    if root is None:
-        return []
-    rel = path.relative_to(root).as_posix()
+def _revisions_git(root: Path, rel: str, max_count: int) -> Iterator[tuple[str, str, str]]:
     log = _git(["log", f"--max-count={max_count}", "--format=%H %cI", "--", rel], root)
-    entries = []
     for line in log.splitlines():
         commit, committed = line.split(" ", 1)
         try:
-            text = _git(["show", f"{commit}:{rel}"], root)
+            yield commit, committed, _git(["show", f"{commit}:{rel}"], root)
         except CalibrationError:  # deleted in this commit
             continue
+
+
+def _revisions_pygit2(path: Path, max_count: int) -> Iterator[tuple[str, str, str]]:
+    """The same walk through libgit2 (pygit2 comes with DVC), for images without a git binary."""
+    import pygit2
+
+    found = pygit2.discover_repository(str(path.parent))
+    if found is None:
+        return
+    repo = pygit2.Repository(found)
+    if repo.head_is_unborn:
+        return
+    rel = path.relative_to(Path(repo.workdir).resolve()).as_posix()
+    last = None
+    for commit in repo.walk(repo.head.target, pygit2.enums.SortMode.TIME):
+        try:
+            blob = commit.tree[rel]
+        except KeyError:
+            continue
+        if blob.id == last:  # unchanged in this commit: not a new revision of the file
+            continue
+        last = blob.id
+        when = dt.datetime.fromtimestamp(commit.commit_time, dt.timezone(dt.timedelta(minutes=commit.commit_time_offset)))
+        yield str(commit.id), when.isoformat(), blob.data.decode()
+        max_count -= 1
+        if max_count <= 0:
+            return
+
+
+def calibration_history(directory: str | Path, camera_id: str, max_count: int = 200) -> list[HistoryEntry]:
+    """Committed versions of a camera's file, newest first (empty outside git)."""
+    path = camera_path(directory, camera_id).resolve()
+    if shutil.which("git") is None:
+        revisions = _revisions_pygit2(path, max_count)
+    else:
+        root = repo_root(path.parent)
+        if root is None:
+            return []
+        revisions = _revisions_git(root, path.relative_to(root).as_posix(), max_count)
+    rel = f"{camera_id}.yaml"
+    entries = []
+    for commit, committed, text in revisions:
         try:
             cal = parse_calibration(yaml.safe_load(text), f"{rel}@{commit[:10]}")
             entries.append(HistoryEntry(commit, committed, cal))
