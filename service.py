@@ -1,0 +1,272 @@
+"""The thermops BentoML service: calibration-aware tubelet classification.
+
+Endpoints (all POST, JSON answers):
+
+    /classify          {"tubelet": [[[...]]] (T, H, W), "camera_id": "..."}   JSON array
+    /classify_upload   multipart: file=<.npy or multi-page TIFF>, camera_id=...
+    /register_camera   {"calibration": {...}}  a display8 camera, usable at once
+    /metadata          lineage, gate summary, validated envelope, classes, cameras
+    /stats             batch sizes the model has seen (adaptive batching at work)
+    /parse_only        the JSON route without the model (framework cost, for benchmarks)
+    /infer             the batchable model call: (N, 1, T, S, S) float32 -> (N, C) logits
+    /healthz /livez /readyz /metrics   from BentoML; /readyz is 200 only once the model is loaded
+
+Each per-request API validates its tubelet (shape, dtype, finiteness, size, camera)
+and maps it to the model's input through the camera's calibration and the shared
+`thermops.preprocess.prepare_batch`, then calls the batchable `/infer`; so a bad
+request is answered 4xx on its own and never reaches, or fails, a batch.
+Knobs arrive as bento arguments that the package step sets from params.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
+from bentoml.validators import DType, Shape
+from pydantic import BaseModel, Field
+
+from thermops.serving import (
+    CameraConflict,
+    CameraRegistry,
+    PackageParams,
+    PayloadTooLarge,
+    TubeletError,
+    UnknownCamera,
+    model_input,
+    parse_json_tubelet,
+    parse_upload,
+    radiometric_units,
+    softmax_scores,
+    validate_tubelet,
+)
+
+
+class ServeArgs(BaseModel):
+    """Bento arguments (`bentoml build/serve --arg k=v`); the package step sets them from params."""
+
+    model_tag: str = "thermops-classifier:latest"
+    bento_name: str = "thermops"
+    input_frames: int = 8
+    input_size: int = 32
+    batching: bool = True
+    max_batch_size: int = 32
+    max_latency_ms: int = 2000
+    max_frames: int = 64
+    max_side: int = 256
+    max_elements: int = 1_048_576
+    max_upload_bytes: int = 8_388_608
+    max_request_bytes: int = 33_554_432
+    workers: int = 1
+    max_concurrency: int = 64
+    timeout_s: int = 30
+
+
+ARGS = bentoml.use_arguments(ServeArgs)
+LIMITS = PackageParams(
+    model_name=ARGS.model_tag.split(":")[0],
+    bento_name=ARGS.bento_name,
+    **{k: getattr(ARGS, k) for k in (
+        "max_batch_size", "max_latency_ms", "max_frames", "max_side", "max_elements",
+        "max_upload_bytes", "max_request_bytes", "workers", "max_concurrency", "timeout_s",
+    )},
+)  # fmt: skip
+
+Tubelet = Annotated[list[list[list[float]]], Field(description="one tubelet (T, H, W): T >= 1, H, W >= 8")]
+ModelBatch = Annotated[np.ndarray, Shape((-1, 1, ARGS.input_frames, ARGS.input_size, ARGS.input_size)), DType("float32")]
+
+
+class Prediction(BaseModel):
+    """One classified tubelet."""
+
+    label: str
+    scores: dict[str, float]
+    camera_id: str
+    calibration_version: str
+    units: str
+    model_version: str
+
+
+class RequestSizeLimit:
+    """ASGI middleware: a body announced larger than the limit gets a 413 before it is read."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                body = json.dumps({"error": f"request body of {length.decode(errors='replace')} bytes exceeds "
+                                            f"the limit of {self.max_bytes} bytes"}).encode()  # fmt: skip
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _client_error(err: Exception) -> BentoMLException:
+    """Map a validation error to the 4xx it deserves, with its message."""
+    if isinstance(err, PayloadTooLarge):
+        return BentoMLException(str(err), error_code=413)
+    if isinstance(err, CameraConflict):
+        return BentoMLException(str(err), error_code=409)
+    if isinstance(err, UnknownCamera):
+        return NotFound(str(err))
+    return InvalidArgument(str(err))
+
+
+@bentoml.service(
+    name=ARGS.bento_name,
+    workers=ARGS.workers,
+    traffic={"timeout": ARGS.timeout_s, "max_concurrency": ARGS.max_concurrency},
+)
+class ThermopsClassifier:
+    """Classifies thermal tubelets from registered cameras (see the module docstring)."""
+
+    # Resolved to the stored model (its .path, .tag, .info) on instances.
+    model_ref = bentoml.models.BentoModel(ARGS.model_tag)
+
+    def __init__(self) -> None:
+        import torch
+
+        from thermops.card import input_spec_from_card, load_model_dir
+
+        self._ready = False
+        path = Path(self.model_ref.path)
+        self.model, self.card = load_model_dir(path)  # torch.load(..., weights_only=True)
+        self.spec = input_spec_from_card(self.card)
+        if (self.spec.frames, self.spec.size) != (ARGS.input_frames, ARGS.input_size):
+            raise RuntimeError(f"bento arguments say input {ARGS.input_frames}x{ARGS.input_size} "
+                               f"but the model card says {self.spec.frames}x{self.spec.size}")  # fmt: skip
+        self.classes = list(self.card["classes"])
+        self.radiometric = radiometric_units(self.card)
+        self.cameras = CameraRegistry.from_dir(path / "calibration")
+        self.metadata_ = dict(self.model_ref.info.metadata)
+        self.version = str(self.model_ref.tag)
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self._stats_lock = threading.Lock()
+        self._torch = torch
+        torch.set_grad_enabled(False)
+        self._ready = True
+
+    def __is_ready__(self) -> bool:
+        return self._ready
+
+    # ------------------------------------------------------------------ model call
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        with self._stats_lock:
+            self.batch_sizes[int(x.shape[0])] += 1
+        if x.shape[0] == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        # Callers of /infer are not validated like /classify's; keep garbage from becoming NaN JSON.
+        x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(x)).numpy().astype(np.float32)
+
+    @bentoml.api(batchable=True, max_batch_size=ARGS.max_batch_size, max_latency_ms=ARGS.max_latency_ms)
+    def infer(self, x: ModelBatch) -> np.ndarray:
+        """(N, 1, T, S, S) float32 normalized tubelets -> (N, C) logits (batched across requests)."""
+        return self._forward(x)
+
+    # ------------------------------------------------------------------ per-request APIs
+
+    def _prepare(self, arr: np.ndarray, camera_id: str) -> tuple[np.ndarray, Any, str]:
+        try:
+            cal = self.cameras.get(camera_id)
+            tubelet = validate_tubelet(arr, LIMITS)
+            x, units = model_input(tubelet, cal, self.radiometric, self.spec)
+        except (TubeletError, UnknownCamera) as err:
+            raise _client_error(err) from None
+        return x, cal, units
+
+    async def _classify(self, arr_fn: Any, camera_id: str) -> Prediction:
+        def prepare() -> tuple[np.ndarray, Any, str]:
+            try:
+                arr = arr_fn()
+            except TubeletError as err:
+                raise _client_error(err) from None
+            return self._prepare(arr, camera_id)
+
+        # Parsing and preprocessing are CPU work: keep them off the event loop.
+        x, cal, units = await asyncio.to_thread(prepare)
+        if ARGS.batching:
+            logits = np.asarray(await self.to_async.infer(x), dtype=np.float32)  # through the batcher
+        else:
+            logits = await asyncio.to_thread(self._forward, x)
+        scores = softmax_scores(logits, self.classes)[0]
+        return Prediction(
+            label=max(scores, key=scores.get), scores=scores, camera_id=camera_id,
+            calibration_version=cal.version, units=units, model_version=self.version,
+        )  # fmt: skip
+
+    @bentoml.api
+    async def classify(self, tubelet: Tubelet, camera_id: str) -> Prediction:
+        """Classify one tubelet sent as a JSON array (T, H, W) in the camera's raw values."""
+        return await self._classify(lambda: parse_json_tubelet(tubelet), camera_id)
+
+    @bentoml.api
+    async def classify_upload(self, file: Path, camera_id: str) -> Prediction:
+        """Classify one tubelet uploaded as an .npy array or a multi-page TIFF (T, H, W)."""
+
+        def read() -> np.ndarray:
+            size = os.path.getsize(file)
+            if size > LIMITS.max_upload_bytes:
+                raise PayloadTooLarge(f"upload of {size} bytes exceeds the limit of {LIMITS.max_upload_bytes} bytes")
+            return parse_upload(Path(file).read_bytes(), Path(file).name)
+
+        return await self._classify(read, camera_id)
+
+    @bentoml.api
+    def parse_only(self, tubelet: Tubelet, camera_id: str) -> dict[str, Any]:
+        """The /classify path without the model: parse, validate, calibrate, preprocess."""
+        x, cal, units = self._prepare(parse_json_tubelet(tubelet), camera_id)
+        return {"shape": list(x.shape), "calibration_version": cal.version, "units": units}
+
+    @bentoml.api
+    def register_camera(self, calibration: dict[str, Any]) -> dict[str, Any]:
+        """Register a display8 camera (unknown geometry allowed) for immediate use."""
+        try:
+            cal, replaced = self.cameras.register(calibration)
+        except TubeletError as err:
+            raise _client_error(err) from None
+        return {"camera_id": cal.camera_id, "calibration_version": cal.version, "units": cal.units,
+                "replaced": replaced}  # fmt: skip
+
+    @bentoml.api
+    def metadata(self) -> dict[str, Any]:
+        """Lineage, gate summary, validated envelope, classes, input contract and cameras."""
+        m = self.metadata_
+        return {
+            "model_version": self.version,
+            "classes": self.classes,
+            "input": self.spec.to_dict(),
+            "radiometric_units": self.radiometric,
+            "lineage": {k: m.get(k) for k in ("git_revision", "package_git_revision", "data_version", "calibrations")},
+            "gate": m.get("gate", {}),
+            "envelope": m.get("envelope", {}),
+            "cameras": self.cameras.describe(),
+            "limits": LIMITS.to_dict(),
+            "batching": ARGS.batching,
+        }
+
+    @bentoml.api
+    def stats(self) -> dict[str, Any]:
+        """Model calls by batch size since start: {batch_size: count}."""
+        with self._stats_lock:
+            return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+
+
+ThermopsClassifier.add_asgi_middleware(RequestSizeLimit, max_bytes=LIMITS.max_request_bytes)

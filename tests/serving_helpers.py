@@ -1,0 +1,192 @@
+"""Helpers for the package and service tests: a small gated model dir, calibrations, a server.
+
+Until the real gated model exists, the tests build an untrained `TubeletClassifier`
+with a card whose gate section is fake but well formed, and package it with the
+real package step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from thermops.calibration import Agc, Calibration, Geometry, Radiometry, write_calibration
+from thermops.card import make_card, save_model_dir
+from thermops.io import write_json
+from thermops.models import ModelConfig, TubeletClassifier
+from thermops.preprocess import InputSpec
+from thermops.serving import PackageParams
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["person", "vehicle", "animal", "nuisance"]
+SPEC = InputSpec(frames=8, size=32)
+
+
+def radiometric_calibration(camera_id: str = "cam-lin", version: str = "v1") -> Calibration:
+    """A 14-bit linear radiometric camera with known geometry."""
+    return Calibration(
+        camera_id=camera_id, version=version, valid_from=dt.date(2026, 1, 1),
+        geometry=Geometry(image_width=384, image_height=288, fx=600.0, fy=600.0, cx=192.0, cy=144.0,
+                          height_m=6.0, pitch_deg=12.0, min_range_m=10.0, max_range_m=200.0),
+        radiometry=Radiometry(mode="linear", bit_depth=14, gain_counts_per_k=40.0, offset_counts=7000.0,
+                              netd_mk=50.0),
+    )  # fmt: skip
+
+
+def display8_calibration(camera_id: str = "cam-d8", version: str = "d1") -> Calibration:
+    """An 8-bit AGC camera with unknown geometry."""
+    return Calibration(
+        camera_id=camera_id, version=version, valid_from=dt.date(2026, 1, 1),
+        geometry=Geometry(known=False, image_width=320, image_height=240),
+        radiometry=Radiometry(mode="display8", bit_depth=8), agc=Agc(mode="unknown"),
+    )
+
+
+def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str, Path]:
+    """Write models/gated, metrics/gate.json and data/calibration under `root`."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(size="tiny", embed_dim=32)
+    model = TubeletClassifier(cfg, len(CLASSES)).eval()
+    cals = [radiometric_calibration(), display8_calibration()]
+    cal_dir = root / "data" / "calibration"
+    for c in cals:
+        write_calibration(c, cal_dir)
+    card = make_card(
+        classes=CLASSES, model_cfg=cfg, input_spec=SPEC,
+        calibrations={c.camera_id: c.version for c in cals},
+        data={"hash": "0123456789abcdef" * 2, "n_train": 10}, metrics={"val_macro_f1": 0.5},
+        params={"prepare": {"radiometric": True}}, units=["celsius", "display8"],
+        gate={"passed": passed, "decision": "pass" if passed else "fail", "reasons": [] if passed else ["too weak"],
+              "metrics": {"clean_macro_f1": 0.5}},
+        envelope={"pitch_deg": [-3.0, 3.0], "gain_rel": [0.9, 1.1]},
+    )  # fmt: skip
+    model_dir = root / "models" / "gated"
+    save_model_dir(model_dir, model, card)
+    gate_json = root / "metrics" / "gate.json"
+    write_json(gate_json, {"passed": passed, "clean_macro_f1": 0.5, **({} if passed else {"reasons": ["too weak"]})})
+    return {"model": model_dir, "gate": gate_json, "calibration": cal_dir}
+
+
+def small_package_params() -> PackageParams:
+    """Package params for tests: small batches, small limits (so oversize tests stay cheap)."""
+    return PackageParams(
+        model_name="thermops-test", bento_name="thermops-test", max_batch_size=16, max_latency_ms=5000,
+        max_frames=32, max_side=128, max_elements=200_000, max_upload_bytes=2_000_000,
+        max_request_bytes=8_000_000, workers=1, max_concurrency=64, timeout_s=30,
+    )  # fmt: skip
+
+
+def bento_env(home: Path) -> dict[str, str]:
+    """Environment for a BentoML subprocess with its own store."""
+    env = dict(os.environ)
+    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # fmt: skip
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve <bento>` on 127.0.0.1 as a subprocess; stopped by `stop()`."""
+
+    def __init__(self, target: str, home: Path, cwd: Path, log: Path, extra: list[str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._fh = open(log, "wb")
+        cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port),
+               *(extra or [])]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=bento_env(home), stdout=self._fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
+            if b"Application startup failed" in self.log.read_bytes():
+                raise RuntimeError(f"bentoml serve failed to start:\n{self.log.read_text()[-4000:]}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._fh.close()
+
+
+def counts_tubelet(t: int = 8, h: int = 24, w: int = 20, seed: int = 0) -> np.ndarray:
+    """A uint16 raw-counts tubelet (T, H, W) of the linear camera: a warm blob on a 15 C background."""
+    rng = np.random.default_rng(seed)
+    cal = radiometric_calibration()
+    yy, xx = np.mgrid[:h, :w]
+    blob = 6.0 * np.exp(-(((yy - h / 2) / (h / 5)) ** 2 + ((xx - w / 2) / (w / 6)) ** 2))
+    celsius = 15.0 + blob[None] + rng.normal(0, 0.05, (t, h, w))
+    return np.round(cal.radiometry.celsius_to_counts(celsius)).astype(np.uint16)
+
+
+def display8_tubelet(t: int = 5, h: int = 40, w: int = 48, seed: int = 1) -> np.ndarray:
+    """A uint8 display-levels tubelet (T, H, W)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(30, 220, (t, h, w)).astype(np.uint8)
+
+
+def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> dict[str, float]:
+    """The prediction the service must give, computed in-process with the shared functions."""
+    from thermops.card import input_spec_from_card, load_model_dir
+    from thermops.serving import model_input, radiometric_units, softmax_scores
+
+    model, card = load_model_dir(model_dir)
+    x, _ = model_input(arr.astype(np.float64), camera, radiometric_units(card), input_spec_from_card(card))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).numpy()
+    return softmax_scores(logits, card["classes"])[0]
+
+
+def package_in_subprocess(paths: dict[str, Path], home: Path, out: Path, params_yaml: Path) -> subprocess.CompletedProcess:
+    """Run the package CLI as dvc would, with its own BENTOML_HOME."""
+    cmd = [sys.executable, "-m", "components.package", "--params", str(params_yaml), "--model", str(paths["model"]),
+           "--gate", str(paths["gate"]), "--calibration", str(paths["calibration"]), "--out", str(out)]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=bento_env(home), capture_output=True, text=True, timeout=180)
+
+
+def write_params(path: Path, params: PackageParams) -> Path:
+    """A params.yaml holding only what the package step reads."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"seed": 1, "package": params.to_dict()}, sort_keys=False))
+    return path
+
+
+def jsonable(arr: np.ndarray) -> Any:
+    return arr.tolist()
