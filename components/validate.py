@@ -1,0 +1,95 @@
+"""Step `validate`: Great Expectations suites over the prepared data; a failure stops the pipeline.
+
+    python -m components.validate --params params.yaml --data data/prepared \
+        --calibration data/calibration --out reports/validation --metrics metrics/validate.json
+
+Writes GX Data Docs (`index.html`), `summary.json` and `summary.md` into `--out`
+and the DVC metric `--metrics`; exits 1 naming the failed checks when any
+expectation fails, so `dvc repro` stops before training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from thermops.calibration import CalibrationError, load_calibrations
+from thermops.config import ParamsError, load_params, section
+from thermops.io import atomic_dir, write_json
+from thermops.tubelets import PreparedDataError, load_prepared
+from thermops.validation import (
+    BALANCE_SUITE, SUITE, ValidateParams, ValidationFailed, balance_expectations, balance_table, run_suites,
+    summarize, summary_markdown, tubelet_expectations, tubelet_table,
+)  # fmt: skip
+
+
+def run(p: ValidateParams, classes: list[str], frames: int, size: int, data_dir: Path, calibration_dir: Path,
+        out_dir: Path, metrics_path: Path) -> dict:  # fmt: skip
+    """Validate a prepared dataset; write Data Docs, summaries and the metric.
+
+    Args:
+        p: the `validate` params (bounds).
+        classes: the thermops classes (`classes` in params).
+        frames, size: the tubelet shape (T, H = W) asked of prepare (`prepare.frames`, `prepare.size`).
+        data_dir: the prepared dataset (`tubelets.npy` (N, T, H, W), `manifest.csv`).
+        calibration_dir: `data/calibration`.
+        out_dir: report folder, replaced atomically (index.html, summary.json, summary.md).
+        metrics_path: the DVC metric JSON.
+
+    Returns:
+        the summary. The outputs are written whether or not the data passes; the
+        caller decides (the CLI exits 1 on failure).
+    """
+    data = load_prepared(data_dir)
+    cals = load_calibrations(calibration_dir)
+    table = tubelet_table(data, data_dir / "manifest.csv")
+    cameras = sorted(table["camera_id"].dropna().astype(str).unique()) if "camera_id" in table else []
+    labels = [str(x) for x in table["label"]] if "label" in table else []
+    tables = {
+        SUITE: (table, tubelet_expectations(p, classes, frames, size, cals, cameras)),
+        BALANCE_SUITE: (balance_table(labels, classes), balance_expectations(p, classes)),
+    }
+    with atomic_dir(out_dir) as tmp:
+        results = run_suites(tables, tmp)
+        summary = summarize(results, len(table), p.examples)
+        write_json(tmp / "summary.json", summary)
+        (tmp / "summary.md").write_text(summary_markdown(summary))
+    write_json(metrics_path, {
+        "success": int(summary["success"]), "expectations": summary["expectations"],
+        "failed": len(summary["failed"]), "tubelets": summary["tubelets"],
+    })  # fmt: skip
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: paths only; bounds come from params.yaml."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--calibration", type=Path, default=Path("data/calibration"))
+    ap.add_argument("--out", type=Path, default=Path("reports/validation"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/validate.json"))
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        p = section(params, "validate", ValidateParams)
+        prep = params.get("prepare", {})
+        summary = run(p, list(params["classes"]), int(prep["frames"]), int(prep["size"]), args.data,
+                      args.calibration, args.out, args.metrics)  # fmt: skip
+        if not summary["success"]:
+            fails = "; ".join(f"{f['check']} ({f['expectation']} on {f['column'] or 'table'}"
+                              + (f" where {f['condition']}" if f["condition"] else "")
+                              + (f", e.g. {f['examples'][:3]}" if f["examples"] else "") + ")"
+                              for f in summary["failed"])  # fmt: skip
+            raise ValidationFailed(f"validation failed: {len(summary['failed'])} expectation(s): {fails}; "
+                                   f"see {args.out / 'summary.md'}")  # fmt: skip
+    except (ParamsError, PreparedDataError, CalibrationError, ValidationFailed, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(f"validate: passed {summary['passed']}/{summary['expectations']} expectations on "
+          f"{summary['tubelets']} tubelets; report {args.out / 'index.html'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
