@@ -1,0 +1,248 @@
+"""The thermops Kubeflow pipeline, assembled from `dvc.yaml` (see `pipeline.graph`).
+
+One task per DVC stage (`<step>_task`), wired by artifacts where a stage reads another
+stage's out; every stage downstream of the gate runs inside `dsl.If(gate passed)`.
+Pipeline parameters are the params keys the stages read (defaults from params.yaml),
+plus `data_hash` and `git_rev`, resolved before submission (`pipeline.datahash`) and
+given to the first data tasks only, so the hash reaches later tasks through artifacts.
+Everything KFP fixes at compile time (GPU type and count, node selector, tolerations,
+resources, retries, caching, secrets) comes from the `kubeflow` section of params.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.graph import Graph, build_graph, param_ident
+from thermops.config import load_params, section
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class GpuParams:
+    """GPU placement of the training and gate tasks (fixed at compile time: KFP cannot take it at run time)."""
+
+    stages: list[str] = field(default_factory=list)  # steps that request GPUs
+    accelerator: str = "nvidia.com/gpu"  # set_accelerator_type
+    gpus_per_node: int = 1  # set_accelerator_limit, and torchrun --nproc_per_node for ddp_stages
+    ddp_stages: list[str] = field(default_factory=list)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SecretParams:
+    """A Kubernetes secret mapped to environment variables of some steps."""
+
+    secret: str
+    env: dict[str, str]  # ENV_VAR: key in the secret
+    stages: list[str]  # steps (or `fetch`) that get it
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Which stage decides, and where its verdict is: `dsl.If` on this guards what follows."""
+
+    stage: str = "gate"
+    metrics: str = "metrics/gate.json"
+    key: str = "passed"
+
+
+@dataclass(frozen=True)
+class KubeflowParams:
+    """The `kubeflow` section of params.yaml."""
+
+    image: str
+    project_root: str  # where the image holds the repository
+    pipeline_name: str = "thermops"
+    data_source: Literal["embedded", "dvc"] = "embedded"
+    data_repo: str = ""
+    dvc_remote: str = ""
+    caching: bool = True
+    retries: int = 0
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)  # step or "default" -> cpu/memory
+    gpu: GpuParams = field(default_factory=GpuParams)
+    gate: GateParams = field(default_factory=GateParams)
+    secrets: dict[str, SecretParams] = field(default_factory=dict)
+
+
+def kubeflow_params(params: dict[str, Any]) -> KubeflowParams:
+    """The `kubeflow` section as a typed record."""
+    return section(params, "kubeflow", KubeflowParams)
+
+
+def _settings_dict(kf: KubeflowParams) -> dict[str, Any]:
+    return dataclasses.asdict(kf)
+
+
+def _configure(task: Any, step: str, kf: KubeflowParams) -> None:
+    """Apply resources, GPU placement, retries, caching and secrets to one task."""
+    from kfp import kubernetes
+
+    res = {**kf.resources.get("default", {}), **kf.resources.get(step, {})}
+    if "cpu" in res:
+        task.set_cpu_request(str(res["cpu"]))
+    if "memory" in res:
+        task.set_memory_request(str(res["memory"]))
+    if "cpu_limit" in res:
+        task.set_cpu_limit(str(res["cpu_limit"]))
+    if "memory_limit" in res:
+        task.set_memory_limit(str(res["memory_limit"]))
+    if step in kf.gpu.stages:
+        task.set_accelerator_type(kf.gpu.accelerator)
+        task.set_accelerator_limit(kf.gpu.gpus_per_node)
+        for key, value in kf.gpu.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=str(value))
+        for tol in kf.gpu.tolerations:
+            kubernetes.add_toleration(
+                task,
+                key=tol.get("key"),
+                operator=tol.get("operator", "Equal"),
+                value=tol.get("value"),
+                effect=tol.get("effect"),
+            )
+    if kf.retries:
+        task.set_retry(num_retries=kf.retries, backoff_duration="30s", backoff_factor=2.0)
+    task.set_caching_options(enable_caching=kf.caching)
+    for sec in kf.secrets.values():
+        if step in sec.stages:
+            kubernetes.use_secret_as_env(task, secret_name=sec.secret, secret_key_to_env=dict(
+                (key, env) for env, key in sec.env.items()))
+
+
+def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_rev: str) -> list[tuple[str, Any, Any]]:
+    """(name, annotation, default) of every pipeline parameter, params leaves in key order."""
+    from pipeline.components import param_annotation
+
+    types = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
+    used = set()
+    for s in stages_run(graph, kf):
+        used.update(graph.stage_leaves[s.name])
+    out: list[tuple[str, Any, Any]] = [("data_hash", str, data_hash), ("git_rev", str, git_rev)]
+    if kf.data_source == "dvc":
+        out += [("data_repo", str, kf.data_repo), ("dvc_remote", str, kf.dvc_remote)]
+    for leaf in sorted(used):
+        value = graph.leaves[leaf]
+        out.append((param_ident(leaf), types[param_annotation(value)], value))
+    return out
+
+
+def stages_run(graph: Graph, kf: KubeflowParams) -> list:
+    """The stages that become tasks: all, less the source stages when data comes from DVC."""
+    if kf.data_source == "dvc":
+        src = {s.name for s in graph.source_stages()}
+        return [s for s in graph.stages if s.name not in src]
+    return list(graph.stages)
+
+
+def build_pipeline(
+    root: str | Path = ROOT,
+    params: dict[str, Any] | None = None,
+    data_hash: str | None = None,
+    git_rev: str | None = None,
+    project_root: str | None = None,
+    image: str | None = None,
+    data_source: str | None = None,
+):
+    """The `@dsl.pipeline` function for the stages of `root/dvc.yaml`.
+
+    Args:
+        root: the repository whose dvc.yaml and params.yaml define the graph.
+        params: params mapping (default: root/params.yaml).
+        data_hash, git_rev: defaults of those pipeline parameters (default: resolved now).
+        project_root: where the components find the repository at run time
+            (default: `kubeflow.project_root`, the image's; tests use `root`).
+        image: base image of every component (default: `kubeflow.image`).
+        data_source: `embedded` or `dvc` (default: `kubeflow.data_source`).
+
+    Returns:
+        A KFP `GraphComponent`, ready for `kfp.compiler.Compiler().compile` or a local run.
+    """
+    from kfp import dsl
+
+    from pipeline import components as comps
+    from pipeline import datahash
+
+    root = Path(root).resolve()
+    params = params if params is not None else load_params(root / "params.yaml")
+    kf = kubeflow_params(params)
+    if data_source:
+        kf = dataclasses.replace(kf, data_source=data_source)
+    image = image or kf.image
+    project_root = project_root or kf.project_root
+    graph = build_graph(root, params)
+    names = {s.name for s in graph.stages}
+    if kf.gate.stage in {s.step for s in graph.stages} and kf.gate.stage not in names:
+        raise ValueError(f"gate stage {kf.gate.stage} is a foreach stage; it must be a single stage")
+    if git_rev is None or data_hash is None:
+        resolved = datahash.resolve(root, params, data_source=kf.data_source)
+        git_rev = git_rev if git_rev is not None else resolved.git_rev
+        data_hash = data_hash if data_hash is not None else resolved.data_hash
+    settings = _settings_dict(kf)
+    run = stages_run(graph, kf)
+    guarded = graph.downstream_closure({kf.gate.stage}) - {kf.gate.stage} if kf.gate.stage in names else set()
+    made = {s.name: comps.make_component(graph, s, image, project_root, settings) for s in run}
+    fetch = comps.make_fetch_component(graph, image, project_root, settings) if kf.data_source == "dvc" else None
+    fetched = {s.name for s in graph.source_stages()} if fetch else set()
+    plist = pipeline_parameters(graph, kf, data_hash, git_rev)
+
+    def body(*pos: Any, **kw: Any) -> None:
+        kw.update(zip([n for n, _, _ in plist], pos))  # KFP passes placeholders by position
+        tasks: dict[str, Any] = {}  # stage name -> task producing its outs
+        if fetch is not None:
+            t = fetch(data_hash=kw["data_hash"], git_rev=kw["git_rev"], data_repo=kw["data_repo"], dvc_remote=kw["dvc_remote"])
+            t.set_display_name("fetch_task")
+            _configure(t, "fetch", kf)
+            for name in fetched:
+                tasks[name] = t
+
+        def add(stage) -> None:
+            spec = comps.stage_spec(graph, stage, project_root, settings)
+            args: dict[str, Any] = {}
+            if spec["source"]:
+                args.update(data_hash=kw["data_hash"], git_rev=kw["git_rev"])
+            for up, out in graph.inputs[stage.name]:
+                args[out.ident] = tasks[up].outputs[out.ident]
+            for leaf, pname in spec["params"].items():
+                args[pname] = kw[pname]
+            t = made[stage.name](**args)
+            t.set_display_name(stage.task_name)
+            _configure(t, stage.step, kf)
+            tasks[stage.name] = t
+
+        for s in run:
+            if s.name not in guarded:
+                add(s)
+        if guarded:
+            gate_task = tasks[kf.gate.stage]
+            with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
+                for s in run:
+                    if s.name in guarded:
+                        add(s)
+
+    body.__name__ = kf.pipeline_name.replace("-", "_")
+    body.__doc__ = "thermops: stages of dvc.yaml as a Kubeflow pipeline, packaging guarded by the gate."
+    body.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a) for n, a, d in plist]
+    )
+    body.__annotations__ = {n: a for n, a, _ in plist}
+    return dsl.pipeline(name=kf.pipeline_name, description=body.__doc__)(body)
+
+
+def compile_pipeline(out: str | Path, **kwargs: Any) -> Path:
+    """Compile the pipeline (arguments as `build_pipeline`) to a YAML file."""
+    from kfp import compiler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(**kwargs), str(out))
+    return out
+
+
+if __name__ == "__main__":
+    print(compile_pipeline("pipeline.yaml"))

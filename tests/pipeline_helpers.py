@@ -1,0 +1,167 @@
+"""A toy DVC project for the pipeline tests: the generator must work on any dvc.yaml.
+
+Five toy stages shaped like thermops's (a foreach generator, prepare, train, gate,
+package), each a few lines of Python, so the KFP local runner and `dvc repro` run
+them in seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+TOY_STEP = '''
+"""Toy stages: gen, prep, train, gate, package."""
+import json, sys, random
+from pathlib import Path
+import yaml
+
+p = yaml.safe_load(open("params.yaml"))
+step = sys.argv[1]
+if step == "gen":
+    cam = sys.argv[2]
+    out = Path("data/raw") / cam
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(p["seed"] + len(cam))
+    calib = Path("calib", cam + ".txt").read_text()
+    (out / "values.txt").write_text(calib + " ".join(str(rng.randint(0, 99)) for _ in range(p["gen"]["n"])))
+elif step == "prep":
+    out = Path("data/prepared"); out.mkdir(parents=True, exist_ok=True)
+    vals = []
+    for f in sorted(Path("data/raw").glob("*/values.txt")):
+        vals += [int(v) * p["prep"]["scale"] for v in f.read_text().split("\\n")[-1].split()]
+    (out / "values.json").write_text(json.dumps(vals))
+elif step == "train":
+    vals = json.loads(Path("data/prepared/values.json").read_text())
+    Path("models/toy").mkdir(parents=True, exist_ok=True)
+    mean = sum(vals) / len(vals)
+    Path("models/toy/model.json").write_text(json.dumps({"mean": mean, "lr": p["train"]["lr"]}))
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/train.json").write_text(json.dumps({"accuracy": mean / 1000, "loss": 1 - mean / 1000}))
+    Path("metrics/confusion.json").write_text(json.dumps({"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}))
+elif step == "gate":
+    m = json.loads(Path("metrics/train.json").read_text())
+    passed = m["accuracy"] >= p["gate"]["min_accuracy"]
+    Path("reports/gate").mkdir(parents=True, exist_ok=True)
+    Path("reports/gate/report.md").write_text("# gate\\n\\npassed: %s\\n" % passed)
+    Path("metrics/gate.json").write_text(json.dumps({"passed": passed, "accuracy": m["accuracy"]}))
+elif step == "package":
+    Path("models").mkdir(exist_ok=True)
+    Path("models/bento.json").write_text(json.dumps({"model": json.loads(Path("models/toy/model.json").read_text())}))
+'''
+
+TOY_DVC = {
+    "stages": {
+        "gen": {
+            "foreach": "${gen.cams}",
+            "do": {
+                "cmd": "python step.py gen ${item}",
+                "deps": ["step.py", "calib/${item}.txt"],
+                "params": ["seed", "gen.n"],
+                "outs": ["data/raw/${item}"],
+            },
+        },
+        "prep": {
+            "cmd": "python step.py prep",
+            "deps": ["step.py", "data/raw"],
+            "params": ["prep"],
+            "outs": ["data/prepared"],
+        },
+        "train": {
+            "cmd": "python step.py train",
+            "deps": ["step.py", "data/prepared"],
+            "params": ["train.lr", "seed"],
+            "outs": ["models/toy"],
+            "metrics": [{"metrics/train.json": {"cache": False}}],
+            "plots": ["metrics/confusion.json"],
+        },
+        "gate": {
+            "cmd": "python step.py gate",
+            "deps": ["step.py", "metrics/train.json"],
+            "params": ["gate.min_accuracy"],
+            "outs": ["reports/gate"],
+            "metrics": [{"metrics/gate.json": {"cache": False}}],
+        },
+        "package": {
+            "cmd": "python step.py package",
+            "deps": ["step.py", "models/toy", "metrics/gate.json"],
+            "outs": ["models/bento.json"],
+        },
+    }
+}
+
+
+def kubeflow_section() -> dict:
+    """A `kubeflow` params section like the project's, for the toy stages."""
+    return {
+        "image": "ghcr.io/thermops/thermops:test",
+        "project_root": "/app",
+        "pipeline_name": "toy",
+        "data_source": "embedded",
+        "data_repo": "https://example.invalid/thermops.git",
+        "dvc_remote": "",
+        "caching": True,
+        "retries": 2,
+        "resources": {"default": {"cpu": "500m", "memory": "1Gi"}, "train": {"cpu": "4", "memory": "8Gi"}},
+        "gpu": {
+            "stages": ["train", "gate"],
+            "accelerator": "nvidia.com/gpu",
+            "gpus_per_node": 2,
+            "ddp_stages": ["train"],
+            "node_selector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        "gate": {"stage": "gate", "metrics": "metrics/gate.json", "key": "passed"},
+        "secrets": {
+            "dvc_remote": {
+                "secret": "toy-dvc-remote",
+                "env": {"AWS_ACCESS_KEY_ID": "access_key_id", "AWS_SECRET_ACCESS_KEY": "secret_access_key"},
+                "stages": ["fetch"],
+            },
+            "registry": {
+                "secret": "toy-registry",
+                "env": {"REGISTRY_USERNAME": "username", "REGISTRY_PASSWORD": "password"},
+                "stages": ["package"],
+            },
+        },
+    }
+
+
+def toy_params() -> dict:
+    """Params of the toy project."""
+    return {
+        "seed": 7,
+        "gen": {"n": 5, "cams": ["cam_a", "cam_b"]},
+        "prep": {"scale": 2.0, "offset": 0},
+        "train": {"lr": 0.1, "epochs": 1},
+        "gate": {"min_accuracy": 0.0},
+        "kubeflow": kubeflow_section(),
+    }
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in `root` and return its stdout."""
+    return subprocess.run(
+        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def make_toy_repo(root: Path, params: dict | None = None) -> Path:
+    """Write the toy project (git + DVC initialized, one commit) under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "step.py").write_text(TOY_STEP)
+    (root / "calib").mkdir(exist_ok=True)
+    for cam in ("cam_a", "cam_b"):
+        (root / "calib" / f"{cam}.txt").write_text(f"calibration {cam} v1\n")
+    (root / "dvc.yaml").write_text(yaml.safe_dump(TOY_DVC, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params or toy_params(), sort_keys=False))
+    git(root, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.autostage", "false"], cwd=root, check=True)
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "toy")
+    return root
