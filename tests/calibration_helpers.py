@@ -20,8 +20,8 @@ GIT_ENV = {
 
 # A validated envelope as the gate writes it (model-input pixels of a 32-pixel window).
 ENVELOPE = {
-    "geometric": {"max_corner_px": 2.0, "max_scale_change": 0.1},
-    "radiometric": {"max_gain_change": 0.05, "max_offset_k": 1.0},
+    "geometric": {"max_corner_px": 2.0, "max_scale_change": 0.1, "units": "model-input pixels", "input_size_px": 32},
+    "radiometric": {"max_gain_change": 0.05, "max_offset_k": 1.0, "uniform_offset_invariant": True},
 }
 
 

@@ -88,13 +88,27 @@ def test_planck_radiometry_error_against_a_linear_fit():
     assert _compare(old, shifted).material
 
 
-def test_offset_outside_the_envelope():
+def test_uniform_offset_against_the_envelope():
     old = _cal("gate_wide")
     new = _edit(old, radiometry__offset_counts=old.radiometry.offset_counts + 45.0)  # +1 K at 45 counts/K
-    env = Envelope(max_offset_k=0.5)
-    rep = compare(old, new, trigger=TriggerParams(max_temp_error_k=5.0), envelope=env, window_m=4.0, input_size=32)
+    loose = TriggerParams(max_temp_error_k=5.0)
+    rep = compare(old, new, trigger=loose, envelope=Envelope(max_offset_k=0.5), window_m=4.0, input_size=32)
     assert rep.figures["radiometric"]["offset_k"] == pytest.approx(1.0)
     assert rep.material_reasons == ["offset 1 K > envelope.radiometric.max_offset_k 0.5 K"]
+    # The gate's envelope says a uniform offset is normalized away: only params' error bound applies.
+    invariant = Envelope(max_offset_k=0.5, uniform_offset_invariant=True)
+    assert not compare(old, new, trigger=loose, envelope=invariant, window_m=4.0, input_size=32).material
+    assert compare(old, new, trigger=TRIGGER, envelope=invariant, window_m=4.0, input_size=32).material_reasons == [
+        "temperature error over -20..60 degC 1 K > trigger.max_temp_error_k 0.5 K"]
+
+
+def test_envelope_from_a_gate_card():
+    card = {"input": {"size": 32}, "envelope": {
+        "geometric": {"max_corner_px": 1.5, "max_scale_change": 0.08, "input_size_px": 24},
+        "radiometric": {"max_gain_change": 0.1, "max_offset_k": 2.0, "uniform_offset_invariant": True}}}  # fmt: skip
+    env = Envelope.from_card(card)
+    assert env == Envelope(1.5, 0.08, 0.1, 2.0, 24, True)
+    assert Envelope.from_card({"input": {"size": 32}}) == Envelope(input_size=32)
 
 
 @pytest.mark.parametrize(

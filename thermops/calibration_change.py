@@ -85,6 +85,9 @@ class Envelope:
     max_gain_change: float | None = None
     max_offset_k: float | None = None
     input_size: int | None = None
+    # The gate tests only the non-uniform part of an offset drift: a uniform offset
+    # is removed by the per-tubelet median normalization.
+    uniform_offset_invariant: bool = False
 
     @classmethod
     def from_card(cls, card: dict[str, Any] | None) -> "Envelope":
@@ -99,13 +102,14 @@ class Envelope:
             v = d.get(key)
             return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-        size = env.get("input_size") or env.get("tubelet_size") or (card.get("input") or {}).get("size")
+        size = geo.get("input_size_px") or (card.get("input") or {}).get("size")
         return cls(
             max_corner_px=num(geo, "max_corner_px"),
             max_scale_change=num(geo, "max_scale_change"),
             max_gain_change=num(rad, "max_gain_change"),
             max_offset_k=num(rad, "max_offset_k"),
             input_size=int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else None,
+            uniform_offset_invariant=rad.get("uniform_offset_invariant") is True,
         )
 
 
@@ -271,7 +275,11 @@ def compare(old: Calibration, new: Calibration, *, trigger: TriggerParams, envel
         check(rad["max_temp_error_k"], trigger.max_temp_error_k, "temperature error" + rng, " K",
               "trigger.max_temp_error_k")  # fmt: skip
         check(rad["gain_change"], envelope.max_gain_change, "gain change", "", "envelope.radiometric.max_gain_change")
-        check(rad["offset_k"], envelope.max_offset_k, "offset", " K", "envelope.radiometric.max_offset_k")
+        # A calibration offset shifts every pixel alike. When the gate says its
+        # max_offset_k bounds only the non-uniform part (NUC drift, caught here as a
+        # nuc.table_id change), a uniform offset is left to trigger.max_temp_error_k.
+        if not envelope.uniform_offset_invariant:
+            check(rad["offset_k"], envelope.max_offset_k, "offset", " K", "envelope.radiometric.max_offset_k")
         if len(material) == n_before:
             rep.notes.append(f"temperature error at most {rad['max_temp_error_k']:.3g} K{rng}")
     if old.nuc.table_id != new.nuc.table_id:
