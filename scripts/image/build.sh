@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Build the thermops component image from ./Dockerfile and tag it with the git
+# revision. Uses `docker build` where a Docker daemon answers, otherwise buildah
+# (vfs storage, chroot isolation: no daemon, no cgroups needed). With buildah the
+# machine's pip configuration and its local package folders are mounted
+# read-only, so the build reaches only the indexes this machine's pip uses.
+#
+# Environment: IMAGE (default localhost/thermops), BASE_IMAGE (default: the local
+# Debian base with buildah, the Dockerfile's CUDA PyTorch default with Docker),
+# BUILDER (auto|buildah|docker), LAYERS (buildah --layers, default true),
+# EXTRA_BUILD_ARGS (appended to the build command).
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$repo"
+IMAGE="${IMAGE:-localhost/thermops}"
+BUILDER="${BUILDER:-auto}"
+STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}"
+export STORAGE_DRIVER
+rev="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+# A dirty tree must not masquerade as a commit.
+if [[ "$rev" != unknown ]] && ! git diff --quiet HEAD -- Dockerfile pyproject.toml constraints.txt thermops components pipeline params.yaml dvc.yaml 2>/dev/null; then
+    rev="${rev}-dirty"
+fi
+TAG="${TAG:-$rev}"
+
+if [[ "$BUILDER" == auto ]]; then
+    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+        BUILDER=docker
+    else
+        BUILDER=buildah
+    fi
+fi
+
+start=$(date +%s)
+if [[ "$BUILDER" == docker ]]; then
+    args=(--build-arg "GIT_REVISION=$rev" -t "$IMAGE:$TAG")
+    [[ -n "${BASE_IMAGE:-}" ]] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+    # shellcheck disable=SC2086
+    docker build "${args[@]}" ${EXTRA_BUILD_ARGS:-} .
+    size=$(docker image inspect --format '{{.Size}}' "$IMAGE:$TAG")
+else
+    "$repo/scripts/image/ensure-tools.sh"
+    BASE_IMAGE="${BASE_IMAGE:-localhost/thermops-base:bookworm}"
+    if [[ "$BASE_IMAGE" == localhost/thermops-base:* ]]; then
+        BASE_TAG="$BASE_IMAGE" "$repo/scripts/image/make-base.sh"
+    fi
+    volumes=()
+    py="$repo/.venv/bin/python"; [[ -x "$py" ]] || py=python3
+    # Mount every pip configuration file this machine has at the same place (the
+    # build runs as root, so root's user config is read too) ...
+    for conf in /etc/pip.conf /etc/xdg/pip/pip.conf "$HOME/.config/pip/pip.conf" "$HOME/.pip/pip.conf"; do
+        [[ -f "$conf" ]] && volumes+=(--volume "$conf:$conf:ro")
+    done
+    # ... and every local folder those configurations (and PIP_* variables) name:
+    # find-links folders, and file:// indexes (the folder above .../simple, whose
+    # pages link to ../files).
+    declare -A seen=()
+    while read -r path; do
+        [[ -n "$path" && -d "$path" && -z "${seen[$path]:-}" ]] || continue
+        seen[$path]=1
+        volumes+=(--volume "$path:$path:ro")
+    done < <("$py" "$repo/scripts/image/pip_sources.py")
+    [[ -f /etc/ssl/certs/ca-certificates.crt ]] && \
+        volumes+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+    # shellcheck disable=SC2086
+    nice buildah --storage-driver "$STORAGE_DRIVER" bud \
+        --isolation chroot \
+        --layers="${LAYERS:-true}" \
+        --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        --build-arg "GIT_REVISION=$rev" \
+        "${volumes[@]}" \
+        -t "$IMAGE:$TAG" -t "$IMAGE:latest" \
+        ${EXTRA_BUILD_ARGS:-} \
+        -f Dockerfile .
+    size=$(podman --storage-driver "$STORAGE_DRIVER" image inspect --format '{{.Size}}' "$IMAGE:$TAG")
+fi
+end=$(date +%s)
+echo "built $IMAGE:$TAG with $BUILDER in $((end - start)) s, size $size bytes ($((size / 1000000)) MB)"

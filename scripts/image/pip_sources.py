@@ -1,0 +1,60 @@
+"""Print the local folders this machine's pip reads packages from, one per line.
+
+Sources: `pip config list` (every configuration file pip reads) and the PIP_*
+environment variables; kept: find-links folders and file:// indexes (for an index
+`file:///opt/pypi/simple` the folder printed is `/opt/pypi`, because its pages
+link to `../files`). The image build mounts these read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+KEYS = ("find-links", "index-url", "extra-index-url")
+
+
+def local_folder(entry: str) -> Path | None:
+    """Map one pip source entry (path or URL) to the local folder to mount, or None."""
+    if entry.startswith("file://"):
+        path = Path(urlparse(entry).path)
+    elif entry.startswith("/"):
+        path = Path(entry)
+    else:
+        return None  # http(s) index: reached over the network, nothing to mount
+    if path.name == "simple":
+        path = path.parent
+    return path if path.is_dir() else None
+
+
+def pip_entries() -> list[str]:
+    """Every find-links / index URL value pip would use, from config files and env."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    entries: list[str] = []
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.rsplit(".", 1)[-1] in KEYS:
+            entries.extend(value.strip().strip("'\"").split())
+    for key in KEYS:
+        entries.extend(os.environ.get("PIP_" + key.upper().replace("-", "_"), "").split())
+    return entries
+
+
+def main() -> None:
+    """Print each local folder once."""
+    seen: set[Path] = set()
+    for entry in pip_entries():
+        folder = local_folder(entry)
+        if folder is not None and folder not in seen:
+            seen.add(folder)
+            print(folder)
+
+
+if __name__ == "__main__":
+    main()
