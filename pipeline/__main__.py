@@ -1,0 +1,90 @@
+"""`python -m pipeline compile|submit`: the Kubeflow pipeline generated from dvc.yaml.
+
+    python -m pipeline compile [--out pipeline.yaml] [--data-source embedded|dvc] [--image IMG]
+    python -m pipeline submit --host URL [--namespace NS] [--experiment NAME] [--token T]
+                              [-p key=value ...] [--data-rev REV] [--dry-run]
+
+Expected errors (bad override, unknown revision, server error) print one line
+`error: ...` on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from pipeline.pipeline import compile_pipeline
+
+    out = compile_pipeline(
+        args.out, root=args.root, data_source=args.data_source, image=args.image, git_rev=args.git_rev
+    )
+    print(out)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipeline.submit import parse_override, prepare_submission, send
+
+    overrides = dict(parse_override(p) for p in args.param)
+    token = args.token or os.environ.get("KFP_TOKEN")
+    sub = prepare_submission(
+        args.host, overrides, args.namespace, args.experiment, args.root, args.data_rev, args.run_name
+    )
+    if args.dry_run:
+        summary = sub.summary()
+        summary["token"] = "set" if token else None  # never printed
+        summary["pipeline_spec_bytes"] = len(sub.pipeline_yaml)
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        if args.out:
+            Path(args.out).write_text(sub.pipeline_yaml)
+            print(f"pipeline spec written to {args.out}")
+        return 0
+    run_id, url = send(sub, token)
+    print(f"run id: {run_id}")
+    print(f"url: {url}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and compile or submit."""
+    ap = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(ROOT), help="repository with dvc.yaml and params.yaml")
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="write the pipeline YAML")
+    c.add_argument("--out", default="pipeline.yaml")
+    c.add_argument("--data-source", choices=["embedded", "dvc"], default=None, help="default: kubeflow.data_source")
+    c.add_argument("--image", default=None, help="default: kubeflow.image")
+    c.add_argument("--git-rev", default=None, help="default of the git_rev parameter (default: HEAD)")
+    s = sub.add_parser("submit", help="create a run with kfp.Client")
+    s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    s.add_argument("--namespace", default=None, help="multi-user Kubeflow namespace")
+    s.add_argument("--experiment", default=None, help="experiment name (default: the pipeline name)")
+    s.add_argument("--token", default=None, help="bearer token (default: $KFP_TOKEN)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="params.yaml override")
+    s.add_argument("--data-rev", default=None, help="git revision of the data (resolved to a commit)")
+    s.add_argument("--run-name", default=None)
+    s.add_argument("--dry-run", action="store_true", help="compile and print what would be sent")
+    s.add_argument("--out", default=None, help="with --dry-run: also write the pipeline spec here")
+    args = ap.parse_args(argv)
+
+    from pipeline.datahash import DataRevisionError
+    from pipeline.graph import GraphError
+    from pipeline.submit import SubmitError
+    from thermops.config import ParamsError
+
+    try:
+        return _compile(args) if args.command == "compile" else _submit(args)
+    except (SubmitError, DataRevisionError, GraphError, ParamsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

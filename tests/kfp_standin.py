@@ -1,0 +1,113 @@
+"""A STAND-IN for the Kubeflow Pipelines v2beta1 REST API, for tests only.
+
+Not a KFP server: a tiny `http.server` on 127.0.0.1 in a thread that answers the
+few endpoints `kfp.Client` uses to create a run (healthz, list/create experiment,
+create run) with the shapes of the v2beta1 API, and records every request so a
+test can check what the client sent. `fail_runs_with` makes run creation answer
+an error status, to test how errors reach the user.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+
+@dataclass
+class Recorded:
+    """One request the stand-in received."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class KfpStandIn:
+    """The stand-in server; use as a context manager, `url` is its address."""
+
+    fail_runs_with: int | None = None
+    requests: list[Recorded] = field(default_factory=list)
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __enter__(self) -> "KfpStandIn":
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _reply(self, status: int, obj: Any) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _record(self) -> Recorded:
+                url = urlparse(self.path)
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                body = json.loads(raw) if raw else None
+                rec = Recorded(self.command, url.path, parse_qs(url.query), dict(self.headers), body)
+                standin.requests.append(rec)
+                return rec
+
+            def do_GET(self) -> None:
+                rec = self._record()
+                if rec.path == "/apis/v2beta1/healthz":
+                    return self._reply(200, {"multi_user": False})
+                if rec.path == "/apis/v2beta1/experiments":
+                    flt = json.loads(rec.query.get("filter", ["{}"])[0] or "{}")
+                    names = [p.get("string_value") or p.get("stringValue") for p in flt.get("predicates", [])]
+                    found = [e for e in standin.experiments.values() if not names or e["display_name"] in names]
+                    return self._reply(200, {"experiments": found, "total_size": len(found)} if found else {})
+                if rec.path.startswith("/apis/v2beta1/runs/"):
+                    run = standin.runs.get(rec.path.rsplit("/", 1)[-1])
+                    return self._reply(200 if run else 404, run or {"message": "run not found"})
+                return self._reply(404, {"message": f"stand-in: no route {rec.path}"})
+
+            def do_POST(self) -> None:
+                rec = self._record()
+                if rec.path == "/apis/v2beta1/experiments":
+                    exp = {**rec.body, "experiment_id": str(uuid.uuid4())}
+                    standin.experiments[exp["experiment_id"]] = exp
+                    return self._reply(200, exp)
+                if rec.path == "/apis/v2beta1/runs":
+                    if standin.fail_runs_with:
+                        return self._reply(
+                            standin.fail_runs_with,
+                            {"error": "stand-in failure", "code": 13, "message": "internal error: stand-in refused the run"},
+                        )
+                    run = {**rec.body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+                    standin.runs[run["run_id"]] = run
+                    return self._reply(200, run)
+                return self._reply(404, {"message": f"stand-in: no route {rec.path}"})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:<port>"""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def posted(self, path: str) -> list[Recorded]:
+        """The POST requests to `path`."""
+        return [r for r in self.requests if r.method == "POST" and r.path == path]
