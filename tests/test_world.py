@@ -1,0 +1,283 @@
+"""The embedded thermal world: geometry, sensor physics, scene physics, determinism, the synthesize CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from components import synthesize
+from thermops import sensor as S
+from thermops.calibration import load_calibration
+from thermops.config import load_params, section
+from thermops.geometry import PinholeCamera
+from thermops.objects import Canvas, Person
+from thermops.rawdata import load_frames, read_annotations, read_clips
+from thermops.scene import conditions
+from thermops.synth import LABELS, SynthParams, camera_seed, synthesize_camera
+
+ROOT = Path(__file__).resolve().parents[1]
+CAL_DIR = ROOT / "data" / "calibration"
+CAMERAS = ["gate_wide", "fence_mid", "perimeter_long"]
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def cfg(params) -> SynthParams:
+    return section(params, "synth", SynthParams)
+
+
+def small(cfg: SynthParams, **kw) -> SynthParams:
+    return dataclasses.replace(cfg, **{"clips_per_camera": 1, "frames_per_clip": 4, **kw})
+
+
+def _small_cal(cal, w: int = 64, h: int = 48):
+    g = cal.geometry.model_copy(update={"image_width": w, "image_height": h, "cx": (w - 1) / 2, "cy": (h - 1) / 2})
+    return cal.model_copy(update={"geometry": g})
+
+
+def test_calibrations_exist_and_differ():
+    cals = [load_calibration(CAL_DIR / f"{c}.yaml") for c in CAMERAS]
+    geoms = {(c.geometry.image_width, c.geometry.fx, c.geometry.height_m, c.geometry.pitch_deg) for c in cals}
+    assert len(geoms) == 3
+    assert min(c.geometry.min_range_m for c in cals) <= 10.0
+    assert max(c.geometry.max_range_m for c in cals) >= 200.0
+
+
+@pytest.mark.parametrize("cam_id", CAMERAS)
+def test_apparent_person_height_follows_pinhole_projection(cam_id):
+    cal = load_calibration(CAL_DIR / f"{cam_id}.yaml")
+    cam = PinholeCamera.from_calibration(cal)
+    cond = conditions(2.0, "clear", 10.0)
+    for r in np.geomspace(cam.min_range_m * 1.1, cam.max_range_m * 0.95, 5):
+        xy = cam.ground_point_at_range(float(r), 0.0)
+        person = Person("person", "person_walking", xy, 0.0, 0.0, 0.0,
+                        {"height_m": 1.8, "cloth_c": 30.0, "trousers_c": 30.0, "swing": 0.0})  # fmt: skip
+        field = np.zeros((cam.height, cam.width))
+        cv = Canvas(cam, cond, field, np.full_like(field, np.inf))
+        lo, hi = person.draw(cv, 0.0)
+        expected = cam.apparent_height_px(xy, 1.8)
+        assert abs((hi[1] - lo[1]) - expected) / expected < 0.10, (r, hi[1] - lo[1], expected)
+        if expected >= 15:  # pixel rows actually painted (quantized to whole rows)
+            rows = np.nonzero((field != 0).any(axis=1))[0]
+            measured = rows.max() - rows.min() + 1
+            assert abs(measured - expected) / expected < 0.10, (r, measured, expected)
+
+
+def test_person_shrinks_with_distance():
+    cam = PinholeCamera.from_calibration(load_calibration(CAL_DIR / "fence_mid.yaml"))
+    near = cam.apparent_height_px(cam.ground_point_at_range(30.0), 1.8)
+    far = cam.apparent_height_px(cam.ground_point_at_range(150.0), 1.8)
+    assert near / far == pytest.approx(5.0, rel=0.15)
+
+
+def test_temporal_noise_matches_netd():
+    cal = _small_cal(load_calibration(CAL_DIR / "fence_mid.yaml"))
+    rng = np.random.default_rng(0)
+    model = S.SensorModel.from_calibration(cal, rng, S.SensorParams(defect_fraction=0.0), fps=9.0)
+    temps = np.full((64, cal.geometry.image_height, cal.geometry.image_width), 20.0)
+    counts = model.counts(temps, rng, ffc_phase_s=10.0).astype(np.float64)
+    # Frame differences remove fixed patterns and the slow drift; /sqrt(2) for the difference of two frames.
+    noise_k = np.diff(counts, axis=0).std() / math.sqrt(2) / cal.radiometry.gain_counts_per_k
+    assert noise_k == pytest.approx(cal.radiometry.netd_mk / 1000.0, rel=0.20)
+
+
+def test_column_fpn_visible_in_flat_scene():
+    cal = _small_cal(load_calibration(CAL_DIR / "gate_wide.yaml"), 96, 64)
+    rng = np.random.default_rng(1)
+    sp = S.SensorParams(vignetting=0.0, defect_fraction=0.0, row_fpn_k=0.0)
+    model = S.SensorModel.from_calibration(cal, rng, sp, fps=9.0)
+    counts = model.counts(np.full((8, 64, 96), 15.0), rng).astype(np.float64) / cal.radiometry.gain_counts_per_k
+    col_means = counts.mean(axis=(0, 1))
+    netd = cal.radiometry.netd_mk / 1000.0
+    noise_floor = netd / math.sqrt(8 * 64)  # what temporal noise alone leaves in a column mean
+    assert col_means.std() > 5 * noise_floor
+    assert col_means.std() == pytest.approx(sp.col_fpn_k, rel=0.35)
+    # Without column FPN the column means are flat down to the per-pixel offsets.
+    flat = S.SensorModel.from_calibration(cal, np.random.default_rng(1), dataclasses.replace(sp, col_fpn_k=0.0))
+    c2 = flat.counts(np.full((8, 64, 96), 15.0), rng).astype(np.float64) / cal.radiometry.gain_counts_per_k
+    assert c2.mean(axis=(0, 1)).std() < 0.5 * col_means.std()
+
+
+def test_building_blocks_shapes_and_ranges():
+    rng = np.random.default_rng(2)
+    assert S.column_row_fpn((5, 6, 7), 0.1, 0.05, rng).shape == (6, 7)
+    v = S.vignetting_map(32, 40, 0.2)
+    assert v.max() == pytest.approx(1.0, abs=0.01) and v.min() == pytest.approx(0.8, abs=1e-6)
+    ramp = S.offset_ramp(10, 0.5, ffc_every=4).ravel()
+    assert ramp.tolist() == [0, 0.5, 1.0, 1.5, 0, 0.5, 1.0, 1.5, 0, 0.5]
+    d = S.dead_hot_pixels((100, 100), 0.02, rng)
+    assert 100 < np.count_nonzero(d) < 300 and set(np.unique(d)) <= {-1, 0, 1}
+    q = S.quantize(np.array([-5.0, 3.4, 1e9]), 14)
+    assert q.tolist() == [0.0, 3.0, 16383.0]
+    x = np.zeros((2, 9, 9))
+    x[:, 4, 4] = 1.0
+    b = S.defocus(x, 1.0)
+    assert b.sum() == pytest.approx(2.0, rel=1e-6) and b[0, 4, 4] < 0.5
+    f = rng.normal(20, 5, (3, 32, 40))
+    assert S.temporal_noise((3, 4, 5), 0.05, rng).shape == (3, 4, 5)
+    before = f.copy()
+    S.agc_linear(f, 1.0), S.agc_plateau(f, 0.02), S.defocus(f, 0.7), S.apply_vignetting(f, v, 20.0)
+    assert np.array_equal(f, before)
+
+
+@pytest.mark.parametrize("agc", ["linear", "plateau"])
+def test_agc_output_spans_its_range(agc):
+    rng = np.random.default_rng(3)
+    frames = 8000 + 50 * rng.normal(0, 3, (4, 48, 64))
+    frames[:, 10:20, 10:20] += 2000  # a hot object
+    out = S.agc_linear(frames, 1.0) if agc == "linear" else S.agc_plateau(frames, 0.02)
+    assert out.dtype == np.uint8
+    for f in out:
+        assert f.min() == 0 and f.max() == 255
+        assert len(np.unique(f)) > 64  # grey levels actually used, not just the two tails
+
+
+def test_polarity_inversion_by_day_and_crossover(cfg):
+    cam = PinholeCamera.from_calibration(load_calibration(CAL_DIR / "fence_mid.yaml"))
+    from thermops.scene import background, camera_rays, layout
+
+    rays = camera_rays(cam)
+    lay = layout(cam, np.random.default_rng(4))
+
+    def contrast(hour: float) -> float:
+        cond = conditions(hour, "clear", 20.0)
+        from thermops.objects import clothing_c
+
+        bg, depth, _ = background(cam, rays, lay, cond)
+        xy = cam.ground_point_at_range(40.0, 0.0)
+        person = Person("person", "person_walking", xy, 0.0, 0.0, 0.0,
+                        {"height_m": 1.8, "cloth_c": clothing_c(cond, 0.5), "trousers_c": clothing_c(cond, 0.7),
+                         "swing": 0.0})  # fmt: skip
+        field = bg.copy()
+        lo, hi = person.draw(Canvas(cam, cond, field, depth), 0.0)
+        mask = np.abs(field - bg) > 1e-6
+        v1 = int(math.ceil(hi[1]))
+        ground_below = bg[v1 + 2 : v1 + 10, int(lo[0]) : int(math.ceil(hi[0]))]
+        return float(field[mask].mean() - ground_below.mean())
+
+    assert contrast(14.0) < -2.0  # sun-heated ground hotter than a clothed person
+    assert contrast(2.0) > 5.0  # at night the person is the warm one
+    assert abs(contrast(8.5)) < abs(contrast(2.0)) / 2  # near crossover in the morning
+
+
+def test_rain_lowers_contrast():
+    dry, wet = conditions(14.0, "clear", 20.0), conditions(14.0, "rain", 20.0)
+    assert abs(wet.surface("asphalt") - wet.surface("grass")) < 0.3 * abs(dry.surface("asphalt") - dry.surface("grass"))
+    assert dry.sky_zenith_c < -15.0
+
+
+def test_camera_seed_is_stable_and_per_camera():
+    assert camera_seed(1, "gate_wide") == int.from_bytes(hashlib.sha256(b"1/gate_wide").digest()[:8], "big") >> 1
+    assert len({camera_seed(1, c) for c in CAMERAS}) == 3
+
+
+def _run_cli(tmp: Path, params: dict, cam: str, out: Path, cal_path: Path | None = None) -> None:
+    p = tmp / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    synthesize.main(["--params", str(p), "--calibration", str(cal_path or CAL_DIR / f"{cam}.yaml"), "--out", str(out)])
+
+
+def _tiny_params(params: dict, **synth) -> dict:
+    out = dict(params)
+    out["synth"] = {**params["synth"], "clips_per_camera": 2, "frames_per_clip": 4, **synth}
+    return out
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.rglob("*"))
+            if f.is_file()}  # fmt: skip
+
+
+def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path, params):
+    tiny = _tiny_params(params)
+    _run_cli(tmp_path, tiny, "gate_wide", tmp_path / "a")
+    _run_cli(tmp_path, tiny, "gate_wide", tmp_path / "b")
+    _run_cli(tmp_path, {**tiny, "seed": tiny["seed"] + 1}, "gate_wide", tmp_path / "c")
+    da, db, dc = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert da == db
+    assert set(da) == set(dc) and da["frames/gate_wide-000.npy"] != dc["frames/gate_wide-000.npy"]
+
+
+def test_raw_output_format_and_annotations(tmp_path, params, cfg):
+    out = tmp_path / "raw"
+    cal = load_calibration(CAL_DIR / "fence_mid.yaml")
+    summary = synthesize.run(small(cfg, clips_per_camera=2, frames_per_clip=6), cal, out, params["seed"])
+    clips = read_clips(out)
+    anns = read_annotations(out)
+    assert summary["clips"] == 2 and len(clips) == 2
+    for c in clips:
+        assert c.calibration_version == cal.version and c.units == "counts" and c.camera_id == "fence_mid"
+        fr = load_frames(out, c)
+        assert fr.dtype == np.uint16 and fr.max() < 2**14
+        assert c.weather in ("clear", "overcast", "rain") and c.time_of_day_h is not None
+    assert {a["label"] for a in anns} <= set(LABELS) and {a["label"] for a in anns} >= {"person", "vehicle"}
+    for a in anns:
+        assert 0 <= a["x0"] < a["x1"] <= cal.geometry.image_width
+        assert 0 <= a["y0"] < a["y1"] <= cal.geometry.image_height
+        assert a["distance_m"] is not None and a["distance_m"] > 0
+    tracks = {a["track_id"] for a in anns}
+    assert len(tracks) >= 2 * (cfg.objects_per_clip + cfg.nuisance_per_clip) - 2
+
+
+def test_objects_leaving_the_frame_are_clipped(cfg):
+    cal = load_calibration(CAL_DIR / "gate_wide.yaml")
+    res = synthesize_camera(small(cfg, clips_per_camera=3, frames_per_clip=24), cal, 7)
+    anns = [a for r in res for a in r.annotations]
+    w, h = cal.geometry.image_width, cal.geometry.image_height
+    touching = [a for a in anns if a["x0"] == 0 or a["x1"] == w or a["y1"] == h]
+    assert touching, "no object ever touches the frame border in 3 clips"
+    by_track: dict[str, list[int]] = {}
+    for a in anns:
+        by_track.setdefault(a["track_id"], []).append(a["frame"])
+    assert any(len(v) < 24 for v in by_track.values())  # some tracks enter or leave mid-clip
+
+
+def test_agc_output_mode_writes_display8(tmp_path, params):
+    tiny = _tiny_params(params, agc_output=True)
+    _run_cli(tmp_path, tiny, "gate_wide", tmp_path / "d8")
+    clips = read_clips(tmp_path / "d8")
+    fr = load_frames(tmp_path / "d8", clips[0])
+    assert clips[0].units == "display8" and clips[0].dtype == "uint8" and fr.dtype == np.uint8
+    assert fr.min() <= 2 and fr.max() >= 253
+
+
+def test_distances_span_the_perimeter(cfg):
+    dists = []
+    for cam in CAMERAS:
+        res = synthesize_camera(small(cfg, frames_per_clip=1, clips_per_camera=2), load_calibration(CAL_DIR / f"{cam}.yaml"), 11)
+        dists += [a["distance_m"] for r in res for a in r.annotations if a["source_label"] not in ("bird", "rain_streak")]
+    assert min(dists) < 25 and max(dists) > 200
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda d: d["radiometry"].update(netd_mk=-5), "netd_mk"),
+        (lambda d: d["geometry"].pop("fx"), "fx"),
+        (lambda d: d["geometry"].update(pitch_deg="steep"), "pitch_deg"),
+    ],
+)
+def test_malformed_calibration_is_a_clear_cli_error(tmp_path, params, capsys, edit, field):
+    data = yaml.safe_load((CAL_DIR / "gate_wide.yaml").read_text())
+    edit(data)
+    bad = tmp_path / "cal" / "gate_wide.yaml"
+    bad.parent.mkdir()
+    bad.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        _run_cli(tmp_path, _tiny_params(params), "gate_wide", out, bad)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and field in err and str(bad) in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists()
