@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -84,16 +85,37 @@ def run_parameters(reports: list[ChangeReport]) -> dict[str, str]:
     }
 
 
-def kubeflow_submitter(params_path: Path) -> Submitter:
-    """Submit through pipeline.submit (host, namespace, experiment and token from its options)."""
+def _declared_inputs(pipeline_yaml: str) -> set[str]:
+    """Names of the compiled pipeline's run parameters."""
+    import yaml
+
+    spec = next(iter(yaml.safe_load_all(pipeline_yaml)), None) or {}  # 2nd document: platform spec
+    return set(((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {})
+
+
+def kubeflow_submitter(root: Path, host: str | None, *, namespace: str | None = None,
+                       experiment: str | None = None, token: str | None = None) -> Submitter:  # fmt: skip
+    """Submit one run of the project's pipeline through `pipeline.submit` (H6's submit path).
+
+    The run is named after the cameras and versions (`recalibration fence_mid=2026-11-22.1`);
+    `camera_id` and `calibration_version` are passed as run parameters where the
+    compiled pipeline declares them. The new calibration itself reaches the run
+    through `git_rev` and `data_hash`, which `pipeline.submit` resolves from the
+    repository (so the calibration must be committed and pushed).
+    """
 
     def submit(reports: list[ChangeReport]) -> str:
         from pipeline import submit as kfp_submit  # heavy (kfp): only in cluster mode
 
-        args = run_parameters(reports)
-        name = "recalibration-" + "-".join(f"{r.camera_id}-{r.new_version}" for r in reports)
-        result = kfp_submit.submit_run(params_path=params_path, arguments=args, run_name=name[:120])
-        return str(result)
+        if not host:
+            raise TriggerError("cluster mode needs the Kubeflow API: --kfp-host or KFP_HOST")
+        name = "recalibration " + " ".join(f"{r.camera_id}={r.new_version}" for r in reports)
+        sub = kfp_submit.prepare_submission(host, None, namespace, experiment, root, None, name[:100])
+        declared = _declared_inputs(sub.pipeline_yaml)
+        sub.arguments.update({k: v for k, v in run_parameters(reports).items() if k in declared})
+        run_id, url = kfp_submit.send(sub, token)
+        log.warning("submitted Kubeflow run %s (%s) %s", run_id, url, json.dumps(sub.summary(), sort_keys=True))
+        return str(run_id)
 
     return submit
 
@@ -126,11 +148,15 @@ def watch_once(
     mode: str | None = None,
     runner: Runner | None = None,
     submitter: Submitter | None = None,
+    kfp_host: str | None = None,
+    namespace: str | None = None,
+    experiment: str | None = None,
 ) -> WatchResult:
     """One pass: compare, log, trigger at most one retrain, record what was handled.
 
     Paths are relative to the project root (the folder of `params_path`). `runner`
-    and `submitter` replace `dvc repro` / the Kubeflow submission (tests count calls).
+    and `submitter` replace `dvc repro` / the Kubeflow submission (tests count calls);
+    cluster mode sends to `kfp_host` (token from the KFP_TOKEN environment variable).
     Raises CalibrationError on a malformed calibration (nothing triggered, state
     untouched) and TriggerError when the retrain could not start (nothing recorded,
     so the next pass tries again).
@@ -170,7 +196,8 @@ def watch_once(
                     raise TriggerError(f"`dvc repro` exited with status {status}; the change will be retried")
                 result.action = "local: dvc repro"
             else:
-                submit = submitter or kubeflow_submitter(params_path.resolve())
+                submit = submitter or kubeflow_submitter(root, kfp_host, namespace=namespace,
+                                                         experiment=experiment, token=os.environ.get("KFP_TOKEN"))  # fmt: skip
                 try:
                     run_id = submit(result.material)
                 except Exception as err:  # noqa: BLE001 - any refusal: not handled, retried next pass
@@ -279,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interval", type=float, metavar="S", help="poll every S seconds")
     w.add_argument("--poll", action="store_true", help="poll every trigger.poll_interval_s seconds")
     w.add_argument("--mode", choices=["local", "cluster"], help="default: trigger.mode")
+    w.add_argument("--kfp-host", default=os.environ.get("KFP_HOST"), help="Kubeflow API (cluster mode; env KFP_HOST)")
+    w.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"), help="multi-user Kubeflow namespace")
+    w.add_argument("--experiment", help="Kubeflow experiment (default: the pipeline name)")
     return ap
 
 
@@ -311,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.poll:
                 interval = section(load_params(args.params), "trigger", TriggerParams).poll_interval_s
             res = watch(interval_s=interval, params_path=args.params, calibration_dir=args.calibrations,
-                        card=args.card, bento_json=args.bento_json, mode=args.mode)  # fmt: skip
+                        card=args.card, bento_json=args.bento_json, mode=args.mode, kfp_host=args.kfp_host,
+                        namespace=args.namespace, experiment=args.experiment)  # fmt: skip
             print(f"triggered: {res.action}" if res.triggered else "no retrain triggered")
     except (CalibrationError, ParamsError, TriggerError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
