@@ -1,0 +1,201 @@
+"""The gate step: robustness and adversarial gate of the fine-tuned model.
+
+    python -m components.gate --params params.yaml --model models/finetuned \
+        --data data/prepared --blessed models/blessed --out models/gated \
+        --report reports/gate --metrics metrics/gate.json
+
+Reads the fine-tuned model dir, the prepared test split and (if it exists) the
+blessed baseline; writes `metrics/gate.json`, the HTML/PNG report, and the gated
+model dir (the card gains `gate` and `envelope`). A passing model becomes the new
+blessed one. With `gate.enforce: true` a failing gate exits 1, so `dvc repro`
+stops before packaging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thermops.card import ModelCardError, input_spec_from_card, load_model_dir
+from thermops.config import ParamsError, load_params, section, seed_everything
+from thermops.io import atomic_dir, write_json
+from thermops.robustness.params import GateParams
+from thermops.tubelets import PreparedDataError, load_prepared
+
+
+class GateFailed(RuntimeError):
+    """The model did not pass the gate (raised by `main` only when `gate.enforce` is true)."""
+
+
+def _blessed_metrics(blessed_dir: Path, tubelets: np.ndarray, units: list[str], labels: np.ndarray,
+                     p: GateParams, seed: int, d_hash: str, p_hash: str) -> tuple[dict | None, dict | None]:  # fmt: skip
+    """The blessed model's metrics: stored in its card when data and protocol match, else re-measured."""
+    from thermops.robustness.evaluate import evaluate
+
+    if not (blessed_dir / "card.json").is_file():
+        return None, None
+    model, card = load_model_dir(blessed_dir)
+    stored = card.get("gate", {}).get("metrics")
+    info = {"path": str(blessed_dir), "git_revision": card.get("git_revision"), "data": card.get("data")}
+    if stored and stored.get("data_hash") == d_hash and stored.get("params_hash") == p_hash:
+        info["metrics_source"] = "stored in the blessed card (same test data and protocol)"
+        return stored, info
+    m = evaluate(model, input_spec_from_card(card), tubelets, units, labels, p, seed)
+    m.pop("_artefacts")
+    info["metrics_source"] = "re-measured on this test data (data or protocol changed)"
+    return m, info
+
+
+def run(params: GateParams, seed: int, model_dir: Path, data_dir: Path, blessed_dir: Path, out_dir: Path,
+        report_dir: Path, metrics_path: Path) -> dict[str, Any]:  # fmt: skip
+    """Evaluate, decide, report, write the gated model and update the blessed one.
+
+    Args:
+        params: the `gate` section; seed: the top-level seed.
+        model_dir: fine-tuned model dir; data_dir: prepared dataset; blessed_dir: blessed
+            model dir (may be missing: the first passing model is blessed).
+        out_dir: gated model dir; report_dir: HTML + PNG report; metrics_path: gate.json.
+    Returns: the gate record written to `metrics_path` (`passed`, `reasons`, figures).
+    """
+    from thermops.robustness import decision as D
+    from thermops.robustness import envelope as E
+    from thermops.robustness import report as R
+    from thermops.robustness.attacks import predict
+    from thermops.robustness.evaluate import corruption_ce, data_hash, evaluate, params_hash
+
+    import torch
+
+    t_start = time.perf_counter()
+    if params.threads > 0:
+        torch.set_num_threads(params.threads)
+    seed_everything(seed)
+    model, card = load_model_dir(model_dir)
+    spec = input_spec_from_card(card)
+    classes = list(card["classes"])
+    data = load_prepared(data_dir)
+    idx = data.indices(params.split)
+    if len(idx) == 0:
+        raise PreparedDataError(f"{data_dir}: no tubelets in split {params.split!r}")
+    labels = data.labels(classes)[idx]
+    tubelets = np.asarray(data.tubelets[idx], dtype=np.float32)
+    units = [data.rows[i]["units"] for i in idx]
+    d_hash, p_hash = data_hash(tubelets, labels), params_hash(params)
+
+    m = evaluate(model, spec, tubelets, units, labels, params, seed)
+    art = m.pop("_artefacts")
+    m["data_hash"], m["params_hash"] = d_hash, p_hash
+
+    blessed, blessed_info = _blessed_metrics(blessed_dir, tubelets, units, labels, params, seed, d_hash, p_hash)
+    normalizer = blessed["corruption_errors"] if blessed else m["corruption_errors"]
+    m["corruption_ce"], m["mean_ce"] = corruption_ce(m["corruption_errors"], normalizer)
+    m["mean_ce_note"] = (
+        "CE_c = sum over 5 severities of this model's error / the blessed model's (ImageNet-C); mean CE averages CE_c"
+        if blessed else "first model, no blessed baseline: the normalizer is the model itself, so every CE is 1.0"
+    )
+    th = params.thresholds
+    clean_ok = m["clean_accuracy"] >= th.clean_accuracy
+    m["envelope"] = E.envelope(m["perspective"]["sweep"], m["radiometric"]["sweep"], min_accuracy=th.clean_accuracy,
+                               max_flip_rate=th.max_flip_rate, spec=spec,
+                               window_px=E.median_window_px([data.rows[i] for i in idx]), clean_ok=clean_ok)  # fmt: skip
+    m["envelope"]["geometric"]["tubelet_frames"] = spec.frames
+    dec = D.decide(m, th, blessed, params.regression)
+    gate = {
+        **m,
+        "passed": dec["passed"], "reasons": dec["reasons"], "checks": dec["checks"],
+        "enforce": params.enforce,
+        "model": {"path": str(model_dir), "git_revision": card.get("git_revision"), "data": card.get("data")},
+        "blessed": blessed_info,
+        "units_note": (f"eps in model-input units (after normalization), per tubelet; for celsius tubelets 1 unit = "
+                       f"{spec.celsius_scale_k} K (InputSpec.celsius_scale_k); L2 norms over all T*H*W = "
+                       f"{spec.frames}x{spec.size}x{spec.size} values; pixel figures are model-input pixels "
+                       f"({spec.size} px across the tubelet window)"),
+    }  # fmt: skip
+
+    # Report: plots and captum maps on the PGD examples of the first threat model.
+    t0 = time.perf_counter()
+    with atomic_dir(report_dir) as rd:
+        images = [("Accuracy vs epsilon", "accuracy_vs_eps.png"), ("Corruption severity curves", "corruptions.png"),
+                  ("Perspective and radiometric stability", "stability.png")]  # fmt: skip
+        R.plot_robust_accuracy(gate, rd / images[0][1], spec.celsius_scale_k)
+        R.plot_corruptions(gate, rd / images[1][1])
+        R.plot_stability(gate, rd / images[2][1])
+        k = params.report.examples
+        for threat, adv in art["examples"].items():
+            x, y = art["x"][:k], art["y"][:k]
+            pa = predict(model, adv[:k])
+            name = f"adversarial_{threat}.png"
+            R.plot_adversarial(x, adv[:k], y, pa, classes, rd / name, spec.celsius_scale_k,
+                               f"PGD {threat}, eps {params.threat_models[threat].eps[len(params.threat_models[threat].eps) // 2]}")  # fmt: skip
+            images.append((f"Adversarial frames ({threat})", name))
+        if art["examples"]:
+            threat, adv = next(iter(art["examples"].items()))
+            R.plot_attributions(model, art["x"][:k], adv[:k], art["y"][:k], rd / "attributions.png",
+                                list(params.report.occlusion_window))  # fmt: skip
+            images.append((f"Saliency / Grad-CAM / occlusion (captum), clean and PGD-{threat} attacked", "attributions.png"))
+        gate["timing_s"]["report"] = time.perf_counter() - t0
+        gate["timing_s"]["total"] = time.perf_counter() - t_start
+        R.write_html(rd, gate, images)
+
+    # The gated model: same weights, card with the decision and the envelope.
+    summary = {k: gate[k] for k in ("passed", "reasons", "clean_accuracy", "mean_ce", "flip_rate", "stability_slope",
+                                    "sanity_passed", "data_hash", "params_hash")}  # fmt: skip
+    summary["robust_accuracy_worst"] = {t: v["worst"] for t, v in gate["robust_accuracy"].items()}
+    stored = {k: v for k, v in gate.items() if k not in ("checks", "reasons", "passed", "blessed", "model")}
+    new_card = dict(card)
+    new_card["gate"] = {**summary, "decision": "pass" if gate["passed"] else "fail", "blessed_baseline": blessed_info, "metrics": stored}
+    new_card["envelope"] = {**gate["envelope"], "input_size": spec.size}
+    with atomic_dir(out_dir) as od:
+        shutil.copyfile(Path(model_dir) / "model.pt", od / "model.pt")
+        write_json(od / "card.json", new_card)
+    write_json(metrics_path, gate)
+    if gate["passed"]:
+        with atomic_dir(blessed_dir) as bd:
+            shutil.copyfile(out_dir / "model.pt", bd / "model.pt")
+            write_json(bd / "card.json", new_card)
+    elif not Path(blessed_dir).exists():
+        # DVC declares models/blessed as an output: leave an empty baseline, not a missing path.
+        with atomic_dir(blessed_dir) as bd:
+            (bd / "README.txt").write_text("No model has passed the gate yet; the first passing model is blessed here.\n")
+    return gate
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: paths only; knobs come from params.yaml (`gate`, `seed`)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--model", type=Path, default=Path("models/finetuned"))
+    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--blessed", type=Path, default=Path("models/blessed"))
+    ap.add_argument("--out", type=Path, default=Path("models/gated"))
+    ap.add_argument("--report", type=Path, default=Path("reports/gate"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/gate.json"))
+    a = ap.parse_args(argv)
+    try:
+        raw = load_params(a.params)
+        p = section(raw, "gate", GateParams)
+        if "seed" not in raw:
+            raise ParamsError(f"{a.params}: missing top-level key seed")
+        gate = run(p, int(raw["seed"]), a.model, a.data, a.blessed, a.out, a.report, a.metrics)
+    except (ParamsError, ModelCardError, PreparedDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    status = "passed" if gate["passed"] else "FAILED"
+    print(f"gate {status}: clean {gate['clean_accuracy']:.3f}, mean CE {gate['mean_ce']:.3f}, "
+          f"flip rate {gate['flip_rate']:.3f}, slope {gate['stability_slope']:.3f}, "
+          f"{gate['timing_s']['total']:.1f} s")  # fmt: skip
+    if not gate["passed"]:
+        for r in gate["reasons"]:
+            print(f"  - {r}", file=sys.stderr)
+        if p.enforce:
+            print(f"error: gate failed with {len(gate['reasons'])} reason(s) (gate.enforce is true; see {a.metrics})", file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
