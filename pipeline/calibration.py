@@ -178,7 +178,9 @@ def watch_once(
         found = scan(resolve(calibration_dir), deployed, state, trigger=trigger, window_m=window_m, input_size=size)
         result.already_handled, result.unchanged = found.already_handled, found.unchanged
         for cam in found.already_handled:
-            log.info("%s: calibration %s already handled", cam, state.handled[cam])
+            log.info("%s: its current calibration was already handled; nothing to do", cam)
+        for cam in found.unchanged:
+            log.info("%s: same calibration as the deployed model", cam)
         for rep in found.reports:
             (result.material if rep.material else result.immaterial).append(rep)
         for rep in result.immaterial:
