@@ -51,13 +51,13 @@ class ValidateParams:
         min_tubelets: fewest tubelets a dataset may have.
         class_fraction: [min, max] share of every class among all tubelets.
         celsius_range: [min, max] plausible scene temperature in degrees Celsius
-            for `celsius` tubelets (sky to hot engines, THERMAL-FACTS.md).
+            for `celsius` tubelets (clear sky to exhaust pipes, THERMAL-FACTS.md).
         examples: example values per failed expectation in the summary.
     """
 
     min_tubelets: int = 10
     class_fraction: list[float] = field(default_factory=lambda: [0.02, 0.9])
-    celsius_range: list[float] = field(default_factory=lambda: [-60.0, 150.0])
+    celsius_range: list[float] = field(default_factory=lambda: [-70.0, 350.0])
     examples: int = 5
 
 

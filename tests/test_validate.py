@@ -1,0 +1,187 @@
+"""The validate step: Great Expectations passes good prepared data, and names the
+failed expectation, its column and example values for each bad case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from components import validate
+from thermops.io import read_csv, write_csv
+from thermops.tubelets import MANIFEST_COLUMNS
+from thermops.validation import ValidateParams
+
+ROOT = Path(__file__).resolve().parents[1]
+CAL = ROOT / "data" / "calibration"
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+CLASSES = list(PARAMS["classes"])
+
+
+def _validate(data: Path, out: Path, cal: Path = CAL, frames: int | None = None, **bounds) -> dict:
+    p = ValidateParams(**{**PARAMS["validate"], **bounds})
+    t = frames or PARAMS["prepare"]["frames"]
+    return validate.run(p, CLASSES, t, PARAMS["prepare"]["size"], data, cal, out / "report", out / "validate.json")
+
+
+def _copy(prepared_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, dst)
+    return dst
+
+
+def _edit_rows(data: Path, edit) -> None:
+    rows = read_csv(data / "manifest.csv")
+    edit(rows)
+    write_csv(data / "manifest.csv", rows, MANIFEST_COLUMNS)
+
+
+def _edit_tubelets(data: Path, edit) -> None:
+    arr = np.load(data / "tubelets.npy")
+    edit(arr)
+    np.save(data / "tubelets.npy", arr)
+
+
+def _failed(summary: dict) -> dict[str, dict]:
+    return {f["check"]: f for f in summary["failed"]}
+
+
+def test_good_prepared_data_passes_and_reports_render(prepared_dir, tmp_path):
+    summary = _validate(prepared_dir, tmp_path)
+    assert summary["success"], summary["failed"]
+    assert summary["failed"] == [] and summary["expectations"] > 40
+    report = tmp_path / "report"
+    assert json.loads((report / "summary.json").read_text()) == summary
+    assert "**PASSED**" in (report / "summary.md").read_text()
+    index = (report / "index.html").read_text()
+    assert "validation result: prepared_tubelets</a> PASSED" in index
+    pages = sorted(p.relative_to(report).as_posix() for p in report.rglob("*.html") if "static" not in p.parts)
+    assert "expectations/prepared_tubelets.html" in pages and "expectations/class_balance.html" in pages
+    suite_page = (report / "expectations" / "prepared_tubelets.html").read_text()
+    assert "t_hash" in suite_page and "track_splits" in suite_page  # the suite is shown, column by column
+    metric = json.loads((tmp_path / "validate.json").read_text())
+    assert metric == {"success": 1, "expectations": summary["expectations"], "failed": 0,
+                      "tubelets": summary["tubelets"]}  # fmt: skip
+
+
+def _nan(data):
+    _edit_tubelets(data, lambda a: a.__setitem__((0, 0, 0, 0), np.nan))
+
+
+def _duplicate(data):
+    def dup(a):
+        a[1] = a[0]
+
+    _edit_tubelets(data, dup)
+
+
+def _track_in_two_splits(data):
+    def edit(rows):
+        a = rows[0]
+        b = next(r for r in rows if r["split"] != a["split"])
+        b["track_id"] = a["track_id"]
+
+    _edit_rows(data, edit)
+
+
+def _unknown_label(data):
+    _edit_rows(data, lambda rows: rows[0].update(label="tank"))
+
+
+def _stale_calibration(data):
+    _edit_rows(data, lambda rows: rows[0].update(calibration_version="2019-01-01.0"))
+
+
+def _unknown_camera(data):
+    _edit_rows(data, lambda rows: rows[0].update(camera_id="roof_east"))
+
+
+def _hot(data):
+    _edit_tubelets(data, lambda a: a.__setitem__((2, 0, 0, 0), 900.0))  # 900 degC in a celsius tubelet
+
+
+def _null(data):
+    _edit_rows(data, lambda rows: rows[3].update(split=""))
+
+
+def _float_frame(data):
+    _edit_rows(data, lambda rows: rows[0].update(frame_start="3.5"))
+
+
+BAD = {
+    # case: (corruption, check, column, an example value that must be quoted)
+    "NaN frame": (_nan, "no NaN or inf", "t_nonfinite", 1),
+    "duplicate tubelet": (_duplicate, "no duplicate tubelets", "t_hash", None),
+    "track in two splits": (_track_in_two_splits, "track ids disjoint between splits", "track_splits", None),
+    "unknown label": (_unknown_label, "label set", "label", "tank"),
+    "stale calibration version": (_stale_calibration, "calibration version of {cam}", "calibration_version", "2019-01-01.0"),
+    "camera without calibration": (_unknown_camera, "calibration file exists", "camera_id", "roof_east"),
+    "implausible temperature": (_hot, "celsius range", "t_max", 900.0),
+    "null split": (_null, "no nulls", "split", None),
+    "non-integer frame": (_float_frame, "types", "frame_start", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_data_fails_naming_the_expectation(case, prepared_dir, tmp_path):
+    corrupt, check, column, example = BAD[case]
+    data = _copy(prepared_dir, tmp_path)
+    cam = read_csv(data / "manifest.csv")[0]["camera_id"]
+    corrupt(data)
+    summary = _validate(data, tmp_path)
+    assert not summary["success"]
+    failed = _failed(summary)
+    check = check.format(cam=cam)
+    assert check in failed, sorted(failed)
+    f = failed[check]
+    assert f["column"] == column
+    if example is not None:
+        assert example in f["examples"]
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "**FAILED**" in md and f"| {check} | {f['expectation']} | {column} |" in md
+    if case == "track in two splits":
+        assert any("+" in str(v) for v in f["examples"])  # e.g. "test+train"
+        assert len(f["example_ids"]) == 2
+
+
+def test_shape_class_balance_and_missing_calibration_file(prepared_dir, tmp_path):
+    summary = _validate(prepared_dir, tmp_path / "a", frames=16, class_fraction=[0.3, 0.9])
+    failed = _failed(summary)
+    assert failed["tubelet shape"]["column"] == "t_frames" and failed["tubelet shape"]["examples"][0] == 8
+    assert failed["class balance"]["column"] == "fraction"
+    # A calibration file removed: the camera's rows no longer match an existing file.
+    cal = tmp_path / "cal"
+    shutil.copytree(CAL, cal)
+    cam = read_csv(prepared_dir / "manifest.csv")[0]["camera_id"]
+    (cal / f"{cam}.yaml").unlink()
+    failed = _failed(_validate(prepared_dir, tmp_path / "b", cal=cal))
+    assert cam in failed["calibration file exists"]["examples"]
+
+
+def test_cli_exits_1_with_the_reason_and_keeps_the_report(prepared_dir, tmp_path):
+    data = _copy(prepared_dir, tmp_path)
+    _nan(data)
+    out, metrics = tmp_path / "reports" / "validation", tmp_path / "metrics" / "validate.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "components.validate", "--params", str(ROOT / "params.yaml"), "--data", str(data),
+         "--calibration", str(CAL), "--out", str(out), "--metrics", str(metrics)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: validation failed: 1 expectation(s): no NaN or inf")
+    assert "t_nonfinite" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(metrics.read_text())["success"] == 0
+    assert (out / "index.html").is_file() and not json.loads((out / "summary.json").read_text())["success"]
+    # A missing prepared dataset is an error before anything is written.
+    proc = subprocess.run(
+        [sys.executable, "-m", "components.validate", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"),
+         "--metrics", str(tmp_path / "m2.json")], cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "not a prepared dataset" in proc.stderr
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "m2.json").exists()
