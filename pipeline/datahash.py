@@ -85,10 +85,7 @@ def dvc_hash(root: str | Path, graph: Graph, commit: str) -> str:
     stages = lock.get("stages", {})
     record = {}
     for stage in graph.source_stages():
-        name, _, item = stage.name.partition("@")
-        entry = stages.get(name, {})
-        if item:
-            entry = entry.get(item, {}) if "cmd" not in entry else entry
+        entry = stages.get(stage.name, {})  # foreach stages are recorded as `name@item`
         outs = entry.get("outs")
         if not outs:
             raise DataRevisionError(f"dvc.lock at {commit[:12]} records no outs for stage {stage.name}")
