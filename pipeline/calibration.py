@@ -38,6 +38,7 @@ from thermops.calibration_change import (
     Envelope,
     TriggerParams,
     TriggerState,
+    cameras_in_use,
     compare,
     deployed_calibration,
     load_deployed,
@@ -175,12 +176,15 @@ def watch_once(
         log.info("no deployed model (%s, %s): nothing to compare against; run `dvc repro` to train one", card, bento_json)
         return result
     with TriggerState(resolve(Path(trigger.state_file))).locked() as state:
-        found = scan(resolve(calibration_dir), deployed, state, trigger=trigger, window_m=window_m, input_size=size)
+        found = scan(resolve(calibration_dir), deployed, state, trigger=trigger, window_m=window_m, input_size=size,
+                     in_use=cameras_in_use(params))  # fmt: skip
         result.already_handled, result.unchanged = found.already_handled, found.unchanged
         for cam in found.already_handled:
             log.info("%s: its current calibration was already handled; nothing to do", cam)
         for cam in found.unchanged:
             log.info("%s: same calibration as the deployed model", cam)
+        for cam in found.unused:
+            log.info("%s: not in the deployed model and not in data.sources; no retrain", cam)
         for rep in found.reports:
             (result.material if rep.material else result.immaterial).append(rep)
         for rep in result.immaterial:

@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+import yaml
 
 from pipeline.calibration import TriggerError, main, watch_once
 from tests.calibration_helpers import REPO, CountingRunner, commit_all, make_project, write_card
@@ -175,3 +176,19 @@ def test_envelope_is_converted_at_each_points_range(tmp_path):
     assert len(runner.calls) == 1
     reason = res.material[0].material_reasons[0]
     assert "model px > envelope.geometric.max_corner_px 1 model px" in reason and "camera px" in reason
+
+
+def test_cameras_outside_the_pipelines_sources_do_not_trigger(tmp_path):
+    # The registry also holds the real sets' cameras (display8); while data.sources is
+    # [synthetic] the pipeline never trains on them, so registering one is no reason to retrain.
+    root = make_project(tmp_path, cameras=("fence_mid",))
+    (root / "data" / "calibration" / "hit-uav.yaml").write_text((REPO / "data/calibration/hit-uav.yaml").read_text())
+    runner = CountingRunner()
+    res = _watch(root, runner)
+    assert runner.calls == [] and res.material == [] and res.unused == ["hit-uav"] and _state(root)["handled"] == {}
+    # The same camera becomes material once a source that uses it is switched on.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["sources"] = ["synthetic", "hit-uav"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    res = _watch(root, runner)
+    assert len(runner.calls) == 1 and [r.camera_id for r in res.material] == ["hit-uav"]

@@ -437,17 +437,37 @@ class Scan:
     fingerprints: dict[str, str] = field(default_factory=dict)
     unchanged: list[str] = field(default_factory=list)
     already_handled: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)  # not deployed and not in the pipeline's sources
 
     @property
     def material(self) -> list[ChangeReport]:
         return [r for r in self.reports if r.material]
 
 
+def cameras_in_use(params: dict[str, Any]) -> set[str] | None:
+    """Cameras the pipeline trains on: `synth.cameras` (if `synthetic` is a data source) and the
+    cameras of the imported sources named in `data.sources`; None when params do not say."""
+    try:
+        sources = list(params["data"]["sources"])
+        used: set[str] = set(params["synth"]["cameras"]) if "synthetic" in sources else set()
+        for name in sources:
+            if name == "synthetic":
+                continue
+            cfg = params["ingest"]["sources"][name]
+            used.update([cfg["camera_id"]] if cfg.get("camera_id") else [])
+            used.update(cfg.get("cameras") or [])
+        return used
+    except (KeyError, TypeError):
+        return None
+
+
 def scan(calibration_dir: str | Path, deployed: Deployed, state: TriggerState, *, trigger: TriggerParams,
-         window_m: float, input_size: int) -> Scan:  # fmt: skip
+         window_m: float, input_size: int, in_use: set[str] | None = None) -> Scan:  # fmt: skip
     """Compare each camera's current calibration with the deployed one; skip handled versions.
 
-    Raises CalibrationError (and nothing is triggered) if any calibration file is
+    A camera the deployed model never saw is material if the pipeline would train on
+    it (`in_use`; None: every camera), else only listed as unused. Raises
+    CalibrationError (and nothing is triggered) if any calibration file is
     malformed, or if a file changed without a new version.
     """
     current = load_calibrations(calibration_dir)  # one malformed file stops the whole scan
@@ -464,6 +484,9 @@ def scan(calibration_dir: str | Path, deployed: Deployed, state: TriggerState, *
             out.already_handled.append(camera_id)
             continue
         version = deployed.calibrations.get(camera_id)
+        if version is None and in_use is not None and camera_id not in in_use:
+            out.unused.append(camera_id)
+            continue
         if version is None:
             rep = new_camera_report(cal)
         else:
