@@ -131,6 +131,7 @@ class WatchResult:
     immaterial: list[ChangeReport] = field(default_factory=list)
     already_handled: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
 
 
 def _window(params: dict[str, Any]) -> tuple[float, int]:
@@ -178,7 +179,7 @@ def watch_once(
     with TriggerState(resolve(Path(trigger.state_file))).locked() as state:
         found = scan(resolve(calibration_dir), deployed, state, trigger=trigger, window_m=window_m, input_size=size,
                      in_use=cameras_in_use(params))  # fmt: skip
-        result.already_handled, result.unchanged = found.already_handled, found.unchanged
+        result.already_handled, result.unchanged, result.unused = found.already_handled, found.unchanged, found.unused
         for cam in found.already_handled:
             log.info("%s: its current calibration was already handled; nothing to do", cam)
         for cam in found.unchanged:
