@@ -1,0 +1,246 @@
+"""Step `finetune`: supervised fine-tuning of the pretrained encoder, and the proof that pretraining helps.
+
+Loads the pretrained encoder into a `TubeletClassifier` (reporting missing and
+unexpected keys), trains on the train split, selects the epoch on val macro-F1 and
+reports on test. Beside it, with the same seeds and test split:
+
+- linear probe (logistic regression on frozen embeddings) of the pretrained vs a
+  randomly initialized encoder;
+- fine-tuning on a class-stratified `low_label.fraction` (10%) of the train labels,
+  from the pretrained encoder vs from scratch.
+
+Writes `models/finetuned/` (model.pt + card.json through `thermops.card`),
+`metrics/finetune.json`, `metrics/confusion.csv` (DVC confusion plot),
+`metrics/finetune_curve.csv`, PNG figures in `reports/finetune/`, and per-epoch
+checkpoints in `checkpoints/finetune/`.
+
+    python -m components.finetune --params params.yaml --data data/prepared \
+        --pretrained models/pretrained --out models/finetuned
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from components.pretrain import fingerprint, load_pretrained_encoder
+from thermops.adversarial import AdversarialConfig
+from thermops.augment import AugmentConfig
+from thermops.card import make_card, save_model_dir
+from thermops.config import ParamsError, load_params, section, seed_everything
+from thermops.data import load_splits, stratified_fraction
+from thermops.engine import (
+    OptimConfig,
+    barrier,
+    classification_loss,
+    evaluate,
+    fit,
+    is_main,
+    setup_distributed,
+    unwrap,
+)
+from thermops.io import atomic_dir, write_csv, write_json
+from thermops.models import ModelConfig, TubeletClassifier
+from thermops.preprocess import InputSpec
+from thermops.ssl import linear_probe
+from thermops.tubelets import PreparedDataError
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    """Linear-probe knobs: L2 weight and L-BFGS iterations."""
+
+    weight_decay: float = 1e-3
+    iters: int = 100
+
+
+@dataclass(frozen=True)
+class LowLabelParams:
+    """The few-label comparison: fraction of train labels, its optimization, its seeds."""
+
+    fraction: float = 0.1
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, batch_size=16, lr=2e-3))
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """params `finetune`."""
+
+    optim: OptimConfig
+    augment: AugmentConfig | None = None
+    label_smoothing: float = 0.0
+    probe: ProbeParams = field(default_factory=ProbeParams)
+    low_label: LowLabelParams = field(default_factory=LowLabelParams)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    device: str = "auto"
+    resume: bool = True
+
+
+def _train_classifier(model, train, val, classes, optim, cfg: FinetuneParams, seed, device, *, adversarial=None,
+                      ckpt_dir=None, fp="", log=None, desc="finetune", stop_after=None):  # fmt: skip
+    """Fit with val macro-F1 selection; returns the FitResult."""
+    loss = classification_loss(cfg.augment, cfg.label_smoothing, adversarial)
+    select = lambda m: evaluate(m, val, classes, device)[0]["macro_f1"]  # noqa: E731
+    return fit(model, loss, train, optim, seed=seed, device=device, ckpt_dir=ckpt_dir, resume=cfg.resume,
+               fingerprint=fp, select=select, desc=desc, log=log, stop_after=stop_after)  # fmt: skip
+
+
+def run(
+    cfg: FinetuneParams,
+    model_cfg: ModelConfig,
+    spec: InputSpec,
+    classes: list[str],
+    seed: int,
+    data: Path,
+    pretrained: Path,
+    out: Path,
+    metrics: Path,
+    confusion: Path,
+    curve: Path,
+    figures: Path,
+    checkpoints: Path | None = None,
+    params_used: dict | None = None,
+    compare: bool = True,
+) -> dict:
+    """Fine-tune, compare with the baselines, and write the model dir, metrics, plots and figures.
+
+    Args:
+        cfg: the `finetune` params; model_cfg / spec / classes: `model`, `input`, `classes` params.
+        data: prepared-data folder; pretrained: the `pretrain` step's folder.
+        out: model directory to write (thermops.card format).
+        metrics / confusion / curve: metrics JSON, confusion CSV (actual,predicted), per-epoch CSV.
+        figures: folder for the PNGs.
+        checkpoints: folder for the main run's `last.pt` (None: none).
+        params_used: the params sections recorded in the card.
+        compare: run the linear-probe and few-label comparisons.
+    Returns:
+        The metrics dict.
+    """
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    device = setup_distributed(cfg.device)
+    log = (lambda s: print(s, file=sys.stderr)) if is_main() else (lambda s: None)
+    splits = load_splits(data, classes, spec)
+    enc_state, pre_card = load_pretrained_encoder(pretrained)
+    if pre_card["model"] != model_cfg.to_dict():
+        raise ValueError(f"{pretrained}: pretrained model {pre_card['model']} differs from params model {model_cfg.to_dict()}")
+
+    def fresh(pretrained_init: bool, init_seed: int) -> tuple[TubeletClassifier, list[str], list[str]]:
+        torch.manual_seed(init_seed)
+        m = TubeletClassifier(model_cfg, len(classes))
+        if not pretrained_init:
+            return m, [], []
+        missing, unexpected = m.encoder.load_state_dict(enc_state, strict=False)
+        return m, list(missing), list(unexpected)
+
+    out_metrics: dict = {}
+    if compare:
+        t1 = time.perf_counter()
+        tr, te = splits.train, splits.test
+        probe = {}
+        for name, init in (("pretrained", True), ("random", False)):
+            m, _, _ = fresh(init, seed)
+            probe[name] = linear_probe(m.encoder, tr.inputs, tr.labels, te.inputs, te.labels, len(classes), device,
+                                       cfg.probe.weight_decay, cfg.probe.iters)  # fmt: skip
+        out_metrics["linear_probe_pretrained"], out_metrics["linear_probe_random"] = probe["pretrained"], probe["random"]
+        log(f"linear probe: pretrained {probe['pretrained']:.3f} random {probe['random']:.3f}")
+        low: dict[str, list[float]] = {"pretrained": [], "scratch": []}
+        for s in cfg.low_label.seeds:
+            idx = stratified_fraction(tr.labels, cfg.low_label.fraction, seed + s)
+            sub = tr.subset(idx)
+            for name, init in (("pretrained", True), ("scratch", False)):
+                m, _, _ = fresh(init, seed + s)
+                _train_classifier(m, sub, splits.val, classes, cfg.low_label.optim, cfg, seed + s, device,
+                                  desc=f"10pct-{name}")  # fmt: skip
+                low[name].append(evaluate(m, te, classes, device)[0]["accuracy"])
+        n_low = len(stratified_fraction(tr.labels, cfg.low_label.fraction, seed + cfg.low_label.seeds[0]))
+        out_metrics.update({
+            "finetune_10pct_pretrained": sum(low["pretrained"]) / len(low["pretrained"]),
+            "finetune_10pct_scratch": sum(low["scratch"]) / len(low["scratch"]),
+            "finetune_10pct_per_seed": low, "finetune_10pct_n_labels": n_low,
+            "comparison_seconds": round(time.perf_counter() - t1, 2),
+        })  # fmt: skip
+        out_metrics["pretraining_gain_10pct"] = out_metrics["finetune_10pct_pretrained"] - out_metrics["finetune_10pct_scratch"]
+        log(f"10% labels ({n_low}): pretrained {low['pretrained']} scratch {low['scratch']}")
+
+    model, missing, unexpected = fresh(True, seed)
+    log(f"loaded pretrained encoder: missing keys {missing}, unexpected keys {unexpected}")
+    fp = fingerprint(asdict(cfg), model_cfg.to_dict(), spec.to_dict(), classes, splits.data_info["prepared_hash"],
+                     pre_card.get("metrics"), seed)  # fmt: skip
+    result = _train_classifier(model, splits.train, splits.val, classes, cfg.optim, cfg, seed, device,
+                               adversarial=cfg.adversarial, ckpt_dir=checkpoints, fp=fp, log=log)  # fmt: skip
+    test_m, cm = evaluate(model, splits.test, classes, device)
+    val_m, _ = evaluate(model, splits.val, classes, device)
+    out_metrics.update(test_m)
+    out_metrics.update({
+        "val_accuracy": val_m["accuracy"], "val_macro_f1": val_m["macro_f1"], "best_epoch": result.best_epoch,
+        "epochs": len(result.history), "resumed_from_epoch": result.resumed_from,
+        "encoder_missing_keys": missing, "encoder_unexpected_keys": unexpected,
+        "adversarial_training": cfg.adversarial.enabled, "seconds": round(time.perf_counter() - t0, 2),
+    })  # fmt: skip
+    log(f"test accuracy {test_m['accuracy']:.3f} macro-F1 {test_m['macro_f1']:.3f} (best epoch {result.best_epoch})")
+    if not is_main():
+        barrier()
+        return out_metrics
+    card = make_card(
+        classes=classes, model_cfg=model_cfg, input_spec=spec, calibrations=splits.calibrations,
+        data={k: splits.data_info[k] for k in ("prepared_hash", "sources", "n", "n_per_label")},
+        metrics={k: v for k, v in out_metrics.items() if k not in ("encoder_missing_keys", "encoder_unexpected_keys")},
+        params=params_used or {}, adversarial_training=cfg.adversarial.enabled,
+        pretrained={"method": pre_card.get("method"), "data": pre_card.get("data"), "metrics": pre_card.get("metrics"),
+                    "missing_keys": missing, "unexpected_keys": unexpected},
+        confusion_matrix=cm.to_dict(),
+    )  # fmt: skip
+    with atomic_dir(out) as tmp:
+        save_model_dir(tmp, unwrap(model), card)
+    write_json(metrics, out_metrics)
+    write_csv(confusion, cm.dvc_rows(), ["actual", "predicted"])
+    write_csv(curve, [{"epoch": r["epoch"], "loss": r["loss"], "val_macro_f1": r.get("score")} for r in result.history],
+              ["epoch", "loss", "val_macro_f1"])  # fmt: skip
+    with atomic_dir(figures) as tmp:
+        from thermops.metrics import plot_confusion, plot_curves
+
+        plot_confusion(cm, tmp / "confusion.png")
+        plot_curves({"train loss": [r["loss"] for r in result.history], "val macro-F1": [r["score"] for r in result.history]},
+                    tmp / "curves.png", ylabel="", title="fine-tuning")  # fmt: skip
+    barrier()
+    return out_metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: paths only; knobs come from params.yaml."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--pretrained", type=Path, default=Path("models/pretrained"))
+    ap.add_argument("--out", type=Path, default=Path("models/finetuned"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/finetune.json"))
+    ap.add_argument("--confusion", type=Path, default=Path("metrics/confusion.csv"))
+    ap.add_argument("--curve", type=Path, default=Path("metrics/finetune_curve.csv"))
+    ap.add_argument("--figures", type=Path, default=Path("reports/finetune"))
+    ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints/finetune"))
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        cfg = section(params, "finetune", FinetuneParams)
+        model_cfg = section(params, "model", ModelConfig)
+        spec = section(params, "input", InputSpec)
+        classes = params.get("classes")
+        if not isinstance(classes, list) or not classes:
+            raise ParamsError("params: `classes` must be a non-empty list")
+        used = {k: params[k] for k in ("seed", "classes", "model", "input", "pretrain", "finetune") if k in params}
+        run(cfg, model_cfg, spec, classes, int(params.get("seed", 0)), args.data, args.pretrained, args.out, args.metrics,
+            args.confusion, args.curve, args.figures, args.checkpoints, params_used=used)  # fmt: skip
+    except (ParamsError, PreparedDataError, FloatingPointError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

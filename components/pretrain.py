@@ -1,0 +1,152 @@
+"""Step `pretrain`: self-supervised SimCLR pretraining of the tubelet encoder on unlabeled tubelets.
+
+Reads the train split of the prepared data (the label column is never read),
+writes `models/pretrained/` (encoder.pt: the encoder's state dict; card.json:
+architecture, input contract, method, data lineage), the loss curve
+`metrics/pretrain_loss.csv` (a DVC plot) and `metrics/pretrain.json`, and a
+checkpoint after every epoch (`checkpoints/pretrain/last.pt`) that a re-run resumes.
+
+    python -m components.pretrain --params params.yaml --data data/prepared \
+        --out models/pretrained --metrics metrics/pretrain.json \
+        --curve metrics/pretrain_loss.csv --checkpoints checkpoints/pretrain
+
+Under torchrun (`torchrun --nproc_per_node=2 -m components.pretrain ...`) it trains
+with DDP; rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from thermops.config import ParamsError, load_params, section, seed_everything
+from thermops.data import load_unlabeled
+from thermops.engine import OptimConfig, barrier, fit, is_main, setup_distributed, unwrap
+from thermops.io import atomic_dir, write_csv, write_json
+from thermops.models import ModelConfig, TubeletEncoder
+from thermops.preprocess import InputSpec
+from thermops.ssl import SimCLR, SSLConfig, simclr_loss
+from thermops.tubelets import PreparedDataError
+
+PRETRAINED_FORMAT = "thermops-pretrained/1"
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """params `pretrain`."""
+
+    optim: OptimConfig
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    device: str = "auto"
+    resume: bool = True
+
+
+def fingerprint(*parts: object) -> str:
+    """A short hash of JSON-able parts: the identity a checkpoint must match to be resumed."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run(
+    cfg: PretrainParams,
+    model_cfg: ModelConfig,
+    spec: InputSpec,
+    seed: int,
+    data: Path,
+    out: Path,
+    metrics: Path,
+    curve: Path,
+    checkpoints: Path | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """Pretrain the encoder and write its directory, metrics and loss curve.
+
+    Args:
+        cfg: the `pretrain` params; model_cfg / spec: the `model` and `input` params.
+        data: a prepared-data folder; out: the pretrained-encoder folder to write.
+        metrics / curve: JSON summary and per-epoch loss CSV.
+        checkpoints: folder for `last.pt` (None: no checkpoints, no resume).
+        stop_after: stop after this many epochs without writing outputs (tests of resume).
+    Returns:
+        The metrics dict.
+    """
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    device = setup_distributed(cfg.device)
+    dataset, info = load_unlabeled(data, spec)
+    encoder = TubeletEncoder(model_cfg)
+    model = SimCLR(encoder, cfg.ssl)
+    fp = fingerprint(asdict(cfg.ssl), model_cfg.to_dict(), spec.to_dict(), info["prepared_hash"], seed)
+    log = (lambda s: print(s, file=sys.stderr)) if is_main() else None
+    result = fit(model, simclr_loss(cfg.ssl), dataset, cfg.optim, seed=seed, device=device, ckpt_dir=checkpoints,
+                 resume=cfg.resume, fingerprint=fp, stop_after=stop_after, desc="pretrain", log=log)  # fmt: skip
+    summary = {
+        "method": "simclr",
+        "epochs": len(result.history),
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "first_loss": result.history[0]["loss"] if result.history else None,
+        "n_tubelets": info["n"],
+        "resumed_from_epoch": result.resumed_from,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if stop_after is not None or not is_main():
+        barrier()
+        return summary
+    with atomic_dir(out) as tmp:
+        state = {k: v.detach().cpu() for k, v in unwrap(model).encoder.state_dict().items()}
+        torch.save(state, tmp / "encoder.pt")
+        write_json(tmp / "card.json", {
+            "format": PRETRAINED_FORMAT, "method": "simclr", "model": model_cfg.to_dict(), "input": spec.to_dict(),
+            "ssl": asdict(cfg.ssl), "optim": asdict(cfg.optim), "seed": seed,
+            "data": {"prepared_hash": info["prepared_hash"], "sources": info["sources"], "n_train": info["n"]},
+            "metrics": {k: summary[k] for k in ("final_loss", "first_loss", "epochs")},
+        })  # fmt: skip
+    write_csv(curve, [{"epoch": r["epoch"], "loss": r["loss"], "lr": r["lr"]} for r in result.history], ["epoch", "loss", "lr"])
+    write_json(metrics, summary)
+    barrier()
+    return summary
+
+
+def load_pretrained_encoder(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The encoder state dict and card of a `models/pretrained` folder."""
+    from thermops.io import read_json
+
+    card_path, weights = directory / "card.json", directory / "encoder.pt"
+    if not card_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{directory}: not a pretrained-encoder folder (card.json / encoder.pt missing)")
+    card = read_json(card_path)
+    if card.get("format") != PRETRAINED_FORMAT:
+        raise ValueError(f"{card_path}: format {card.get('format')!r} is not {PRETRAINED_FORMAT!r}")
+    return torch.load(weights, map_location="cpu", weights_only=True), card
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: paths only; knobs come from params.yaml."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--out", type=Path, default=Path("models/pretrained"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/pretrain.json"))
+    ap.add_argument("--curve", type=Path, default=Path("metrics/pretrain_loss.csv"))
+    ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints/pretrain"))
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        cfg = section(params, "pretrain", PretrainParams)
+        model_cfg = section(params, "model", ModelConfig)
+        spec = section(params, "input", InputSpec)
+        model_cfg.resolved_widths()
+        run(cfg, model_cfg, spec, int(params.get("seed", 0)), args.data, args.out, args.metrics, args.curve, args.checkpoints)
+    except (ParamsError, PreparedDataError, FloatingPointError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Temporal, geometric and thermal augmentations of model inputs, batched on the device.
+
+They act on the normalized network input (N, 1, T, H, W) so that they run on the
+GPU with the model and draw every random number from one `torch.Generator`
+(reproducible, and resumable epoch by epoch). Why these:
+
+- spatial crop/scale/flip: the tubelet window is centred on a tracker's box, which
+  is off by a few pixels and by some scale; objects walk either way;
+- temporal speed, shift and reversal: the same class moves at different speeds
+  and in either direction; frame rates differ between cameras (9 Hz vs 30 Hz);
+- thermal gain, offset, temporal noise (NETD) and column striping (residual
+  fixed-pattern noise between flat-field corrections): what changes between
+  cameras, weather and hours without changing what the object is
+  (see /work/shared/THERMAL-FACTS.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strengths of the augmentations (params `pretrain.augment` / `finetune.augment`)."""
+
+    crop_scale: tuple[float, float] = (0.55, 1.0)  # side fraction of the crop window
+    max_shift: float = 0.15  # of the half-width, in grid units
+    flip: bool = True
+    speed: tuple[float, float] = (0.6, 1.6)
+    reverse_p: float = 0.5
+    gain: tuple[float, float] = (0.6, 1.6)
+    offset: float = 0.3
+    noise: float = 0.15
+    stripes: float = 0.1
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
+
+
+def spatial(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Random crop-and-resize, shift and horizontal flip, the same for all frames of a tubelet."""
+    n, c, t, h, w = x.shape
+    dev = x.device
+    s = _uniform(n, *cfg.crop_scale, g, dev)
+    tx = _uniform(n, -cfg.max_shift, cfg.max_shift, g, dev)
+    ty = _uniform(n, -cfg.max_shift, cfg.max_shift, g, dev)
+    sx = s * (torch.where(torch.rand(n, generator=g, device=dev) < 0.5, -1.0, 1.0) if cfg.flip else 1.0)
+    theta = torch.zeros(n, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = sx, s, tx, ty
+    grid = F.affine_grid(theta, (n, c * t, h, w), align_corners=False)
+    y = F.grid_sample(x.reshape(n, c * t, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return y.reshape(n, c, t, h, w)
+
+
+def temporal(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Random playback speed about a random centre, with edge frames repeated, and reversal."""
+    n, c, t, h, w = x.shape
+    dev = x.device
+    speed = torch.exp(_uniform(n, math.log(cfg.speed[0]), math.log(cfg.speed[1]), g, dev))
+    centre = _uniform(n, 0.0, t - 1.0, g, dev)
+    pos = centre[:, None] + (torch.arange(t, device=dev, dtype=x.dtype)[None] - (t - 1) / 2) * speed[:, None]
+    rev = torch.rand(n, generator=g, device=dev) < cfg.reverse_p
+    pos = torch.where(rev[:, None], pos.flip(1), pos).clamp(0, t - 1)
+    lo = pos.floor().long().clamp(0, t - 1)
+    hi = (lo + 1).clamp(max=t - 1)
+    frac = (pos - lo.to(pos.dtype)).to(x.dtype)[:, None, :, None, None]
+    take = lambda idx: torch.gather(x, 2, idx[:, None, :, None, None].expand(n, c, t, h, w))  # noqa: E731
+    return take(lo) * (1 - frac) + take(hi) * frac
+
+
+def thermal(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Random contrast gain, offset, temporal noise and column stripes."""
+    n, c, t, h, w = x.shape
+    dev = x.device
+    gain = torch.exp(_uniform(n, math.log(cfg.gain[0]), math.log(cfg.gain[1]), g, dev)).view(n, 1, 1, 1, 1)
+    off = _uniform(n, -cfg.offset, cfg.offset, g, dev).view(n, 1, 1, 1, 1)
+    sigma = _uniform(n, 0.0, cfg.noise, g, dev).view(n, 1, 1, 1, 1)
+    noise = torch.randn(x.shape, generator=g, device=dev, dtype=x.dtype) * sigma
+    stripe_on = (torch.rand(n, generator=g, device=dev) < 0.5).to(x.dtype).view(n, 1, 1, 1, 1)
+    stripes = torch.randn((n, 1, 1, 1, w), generator=g, device=dev, dtype=x.dtype) * cfg.stripes * stripe_on
+    return x * gain + off + noise + stripes
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """One random view of a batch (N, 1, T, H, W): temporal, then spatial, then thermal."""
+    return thermal(spatial(temporal(x, cfg, g), cfg, g), cfg, g)
