@@ -254,7 +254,8 @@ def test_agc_output_mode_writes_display8(tmp_path, params):
 def test_distances_span_the_perimeter(cfg):
     dists = []
     for cam in CAMERAS:
-        res = synthesize_camera(small(cfg, frames_per_clip=1, clips_per_camera=2), load_calibration(CAL_DIR / f"{cam}.yaml"), 11)
+        cal = load_calibration(CAL_DIR / f"{cam}.yaml")
+        res = synthesize_camera(small(cfg, frames_per_clip=1, clips_per_camera=4), cal, 11)
         dists += [a["distance_m"] for r in res for a in r.annotations if a["source_label"] not in ("bird", "rain_streak")]
     assert min(dists) < 25 and max(dists) > 200
 

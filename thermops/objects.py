@@ -376,6 +376,24 @@ class Bird(Thing):
         d = np.array([math.sin(self.heading), math.cos(self.heading)])
         return np.array(self.params["start3"][:2]) + self.speed * t * d
 
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Draw, then defocus: the lens focuses far away, so a bird a few metres off is a soft blob."""
+        from thermops.sensor import defocus
+
+        before = cv.field.copy()
+        ext = super().draw(cv, t)
+        sigma = self.params.get("blur_px", 0.0)
+        if ext is None or sigma <= 0:
+            return ext
+        pad = 3.0 * sigma + 1
+        win = _window(cv.camera, ext[0] - pad, ext[1] + pad)
+        if win is None:
+            return ext
+        u0, v0, u1, v1 = win
+        delta = cv.field[v0:v1, u0:u1] - before[v0:v1, u0:u1]
+        cv.field[v0:v1, u0:u1] = before[v0:v1, u0:u1] + defocus(delta, sigma)
+        return ext[0] - sigma, ext[1] + sigma
+
 
 class Reflection(Thing):
     """A person's mirror image in a puddle or wet road: inverted, dim, blurred (the person is out of view)."""

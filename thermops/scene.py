@@ -128,8 +128,8 @@ def layout(camera: PinholeCamera, rng: np.random.Generator) -> Layout:
                 Building(lat, fwd, float(rng.uniform(0.1, 0.25) * fwd * math.tan(half_fov) + 6), float(rng.uniform(8, 20)),
                          float(rng.uniform(4, 9)))  # fmt: skip
             )
-    n = 8
-    wl = rng.uniform(3.0, 40.0, n)
+    n = 16  # enough random plane waves to read as blotches rather than stripes
+    wl = np.exp(rng.uniform(math.log(4.0), math.log(60.0), n))
     ang = rng.uniform(0, 2 * math.pi, n)
     waves = np.stack([np.cos(ang) * 2 * np.pi / wl, np.sin(ang) * 2 * np.pi / wl, rng.uniform(0, 2 * np.pi, n),
                       rng.uniform(0.3, 1.0, n)], axis=1)  # fmt: skip
@@ -169,10 +169,19 @@ def camera_rays(camera: PinholeCamera) -> Rays:
     return Rays(d, lat.reshape(d.shape[:2]), fwd.reshape(d.shape[:2]), d[..., 2])
 
 
-def _texture(lay: Layout, lat: np.ndarray, fwd: np.ndarray) -> np.ndarray:
+def _texture(
+    lay: Layout, lat: np.ndarray, fwd: np.ndarray, foot_lat: np.ndarray | float = 0.0, foot_fwd: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """Smooth ground texture (unit variance) as seen through pixels of a given ground footprint (m).
+
+    A pixel integrates the ground over its footprint, which grows with range and
+    stretches along the view at grazing angles, so each wave is attenuated by
+    its Gaussian footprint response (no aliased stripes at long range).
+    """
     out = np.zeros_like(lat)
     for kx, ky, ph, amp in lay.waves:
-        out += amp * np.sin(kx * lat + ky * fwd + ph)
+        att = np.exp(-0.5 * ((kx * foot_lat) ** 2 + (ky * foot_fwd) ** 2))
+        out += amp * att * np.sin(kx * lat + ky * fwd + ph)
     return out / math.sqrt(len(lay.waves) / 2)
 
 
@@ -195,7 +204,11 @@ def background(
     ground_range = np.hypot(g_lat, g_fwd)
 
     # Ground materials.
-    tex = _texture(lay, np.where(finite, g_lat, 0.0), np.where(finite, g_fwd, 0.0))
+    rng_safe = np.where(finite, ground_range, 0.0)
+    # Pixel footprint on the ground: r / f across, r^2 / (h f) along the view.
+    f = 0.5 * (camera.fx + camera.fy)
+    tex = _texture(lay, np.where(finite, g_lat, 0.0), np.where(finite, g_fwd, 0.0), rng_safe / f,
+                   rng_safe**2 / (h0 * f))  # fmt: skip
     grass, soil, asphalt = cond.surface("grass"), cond.surface("soil"), cond.surface("asphalt")
     soil_mix = np.clip(0.5 + 0.6 * tex, 0, 1) * 0.6
     temp = (1 - soil_mix) * grass + soil_mix * soil + (0.4 + 1.0 * cond.sun) * 0.4 * tex

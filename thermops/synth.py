@@ -164,7 +164,8 @@ def sample_nuisance(
         climb = float(rng.uniform(-0.5, 0.5))
         start3 = mid3 - speed * t_mid * d - np.array([0, 0, climb * t_mid])
         p = {"start3": start3.tolist(), "climb": climb, "span_m": float(rng.uniform(0.3, 0.9)),
-             "flap_hz": float(rng.uniform(3, 8)), "body_c": cond.air_c + float(rng.uniform(5, 12))}  # fmt: skip
+             "flap_hz": float(rng.uniform(3, 8)), "body_c": cond.air_c + float(rng.uniform(5, 12)),
+             "blur_px": defocus_sigma_px(camera, depth / max(fwd, 1e-3))}  # fmt: skip
         return Bird("nuisance", kind, start3[:2].copy(), heading, speed, float(rng.uniform(0, 6.28)), p)
     if kind == "reflection":
         xy, _ = _place(camera, rng, rmin, min(rmax, rmin + 0.6 * (rmax - rmin)))
@@ -176,7 +177,7 @@ def sample_nuisance(
     if kind == "heat_shimmer":
         xy, _ = _place(camera, rng, rmin + 0.4 * (rmax - rmin), rmax, 0.7)
         p = {"width_m": float(rng.uniform(0.04, 0.1)) * rmax, "height_m": float(rng.uniform(0.008, 0.02)) * rmax,
-             "amp_k": float(rng.uniform(0.6, 1.5)) * cond.sun, "rise_hz": float(rng.uniform(0.5, 1.5))}  # fmt: skip
+             "amp_k": float(rng.uniform(1.5, 3.0)) * cond.sun, "rise_hz": float(rng.uniform(0.5, 1.5))}  # fmt: skip
         return _started(HeatShimmer, "nuisance", kind, camera, rng, xy, _heading(camera, rng, 1.0),
                         float(rng.uniform(0.0, 0.3)), t_mid, p)  # fmt: skip
     # rain_streak: an image-space curtain close to the lens.
@@ -188,6 +189,17 @@ def sample_nuisance(
          "length_px": int(rng.uniform(0.1, 0.25) * h), "drop_c": cond.wet_bulb_c - 1.5, "seed": seed}  # fmt: skip
     xy = camera.ground_point_at_range(1.5)
     return RainStreak("nuisance", kind, np.asarray(xy), 0.0, 0.0, 0.0, p)
+
+
+def defocus_sigma_px(camera: PinholeCamera, distance_m: float, f_number: float = 1.0, pitch_m: float = 17e-6) -> float:
+    """Blur (Gaussian sigma, px) of a point at `distance_m` for a lens focused at infinity.
+
+    Blur-circle diameter on the focal plane = aperture x focal length / distance =
+    (f / N) f / d; in pixels that is fx^2 pitch / (N d). Perimeter lenses are fast
+    (about f/1.0) and pixels 12-17 um (THERMAL-FACTS), so only long lenses blur
+    nearby birds much; sigma is taken as half the diameter.
+    """
+    return float(max(0.3, 0.5 * camera.fx**2 * pitch_m / (f_number * max(distance_m, 0.1))))
 
 
 def rain_streaks(field: np.ndarray, cond: Conditions, rng: np.random.Generator) -> None:
