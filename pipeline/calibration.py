@@ -132,6 +132,7 @@ class WatchResult:
     already_handled: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    gave_up: list[str] = field(default_factory=list)
 
 
 def _window(params: dict[str, Any]) -> tuple[float, int]:
@@ -180,6 +181,11 @@ def watch_once(
         found = scan(resolve(calibration_dir), deployed, state, trigger=trigger, window_m=window_m, input_size=size,
                      in_use=cameras_in_use(params))  # fmt: skip
         result.already_handled, result.unchanged, result.unused = found.already_handled, found.unchanged, found.unused
+        result.gave_up = found.gave_up
+        for cam in found.gave_up:
+            log.error("%s: retraining for its current calibration failed %d times; not retried (see %s, fix the "
+                      "cause, then record a new calibration or run the retrain by hand)", cam, trigger.max_attempts,
+                      trigger.state_file)  # fmt: skip
         for cam in found.already_handled:
             log.info("%s: its current calibration was already handled; nothing to do", cam)
         for cam in found.unchanged:
@@ -199,8 +205,11 @@ def watch_once(
                 log.warning("retraining locally: %s (in %s)", " ".join(cmd[1:]), root)
                 status = (runner or _run_subprocess)(cmd, root)
                 if status != 0:
-                    state.save()  # immaterial verdicts stand; material ones are retried
-                    raise TriggerError(f"`dvc repro` exited with status {status}; the change will be retried")
+                    err = f"`dvc repro` exited with status {status}"
+                    for rep in result.material:  # immaterial verdicts stand; material ones are retried
+                        state.record_failure(rep, err)
+                    state.save()
+                    raise TriggerError(f"{err}; retried on the next pass (at most trigger.max_attempts times)")
                 result.action = "local: dvc repro"
             else:
                 submit = submitter or kubeflow_submitter(root, kfp_host, namespace=namespace,
@@ -208,6 +217,8 @@ def watch_once(
                 try:
                     run_id = submit(result.material)
                 except Exception as err:  # noqa: BLE001 - any refusal: not handled, retried next pass
+                    for rep in result.material:
+                        state.record_failure(rep, f"Kubeflow submission failed: {err}")
                     state.save()
                     raise TriggerError(f"Kubeflow submission failed: {err}") from err
                 result.action = f"cluster: kubeflow run {run_id} {json.dumps(run_parameters(result.material))}"

@@ -132,10 +132,28 @@ def test_failed_retrain_is_retried_then_handled_once(tmp_path):
     failing = CountingRunner(status=2)
     with pytest.raises(TriggerError, match="status 2"):
         _watch(root, failing)
-    assert "fence_mid" not in (_state(root) or {}).get("handled", {})
+    assert "fence_mid" not in _state(root)["handled"]
+    assert _state(root)["failed"]["fence_mid"]["2026-11-22.1"]["attempts"] == 1
     ok = CountingRunner()
     assert _watch(root, ok).triggered and _watch(root, ok).triggered is False
     assert len(failing.calls) == 1 and len(ok.calls) == 1
+    assert _state(root)["failed"] == {}
+
+
+def test_a_retrain_that_keeps_failing_is_given_up_after_max_attempts(tmp_path, caplog):
+    root = make_project(tmp_path)  # trigger.max_attempts: 3
+    _record(root, "fence_mid", **{"geometry.pitch_deg": 8.0})
+    failing = CountingRunner(status=1)
+    for _ in range(3):
+        with pytest.raises(TriggerError):
+            _watch(root, failing)
+    with caplog.at_level(logging.ERROR, logger="thermops.trigger"):
+        res = _watch(root, failing)
+    assert len(failing.calls) == 3 and not res.triggered and res.gave_up == ["fence_mid"]
+    assert "failed 3 times; not retried" in caplog.text
+    # A new calibration is a new change: tried again.
+    _record(root, "fence_mid", **{"geometry.pitch_deg": 8.5})
+    assert _watch(root, CountingRunner()).triggered
 
 
 def test_unchanged_and_new_camera(tmp_path):

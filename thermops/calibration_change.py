@@ -65,6 +65,7 @@ class TriggerParams:
     state_file: str = ".thermops/trigger-state.json"
     poll_interval_s: float = 300.0
     mode: str = "local"
+    max_attempts: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "cluster"):
@@ -382,6 +383,7 @@ class TriggerState:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.handled: dict[str, dict[str, dict[str, Any]]] = {}
+        self.failed: dict[str, dict[str, dict[str, Any]]] = {}
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text())
@@ -390,6 +392,7 @@ class TriggerState:
             if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
                 raise CalibrationError(f"{self.path}: not a {STATE_FORMAT} file")
             self.handled = data.get("handled", {})
+            self.failed = data.get("failed", {})
 
     def get(self, camera_id: str, version: str) -> dict[str, Any] | None:
         """The record of a handled (camera, version), or None."""
@@ -405,6 +408,19 @@ class TriggerState:
             "summary": report.summary(),
             "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        self.failed.get(report.camera_id, {}).pop(report.new_version, None)
+
+    def attempts(self, camera_id: str, version: str) -> int:
+        """Failed retrain attempts for (camera, version)."""
+        return int(self.failed.get(camera_id, {}).get(version, {}).get("attempts", 0))
+
+    def record_failure(self, report: ChangeReport, error: str) -> None:
+        """Count a failed retrain of (camera, version); it is retried up to `trigger.max_attempts`."""
+        self.failed.setdefault(report.camera_id, {})[report.new_version] = {
+            "attempts": self.attempts(report.camera_id, report.new_version) + 1,
+            "last_error": error,
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
 
     def save(self) -> None:
         """Write atomically; the folder ignores itself in git (runtime state, not source)."""
@@ -412,7 +428,8 @@ class TriggerState:
         ignore = self.path.parent / ".gitignore"
         if self.path.parent.name.startswith(".") and not ignore.exists():
             ignore.write_text("*\n")
-        write_json(self.path, {"format": STATE_FORMAT, "handled": self.handled})
+        failed = {cam: v for cam, v in self.failed.items() if v}
+        write_json(self.path, {"format": STATE_FORMAT, "handled": self.handled, "failed": failed})
 
     @contextlib.contextmanager
     def locked(self) -> Iterator["TriggerState"]:
@@ -438,6 +455,7 @@ class Scan:
     unchanged: list[str] = field(default_factory=list)
     already_handled: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)  # not deployed and not in the pipeline's sources
+    gave_up: list[str] = field(default_factory=list)  # retrain failed trigger.max_attempts times
 
     @property
     def material(self) -> list[ChangeReport]:
@@ -482,6 +500,9 @@ def scan(calibration_dir: str | Path, deployed: Deployed, state: TriggerState, *
                     "already handled; record a new calibration (python -m pipeline.calibration record) instead of editing in place"
                 )
             out.already_handled.append(camera_id)
+            continue
+        if state.attempts(camera_id, cal.version) >= trigger.max_attempts:
+            out.gave_up.append(camera_id)
             continue
         version = deployed.calibrations.get(camera_id)
         if version is None and in_use is not None and camera_id not in in_use:
