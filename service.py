@@ -25,6 +25,7 @@ import collections
 import json
 import os
 import threading
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +33,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from bentoml.validators import DType, Shape
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from thermops.serving import (
     CameraConflict,
@@ -41,6 +42,7 @@ from thermops.serving import (
     PayloadTooLarge,
     TubeletError,
     UnknownCamera,
+    UnsupportedMedia,
     model_input,
     parse_json_tubelet,
     parse_upload,
@@ -81,7 +83,31 @@ LIMITS = PackageParams(
 )  # fmt: skip
 
 Tubelet = Annotated[list[list[list[float]]], Field(description="one tubelet (T, H, W): T >= 1, H, W >= 8")]
-ModelBatch = Annotated[np.ndarray, Shape((-1, 1, ARGS.input_frames, ARGS.input_size, ARGS.input_size)), DType("float32")]
+
+
+def _as_float_array(value: Any) -> np.ndarray:
+    """Turn the JSON input of /infer into an array, or a ValueError (a 400): BentoML's tensor
+    validator lets the TypeError of e.g. a dict through as a 500."""
+    if isinstance(value, np.ndarray):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"expected an array (nested lists of numbers), got {type(value).__name__}")
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"not a regular array of numbers: {err}") from None
+    expected = (1, ARGS.input_frames, ARGS.input_size, ARGS.input_size)
+    if arr.ndim != 5 or arr.shape[1:] != expected:
+        raise ValueError(f"expected shape (N, {', '.join(map(str, expected))}), got {arr.shape}")
+    return arr
+
+
+ModelBatch = Annotated[
+    np.ndarray,
+    Shape((-1, 1, ARGS.input_frames, ARGS.input_size, ARGS.input_size)),
+    DType("float32"),
+    BeforeValidator(_as_float_array),
+]
 
 
 class Prediction(BaseModel):
@@ -95,33 +121,89 @@ class Prediction(BaseModel):
     model_version: str
 
 
-class RequestSizeLimit:
-    """ASGI middleware: a body announced larger than the limit gets a 413 before it is read."""
+class RequestGuard:
+    """ASGI middleware that answers malformed or oversized bodies before BentoML parses them.
+
+    A body larger than `max_bytes` (announced or streamed) gets a 413; a multipart
+    body without a boundary, or one that does not parse, gets a 400 (BentoML's own
+    form parsing would turn those into 500s). The body is buffered (it is bounded)
+    and replayed to the application.
+    """
 
     def __init__(self, app: Any, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 
+    @staticmethod
+    async def _reply(send: Any, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-                body = json.dumps({"error": f"request body of {length.decode(errors='replace')} bytes exceeds "
-                                            f"the limit of {self.max_bytes} bytes"}).encode()  # fmt: skip
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})  # fmt: skip
-                await send({"type": "http.response.body", "body": body})
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        limit_msg = f"request body exceeds the limit of {self.max_bytes} bytes"
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._reply(send, 413, limit_msg)
+        chunks, total = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
                 return
-        await self.app(scope, receive, send)
+            chunk = msg.get("body", b"")
+            total += len(chunk)
+            if total > self.max_bytes:
+                return await self._reply(send, 413, limit_msg)
+            chunks.append(chunk)
+            if not msg.get("more_body"):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        ctype = headers.get(b"content-type", b"").decode("latin-1")
+        if ctype.split(";")[0].strip().lower() == "multipart/form-data":
+            if "boundary=" not in ctype:
+                return await self._reply(send, 400, "multipart/form-data request without a boundary")
+            from starlette.requests import Request
+
+            probe_sent = False
+
+            async def probe() -> dict:
+                nonlocal probe_sent
+                if not probe_sent:
+                    probe_sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.disconnect"}
+
+            try:
+                form = await Request(scope, probe).form()
+                await form.close()
+            except Exception as err:  # starlette/python-multipart raise several kinds
+                return await self._reply(send, 400, f"malformed multipart body: {type(err).__name__}: {ascii(str(err))}")
+        await self.app(scope, replay, send)
 
 
 def _client_error(err: Exception) -> BentoMLException:
     """Map a validation error to the 4xx it deserves, with its message."""
+    # Messages may quote client input; lone surrogates would make the JSON answer unencodable (a 500).
+    err = type(err)(str(err).encode("utf-8", "backslashreplace").decode("utf-8"))
     if isinstance(err, PayloadTooLarge):
-        return BentoMLException(str(err), error_code=413)
+        return BentoMLException(str(err), error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(err, UnsupportedMedia):
+        return BentoMLException(str(err), error_code=HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
     if isinstance(err, CameraConflict):
-        return BentoMLException(str(err), error_code=409)
+        return BentoMLException(str(err), error_code=HTTPStatus.CONFLICT)
     if isinstance(err, UnknownCamera):
         return NotFound(str(err))
     return InvalidArgument(str(err))
@@ -232,7 +314,11 @@ class ThermopsClassifier:
     @bentoml.api
     def parse_only(self, tubelet: Tubelet, camera_id: str) -> dict[str, Any]:
         """The /classify path without the model: parse, validate, calibrate, preprocess."""
-        x, cal, units = self._prepare(parse_json_tubelet(tubelet), camera_id)
+        try:
+            arr = parse_json_tubelet(tubelet)
+        except TubeletError as err:
+            raise _client_error(err) from None
+        x, cal, units = self._prepare(arr, camera_id)
         return {"shape": list(x.shape), "calibration_version": cal.version, "units": units}
 
     @bentoml.api
@@ -269,4 +355,4 @@ class ThermopsClassifier:
             return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
 
-ThermopsClassifier.add_asgi_middleware(RequestSizeLimit, max_bytes=LIMITS.max_request_bytes)
+ThermopsClassifier.add_asgi_middleware(RequestGuard, max_bytes=LIMITS.max_request_bytes)

@@ -190,3 +190,26 @@ def write_params(path: Path, params: PackageParams) -> Path:
 
 def jsonable(arr: np.ndarray) -> Any:
     return arr.tolist()
+
+
+_PACKAGED: dict[str, Any] = {}
+
+
+def packaged_once(tmp_path_factory) -> tuple[dict[str, Path], Path, dict[str, str]]:
+    """One real package run per test session, shared by the package and service tests.
+
+    Returns (paths of the gated model project, BENTOML_HOME, content of bento.json).
+    """
+    if not _PACKAGED:
+        from thermops.io import read_json
+
+        root = tmp_path_factory.mktemp("packaged")
+        paths = make_gated_model(root)
+        paths["root"] = root
+        home = root / "bentoml"
+        out = root / "models" / "bento.json"
+        proc = package_in_subprocess(paths, home, out, write_params(root / "params.yaml", small_package_params()))
+        if proc.returncode != 0:
+            raise RuntimeError(f"package step failed:\n{proc.stderr}")
+        _PACKAGED.update(paths=paths, home=home, result=read_json(out))
+    return _PACKAGED["paths"], _PACKAGED["home"], _PACKAGED["result"]

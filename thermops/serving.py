@@ -14,6 +14,7 @@ Shapes: a request carries one tubelet (T, H, W); the batchable model call takes
 from __future__ import annotations
 
 import io
+import re
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from thermops.calibration import Calibration, CalibrationError, load_calibrations, parse_calibration
 from thermops.preprocess import InputSpec, prepare_batch
 
+CAMERA_ID = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")  # as in thermops.calibration.Calibration
 MIN_SIDE = 8  # smallest H, W the service accepts (the prepare step's min_window_px)
 # Numeric dtypes a tubelet may come in; bool, complex, object and strings are refused.
 ACCEPTED_KINDS = ("u", "i", "f")
@@ -36,6 +38,10 @@ class TubeletError(ValueError):
 
 class PayloadTooLarge(TubeletError):
     """A request's tubelet exceeds the service's size limits."""
+
+
+class UnsupportedMedia(TubeletError):
+    """An upload is neither an .npy array nor a TIFF."""
 
 
 class UnknownCamera(KeyError):
@@ -132,7 +138,7 @@ def parse_upload(data: bytes, filename: str | None = None, content_type: str | N
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return parse_tiff(data)
     name = filename or "upload"
-    raise TubeletError(
+    raise UnsupportedMedia(
         f"{name}: unsupported file type (content type {content_type or 'unknown'}); "
         "send an .npy array or a multi-page TIFF"
     )
@@ -252,6 +258,9 @@ class CameraRegistry:
 
     def get(self, camera_id: str) -> Calibration:
         """The calibration of `camera_id`, or UnknownCamera."""
+        if not isinstance(camera_id, str) or not CAMERA_ID.fullmatch(camera_id):
+            # ascii(): the id may hold anything, lone surrogates included; the message must encode
+            raise TubeletError(f"camera_id {ascii(camera_id)[:80]} is not a camera id (lowercase letters, digits, _ and -)")
         with self._lock:
             cal = self._trained.get(camera_id) or self._registered.get(camera_id)
         if cal is None:
