@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipeline.graph import Graph, Out, Stage, ident, nest, param_ident
 
 # Stage outs under these roots are models; reports get HTML/Markdown views.
@@ -75,9 +77,33 @@ def output_specs(stage: Stage) -> list[ArtifactSpec]:
     return specs
 
 
+def is_encoded(value: Any) -> bool:
+    """Whether a params value travels as YAML text rather than a native KFP parameter.
+
+    Mappings, lists and nulls do: KFP carries them as protobuf Structs, which turn every
+    int into a float and refuse non-string keys (`robust_accuracy: {0.01: 0.2}`), so the
+    step would not read back what params.yaml says. YAML text round-trips exactly.
+    """
+    return value is None or isinstance(value, (dict, list))
+
+
+def encode_param(value: Any) -> Any:
+    """A params value as a KFP argument (YAML text for mappings, lists and nulls)."""
+    if is_encoded(value):
+        return yaml.safe_dump(value, sort_keys=True, default_flow_style=True, width=1 << 30).strip()
+    return value
+
+
+def decode_param(value: Any, encoded: bool) -> Any:
+    """Inverse of `encode_param`."""
+    return yaml.safe_load(value) if encoded else value
+
+
 def param_annotation(value: Any) -> str:
     """The KFP parameter type of a params.yaml value."""
-    for tp, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "list"), (dict, "dict")):
+    if is_encoded(value):
+        return "str"
+    for tp, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str")):
         if isinstance(value, tp):
             return name
     raise TypeError(f"params value {value!r} has no KFP parameter type")
@@ -115,6 +141,7 @@ def stage_spec(graph: Graph, stage: Stage, project_root: str, settings: dict[str
         "inputs": inputs,
         "outputs": [a.__dict__ for a in output_specs(stage)],
         "params": {leaf: param_ident(leaf) for leaf in graph.stage_leaves[stage.name]},
+        "encoded": [leaf for leaf in graph.stage_leaves[stage.name] if is_encoded(graph.leaves[leaf])],
         "source": source,
         "gate": gate if gate.get("stage") == stage.name else None,
         "nproc_per_node": nproc,
@@ -232,8 +259,12 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
 
 
-def read_confusion(path: Path) -> tuple[list[str], list[list[int]]]:
-    """Labels and square count matrix from a confusion file (JSON or long/wide CSV)."""
+def read_confusion(path: Path, classes: list[str] | None = None) -> tuple[list[str], list[list[int]]]:
+    """Labels and square count matrix from a confusion file (JSON or long/wide CSV).
+
+    A long CSV (one `actual,predicted` row per sample) lists only labels that occur;
+    `classes` (params `classes`, when the stage reads it) restores all, in order.
+    """
     import csv
 
     if path.is_dir():
@@ -256,7 +287,8 @@ def read_confusion(path: Path) -> tuple[list[str], list[list[int]]]:
     pred = next((c for c in cols if c.lower() in ("predicted", "pred", "prediction", "y_pred")), None)
     if actual and pred:  # long format: one row per prediction, or with a count column
         count = next((c for c in cols if c.lower() in ("count", "n")), None)
-        labels = sorted({r[actual] for r in rows} | {r[pred] for r in rows})
+        seen = {r[actual] for r in rows} | {r[pred] for r in rows}
+        labels = list(classes) if classes and seen <= set(classes) else sorted(seen)
         idx = {lab: i for i, lab in enumerate(labels)}
         m = [[0] * len(labels) for _ in labels]
         for r in rows:
@@ -332,6 +364,18 @@ def _provenance(args: dict[str, Any], spec: dict[str, Any], inputs: list[Any]) -
     return {"data_hash": data_hash, "git_rev": git_rev, "params_hash": _hash_value(params)[:16]}
 
 
+def _gate_verdict(work: Path, gate: dict[str, Any] | None) -> bool | None:
+    """The gate's verdict from its metrics file; None when this is no gate or it has none."""
+    if not gate or not (work / gate["metrics"]).is_file():
+        return None
+    value: Any = json.loads((work / gate["metrics"]).read_text())
+    for part in gate["key"].split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return bool(value)
+
+
 def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
     """Run one DVC stage inside a KFP task: materialize deps, run `cmd`, export outs.
 
@@ -355,9 +399,8 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
             _link(src, work / dep)
         for i in spec["inputs"]:
             _link(Path(args[i["name"]].path), work / i["path"])
-        params = {leaf: args[name] for leaf, name in spec["params"].items()}
-        import yaml
-
+        enc = set(spec.get("encoded", []))
+        params = {leaf: decode_param(args[name], leaf in enc) for leaf, name in spec["params"].items()}
         (work / "params.yaml").write_text(yaml.safe_dump(nest(params), sort_keys=False))
         prov = _provenance(args, spec, [args[i["name"]] for i in spec["inputs"]])
         env = dict(os.environ)
@@ -365,27 +408,28 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
         cmd = _command(spec["cmd"], int(spec.get("nproc_per_node", 1)))
         print(f"[thermops] stage {spec['stage']}: {cmd}", flush=True)
         proc = subprocess.run(cmd, shell=True, cwd=work / spec["wdir"], env=env)
-        if proc.returncode != 0:
+        verdict = _gate_verdict(work, spec.get("gate"))
+        if proc.returncode != 0 and verdict is not False:
             raise RuntimeError(f"stage {spec['stage']}: `{spec['cmd']}` exited {proc.returncode}")
+        # a gate that exits 1 on a failed verdict (gate.enforce) stops `dvc repro` before
+        # packaging; here it is a plain False output, and dsl.If skips the packaging
         for o in spec["outputs"]:
             src = work / o["path"]
             if not src.exists():
                 raise FileNotFoundError(f"stage {spec['stage']}: declared out {o['path']} was not written")
             art = args[o["name"]]
-            _export(art, o, src)
+            _export(art, o, src, params)
             art.metadata.update({"stage": spec["stage"], "path": o["path"], **prov})
         if spec.get("gate"):
-            gate = spec["gate"]
-            value = json.loads((work / gate["metrics"]).read_text())
-            for part in gate["key"].split("."):
-                value = value[part]
-            return bool(value)
+            if verdict is None:
+                raise FileNotFoundError(f"stage {spec['stage']}: no verdict {spec['gate']['key']} in {spec['gate']['metrics']}")
+            return verdict
         return None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _export(art: Any, o: dict[str, Any], src: Path) -> None:
+def _export(art: Any, o: dict[str, Any], src: Path, params: dict[str, Any] | None = None) -> None:
     """Copy an out into its artifact and fill the typed parts (metrics, matrix, views)."""
     if o["role"] == "html":
         Path(art.path).parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +446,8 @@ def _export(art: Any, o: dict[str, Any], src: Path) -> None:
         for k, v in flat.items():
             art.log_metric(k, v)
     elif o["type"] == "ClassificationMetrics":
-        labels, matrix = read_confusion(src)
+        classes = (params or {}).get("classes")
+        labels, matrix = read_confusion(src, classes if isinstance(classes, list) else None)
         art.log_confusion_matrix(labels, matrix)
 
 
@@ -416,7 +461,11 @@ def run_fetch_task(spec_json: str, args: dict[str, Any]) -> None:
     work = Path(tempfile.mkdtemp(prefix="thermops-fetch-"))
     try:
         commit = args["git_rev"]
-        subprocess.run(["git", "clone", "--quiet", args["data_repo"], str(work)], check=True)
+        url = args["data_repo"]
+        token = os.environ.get("GIT_TOKEN")  # from the dvc_remote secret, for a private repo
+        if token and url.startswith("https://"):
+            url = "https://x-access-token:" + token + "@" + url[len("https://"):]
+        subprocess.run(["git", "clone", "--quiet", url, str(work)], check=True)
         subprocess.run(["git", "-C", str(work), "checkout", "--quiet", commit], check=True)
         pull = [sys.executable, "-m", "dvc", "pull", *spec["stages"]]
         if args.get("dvc_remote"):

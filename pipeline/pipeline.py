@@ -118,9 +118,9 @@ def _configure(task: Any, step: str, kf: KubeflowParams) -> None:
 
 def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_rev: str) -> list[tuple[str, Any, Any]]:
     """(name, annotation, default) of every pipeline parameter, params leaves in key order."""
-    from pipeline.components import param_annotation
+    from pipeline.components import encode_param, param_annotation
 
-    types = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
+    types = {"bool": bool, "int": int, "float": float, "str": str}
     used = set()
     for s in stages_run(graph, kf):
         used.update(graph.stage_leaves[s.name])
@@ -129,7 +129,7 @@ def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_re
         out += [("data_repo", str, kf.data_repo), ("dvc_remote", str, kf.dvc_remote)]
     for leaf in sorted(used):
         value = graph.leaves[leaf]
-        out.append((param_ident(leaf), types[param_annotation(value)], value))
+        out.append((param_ident(leaf), types[param_annotation(value)], encode_param(value)))
     return out
 
 

@@ -115,6 +115,7 @@ def prepare_submission(
     from kfp import compiler
 
     from pipeline import datahash
+    from pipeline.components import encode_param
     from pipeline.pipeline import build_pipeline, kubeflow_params, pipeline_parameters
     from thermops.config import load_params
 
@@ -134,7 +135,7 @@ def prepare_submission(
     for leaf in graph.leaves:
         name = param_ident(leaf)
         if name in names and get_key(params, leaf) != get_key(base, leaf):
-            args[name] = get_key(params, leaf)
+            args[name] = encode_param(get_key(params, leaf))
     for key in params_overrides or {}:
         if not any(key == lf or key.startswith(lf + ".") for lf in graph.leaves if param_ident(lf) in names):
             if key != "kubeflow" and not key.startswith("kubeflow."):

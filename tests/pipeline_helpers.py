@@ -165,3 +165,52 @@ def make_toy_repo(root: Path, params: dict | None = None) -> Path:
     git(root, "add", ".")
     git(root, "commit", "-q", "-m", "toy")
     return root
+
+
+# Tiny params for the real stages: one camera, few clips, one epoch, small gate subsets.
+TINY_OVERRIDES = {
+    "synth": {"clips_per_camera": 2},
+    "pretrain": {"optim": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0}},
+    "finetune": {
+        "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0},
+        "low_label": {"optim": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0}},
+    },
+    "gate": {
+        "attack_subset": 8,
+        "cw": {"subset": 4, "steps": 5, "search_steps": 1},
+        "corruptions": {"subset": 8},
+        "perspective": {"subset": 8, "worst_case": {"subset": 4, "steps": 2}},
+    },
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`base` with `over` merged in, recursively (copies)."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def copy_repo(src: Path, dst: Path, params: dict) -> Path:
+    """A temp copy of the working tree (tracked + untracked, not ignored) with `params`, committed."""
+    import shutil
+
+    files = subprocess.run(
+        ["git", "-C", str(src), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        s = src / rel
+        if not s.is_file() or rel == "dvc.lock" or rel.startswith(("tests/", "docs/", "benchmarks/")):
+            continue
+        d = dst / rel
+        d.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(s, d)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(dst, "init", "-q", "-b", "main")
+    git(dst, "add", ".")
+    git(dst, "commit", "-q", "-m", "copy")
+    return dst

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kfp_standin import KfpStandIn  # noqa: E402
 from pipeline_helpers import git, make_toy_repo, toy_params  # noqa: E402
 
+from pipeline.components import encode_param  # noqa: E402
 from pipeline.graph import build_graph  # noqa: E402
 from pipeline.pipeline import (  # noqa: E402
     compile_pipeline,
@@ -162,7 +163,7 @@ def test_pipeline_parameters_mirror_params_yaml(toy_spec_embedded, toy):
     spec, _ = toy_spec_embedded
     params = yaml.safe_load((toy / "params.yaml").read_text())
     defs = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
-    assert defs["prep"] == params["prep"]
+    assert yaml.safe_load(defs["prep"]) == params["prep"]  # mappings travel as YAML text
     assert defs["train__lr"] == params["train"]["lr"]
     assert defs["gen__n"] == params["gen"]["n"] and defs["seed"] == params["seed"]
     assert len(defs["data_hash"]) == 64 and defs["git_rev"] == git(toy, "rev-parse", "HEAD")
@@ -329,7 +330,8 @@ def test_parity_dvc_repro_and_local_kfp(tmp_path):
             dvc_changed = set(json.loads(status))
         finally:
             (repo / "params.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
-        kfp_changed = {task_inputs(spec)[k]["display"] for k in directly_changed(spec, {}, {pname: value})}
+        changed = directly_changed(spec, {}, {pname: encode_param(value)})
+        kfp_changed = {task_inputs(spec)[k]["display"] for k in changed}
         assert kfp_changed == {f"{s.replace('@', '_')}_task" for s in dvc_changed}, key
         assert dvc_changed  # the change is seen at all
 
@@ -351,7 +353,7 @@ def test_submit_to_standin_sends_spec_parameters_experiment(toy):
     assert {t["display"] for t in task_inputs(spec).values()} >= {"prep_task", "gate_task", "package_task"}
     assert "platform_spec" in run.body["pipeline_spec"]
     args = run.body["runtime_config"]["parameters"]
-    assert args["prep"] == {"scale": 3.0, "offset": 0} and args["train__lr"] == 0.2
+    assert yaml.safe_load(args["prep"]) == {"scale": 3.0, "offset": 0} and args["train__lr"] == 0.2
     assert len(args["data_hash"]) == 64 and args["git_rev"] == git(toy, "rev-parse", "HEAD")
     assert {k.lower(): v for k, v in run.headers.items()}["authorization"] == "Bearer t0ken"
     assert url.endswith(f"/#/runs/details/{run_id}") and run_id in server.runs
