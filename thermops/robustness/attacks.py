@@ -318,8 +318,8 @@ class CarliniWagnerL2(Attack):
     norms = ("l2",)
     bounded = False
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "l2", *, steps: int = 30, search_steps: int = 4,
-                 c_init: float = 1.0, lr: float = 0.05, kappa: float = 0.0, **kw):  # fmt: skip
+    def __init__(self, model: nn.Module, eps: float, norm: str = "l2", *, steps: int = 30, search_steps: int = 3,
+                 c_init: float = 1.0, lr: float = 0.02, kappa: float = 0.0, **kw):  # fmt: skip
         super().__init__(model, eps, norm, **kw)
         self.steps, self.search_steps, self.c_init, self.lr, self.kappa = steps, search_steps, c_init, lr, kappa
 

@@ -81,6 +81,7 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GatePara
             raise ValueError(f"gate.threat_models: {threat!r} is not one of {list(A.NORMS)}")
         eps_all = sorted(set(tm.eps) | {tm.large_eps})
         curves: dict[str, dict[float, float]] = {}
+        subset_n = {}
         worst = {e: clean.clone() for e in eps_all}
         for name in tm.attacks:
             t0 = time.perf_counter()
@@ -89,6 +90,7 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GatePara
                 cw = A.build_attack(threat, name, model, tm.eps[0], **_attack_kwargs(name, p, seed))
                 masks = cw.robust_mask(x[idx], y[idx], eps_all)
                 curves[name] = {e: float(m.float().mean()) for e, m in masks.items()}
+                subset_n[name] = int(len(idx))
                 for e, m in masks.items():
                     worst[e][idx] &= m
             else:
@@ -126,7 +128,7 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GatePara
             S.more_steps_not_weaker(acc_few, acc_many, (p.pgd.steps, many_steps), p.sanity.more_steps_tol, threat, e_mid),
             S.black_box_not_stronger(curves["random_noise"], curves["worst"], p.sanity.black_box_tol, threat),
         ]
-        out[threat] = {"n": int(len(x)), "eps": list(tm.eps), "large_eps": tm.large_eps, **curves,
+        out[threat] = {"n": int(len(x)), "eps": list(tm.eps), "large_eps": tm.large_eps, **curves, "subset_n": subset_n,
                        "more_steps": {"eps": e_mid, "steps": [p.pgd.steps, many_steps], "accuracy": [acc_few, acc_many]}}  # fmt: skip
     sanity.insert(0, S.gradients_finite_nonzero(model, x, y, p.sanity.max_zero_grad_fraction))
     return {"robust_accuracy": out, "sanity": sanity, "timing_s": timing, "examples": examples}

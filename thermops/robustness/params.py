@@ -29,10 +29,10 @@ class APGDParams:
 @dataclass(frozen=True)
 class CWParams:
     subset: int = 12  # C&W is the slowest attack: run it on the first `subset` attacked tubelets
-    steps: int = 20
+    steps: int = 30
     search_steps: int = 3
     c_init: float = 1.0
-    lr: float = 0.05
+    lr: float = 0.02
 
 
 @dataclass(frozen=True)

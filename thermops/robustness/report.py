@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 
+NOT_CURVES = ("more_steps", "subset_n")  # entries of robust_accuracy[threat] that are not {eps: acc}
+
+
 def _plt():
     import matplotlib
 
@@ -34,12 +37,13 @@ def plot_robust_accuracy(metrics: dict, path: Path, celsius_scale_k: float) -> N
     fig, axes = plt.subplots(1, len(ra), figsize=(5.5 * len(ra), 4), squeeze=False)
     for ax, (threat, tm) in zip(axes[0], ra.items()):
         for name, curve in tm.items():
-            if not isinstance(curve, dict) or name == "more_steps":
+            if not isinstance(curve, dict) or name in NOT_CURVES:
                 continue
             eps = sorted(float(e) for e in curve)
             vals = [curve[e] if e in curve else curve[str(e)] for e in eps]
             style = {"worst": dict(color="k", lw=2.5), "random_noise": dict(ls="--", color="grey")}.get(name, {})
-            ax.plot(eps, vals, marker="o", label=name, **style)
+            n_sub = tm.get("subset_n", {}).get(name)
+            ax.plot(eps, vals, marker="o", label=name + (f" (n={n_sub})" if n_sub else ""), **style)
         ax.axhline(metrics["clean_accuracy"], color="green", ls=":", label="clean")
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
@@ -88,20 +92,20 @@ def plot_stability(metrics: dict, path: Path) -> None:
     ax.set_title("representation stability")
     ax.legend(fontsize=7)
     ax = axes[1]
-    for k in kinds:
+    for i, k in enumerate(kinds):
         rr = sorted((r for r in rows if r["kind"] == k), key=lambda r: r["px"])
-        ax.plot([r["px"] for r in rr], [r["accuracy"] for r in rr], marker="o", label=f"{k} acc")
-        ax.plot([r["px"] for r in rr], [r["flip_rate"] for r in rr], ls="--", marker="x", label=f"{k} flip")
+        ax.plot([r["px"] for r in rr], [r["accuracy"] for r in rr], marker="o", color=f"C{i}", label=f"{k} acc")
+        ax.plot([r["px"] for r in rr], [r["flip_rate"] for r in rr], ls="--", marker="x", color=f"C{i}", label=f"{k} flip")
     ax.set_xlabel("corner displacement (model-input px, signed)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"homography sweep (n={metrics['perspective']['n']})")
     ax.legend(fontsize=6, ncol=2)
     ax = axes[2]
     radio = metrics["radiometric"]["sweep"]
-    for k in ("gain", "offset"):
+    for i, k in enumerate(("gain", "offset")):
         rr = sorted((r for r in radio if r["kind"] == k), key=lambda r: r["value"])
-        ax.plot([r["value"] for r in rr], [r["accuracy"] for r in rr], marker="o", label=f"{k} acc")
-        ax.plot([r["value"] for r in rr], [r["flip_rate"] for r in rr], ls="--", marker="x", label=f"{k} flip")
+        ax.plot([r["value"] for r in rr], [r["accuracy"] for r in rr], marker="o", color=f"C{i}", label=f"{k} acc")
+        ax.plot([r["value"] for r in rr], [r["flip_rate"] for r in rr], ls="--", marker="x", color=f"C{i}", label=f"{k} flip")
     ax.set_xlabel("gain change (relative) / offset gradient (K corner to corner)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("radiometric drift")
@@ -208,7 +212,7 @@ def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
     ra_rows = []
     for threat, tm in gate["robust_accuracy"].items():
         for name, curve in tm.items():
-            if isinstance(curve, dict) and name != "more_steps":
+            if isinstance(curve, dict) and name not in NOT_CURVES:
                 ra_rows.append([threat, name] + [f"{float(e):g}: {v:.3f}" for e, v in sorted(curve.items(), key=lambda kv: float(kv[0]))])
     parts.append("<h2>Robust accuracy (clean %.3f)</h2>" % gate["clean_accuracy"] + _table(ra_rows, ["threat", "attack", "eps: accuracy ..."]))
     parts.append("<h2>Corruptions</h2><p>" + html.escape(gate["mean_ce_note"]) + "</p>" + _table(
