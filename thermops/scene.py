@@ -237,7 +237,8 @@ def background(
         t_tree = np.where(rays.forward > 1e-6, lay.treeline_forward_m / rays.forward, np.inf)
     z_tree = h0 + t_tree * up
     x_tree = rays.lateral * t_tree
-    crown = lay.treeline_height_m + sum(a * np.sin(k * x_tree + p) for k, p, a in lay.tree_waves)
+    # Rounded crowns: |sin| bumps (cusps between trees point down, as between real crowns).
+    crown = lay.treeline_height_m + sum(a * (2 * np.abs(np.sin(0.5 * k * x_tree + p)) - 1) for k, p, a in lay.tree_waves)
     tree = (z_tree >= 0) & (z_tree <= crown) & (t_tree < dist)
     # Crowns: warmer cores, cooler edges against the sky; trunks region slightly warmer near the ground.
     crown_tex = sum(np.sin(3.1 * k * x_tree + 2 * p) for k, p, _ in lay.tree_waves[:4]) / 2.0
