@@ -56,7 +56,7 @@ class ValidateParams:
     """
 
     min_tubelets: int = 10
-    class_fraction: list[float] = field(default_factory=lambda: [0.02, 0.9])
+    class_fraction: list[float] = field(default_factory=lambda: [0.01, 0.9])
     celsius_range: list[float] = field(default_factory=lambda: [-70.0, 350.0])
     examples: int = 5
 
@@ -71,7 +71,11 @@ def calibration_range(cal: Calibration) -> tuple[float, float, str]:
         return 0.0, 255.0, "display8"
     top = 2**cal.radiometry.bit_depth - 1
     ends = cal.radiometry.counts_to_celsius(np.array([0.0, float(top)]))
-    return float(np.nanmin(ends)), float(np.nanmax(ends)), "celsius"
+    lo, hi = float(np.nanmin(ends)), float(np.nanmax(ends))
+    # Tubelets are float32: a saturated pixel (count 2^bits - 1) may round a hair past
+    # the float64 end point; allow that rounding, nothing more.
+    tol = 1e-5 * max(abs(lo), abs(hi), 1.0)
+    return lo - tol, hi + tol, "celsius"
 
 
 def tubelet_statistics(tubelets: np.ndarray, chunk: int = 512) -> dict[str, np.ndarray]:
