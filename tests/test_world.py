@@ -130,6 +130,18 @@ def test_building_blocks_shapes_and_ranges():
     assert np.array_equal(f, before)
 
 
+def test_defects_exist_on_the_detector_but_the_camera_replaces_them():
+    cal = _small_cal(load_calibration(CAL_DIR / "gate_wide.yaml"), 80, 60)
+    sp = S.SensorParams(defect_fraction=0.01)
+    temps = np.full((3, 60, 80), 20.0)
+    raw = S.SensorModel.from_calibration(cal, np.random.default_rng(5), dataclasses.replace(sp, replace_defects=False))
+    fixed = S.SensorModel.from_calibration(cal, np.random.default_rng(5), sp)
+    c_raw, c_fixed = raw.counts(temps, np.random.default_rng(6)), fixed.counts(temps, np.random.default_rng(6))
+    assert (c_raw == 0).any() and (c_raw == 2**14 - 1).any()
+    celsius = cal.radiometry.counts_to_celsius(c_fixed)
+    assert np.abs(celsius - 20.0).max() < 1.5  # no stuck pixel reaches the output
+
+
 @pytest.mark.parametrize("agc", ["linear", "plateau"])
 def test_agc_output_spans_its_range(agc):
     rng = np.random.default_rng(3)

@@ -8,8 +8,8 @@ signatures are a stable API:
   `pixel_nonuniformity`, `column_row_fpn`, `vignetting_map`, `offset_ramp`,
   `dead_hot_pixels`, `temporal_noise`;
 - transforms take float `(T, H, W)` arrays and return new arrays (inputs are
-  never modified): `apply_vignetting`, `apply_dead_hot`, `defocus`, `quantize`,
-  `agc_linear`, `agc_plateau`;
+  never modified): `apply_vignetting`, `apply_dead_hot`, `replace_defects`,
+  `defocus`, `quantize`, `agc_linear`, `agc_plateau`;
 - `SensorModel` chains them: a `(T, H, W)` scene temperature field in degrees
   Celsius becomes raw counts as the camera's calibration states them.
 
@@ -148,6 +148,32 @@ def apply_dead_hot(frames: np.ndarray, defects: np.ndarray, low: float, high: fl
     return x
 
 
+def replace_defects(frames: np.ndarray, defects: np.ndarray) -> np.ndarray:
+    """Replace defective pixels by the mean of their good horizontal neighbours, as cameras do.
+
+    Cores keep a bad-pixel map and substitute neighbours (THERMAL-FACTS), so only
+    defects missing from the map reach the output.
+    """
+    x = _float(frames).copy()
+    bad = defects != 0
+    if not bad.any():
+        return x
+    good = (~bad).astype(np.float64)
+    left = np.roll(x, 1, axis=-1)
+    right = np.roll(x, -1, axis=-1)
+    wl = np.roll(good, 1, axis=-1)
+    wr = np.roll(good, -1, axis=-1)
+    wl[:, 0], wr[:, -1] = 0.0, 0.0  # no wrap-around at the borders
+    w = wl + wr
+    fill = (left * wl + right * wr) / np.where(w > 0, w, 1.0)
+    # A pixel with two bad neighbours takes the one above (or below on the first row).
+    up = np.roll(x, 1, axis=-2)
+    up[..., 0, :] = x[..., 1, :]
+    fill = np.where(w > 0, fill, up)
+    x[..., bad] = fill[..., bad]
+    return x
+
+
 def _gauss_kernel(sigma: float) -> np.ndarray:
     radius = max(1, int(np.ceil(3.0 * sigma)))
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
@@ -249,6 +275,7 @@ class SensorParams:
     vignetting: float = 0.12  # corner flux loss (cos^4 fall-off, narcissus)
     drift_k_per_min: float = 0.3  # offset drift rate between FFCs
     defect_fraction: float = 0.0002
+    replace_defects: bool = True  # the core substitutes neighbours for pixels in its bad-pixel map
     psf_sigma_px: float = 0.6  # optics blur
 
 
@@ -323,4 +350,6 @@ class SensorModel:
         bits = int(self.radiometry.bit_depth)
         c = self.counts_float(temps, rng, ffc_phase_s, housing_c)
         c = apply_dead_hot(c, self.defects, 0.0, 2**bits - 1)
+        if self.params.replace_defects:
+            c = replace_defects(c, self.defects)
         return quantize(c, bits).astype(np.uint16)
