@@ -278,13 +278,17 @@ class Vehicle(Thing):
         p = self.params
         base, f, r = self._frame(t)
         length, width, height = p["length_m"], p["width_m"], p["height_m"]
-        body_c = cond.wet(cond.air_c + 0.5 * (p["engine_c"] - cond.air_c) * 0.15 + 10.0 * cond.sun)
+        # Body panels: a little engine heat conducted through, plus sun loading on paint.
+        body_c = cond.wet(cond.air_c + 0.075 * (p["engine_c"] - cond.air_c) + 10.0 * cond.sun)
         # Painted metal (emissivity ~0.9) reflects a little sky; glass reflects more (THERMAL-FACTS).
         glass_c = 0.8 * cond.air_c + 0.2 * cond.sky_zenith_c + 3.0 * cond.sun
         parts: list = [Box(box_corners(base, self.heading, length, width, 0.3, 0.55 * height), body_c)]
         front = 1.0 if p["kind"] != "truck" else 1.2
         cabin_len = 0.45 * length if p["kind"] == "car" else 0.3 * length
-        cabin_ctr = base + (0.5 * length - front - cabin_len / 2 - 0.2) * f if p["kind"] != "car" else base - 0.05 * length * f
+        if p["kind"] == "car":
+            cabin_ctr = base - 0.05 * length * f
+        else:  # cab-over: the cabin sits right behind the engine
+            cabin_ctr = base + (0.5 * length - front - cabin_len / 2 - 0.2) * f
         parts.append(Box(box_corners(cabin_ctr, self.heading, cabin_len, 0.92 * width, 0.55 * height, height), glass_c))
         if p["kind"] != "car":  # cargo box behind the cabin
             cargo = base - (0.5 * length - (length - cabin_len - front) / 2) * f + 0.0 * r
@@ -407,7 +411,6 @@ class Reflection(Thing):
         rho = self.params["reflectivity"]
         lo, hi = np.array([np.inf, np.inf]), np.array([-np.inf, -np.inf])
         hit = False
-        g = ghost.ground_xy(t)
         bg = cv.cond.surface("asphalt")
         for prt in parts:
             mirrored = Capsule((prt.p0[0], prt.p0[1], -prt.p0[2]), (prt.p1[0], prt.p1[1], -prt.p1[2]), prt.radius,
@@ -416,7 +419,6 @@ class Reflection(Thing):
             if ext is not None:
                 hit = True
                 lo, hi = np.minimum(lo, ext[0]), np.maximum(hi, ext[1])
-        del g
         return (lo, hi) if hit else None
 
 

@@ -125,8 +125,8 @@ def layout(camera: PinholeCamera, rng: np.random.Generator) -> Layout:
             fwd = float(rng.uniform(0.55, 0.95) * rmax)
             lat = side * float(rng.uniform(0.45, 0.75)) * fwd * math.tan(half_fov)
             buildings.append(
-                Building(lat, fwd, float(rng.uniform(0.1, 0.25) * fwd * math.tan(half_fov) + 6), float(rng.uniform(8, 20)),
-                         float(rng.uniform(4, 9)))  # fmt: skip
+                Building(lat, fwd, float(rng.uniform(0.1, 0.25) * fwd * math.tan(half_fov) + 6),
+                         float(rng.uniform(8, 20)), float(rng.uniform(4, 9)))  # fmt: skip
             )
     n = 16  # enough random plane waves to read as blotches rather than stripes
     wl = np.exp(rng.uniform(math.log(4.0), math.log(60.0), n))
@@ -170,7 +170,11 @@ def camera_rays(camera: PinholeCamera) -> Rays:
 
 
 def _texture(
-    lay: Layout, lat: np.ndarray, fwd: np.ndarray, foot_lat: np.ndarray | float = 0.0, foot_fwd: np.ndarray | float = 0.0
+    lay: Layout,
+    lat: np.ndarray,
+    fwd: np.ndarray,
+    foot_lat: np.ndarray | float = 0.0,
+    foot_fwd: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """Smooth ground texture (unit variance) as seen through pixels of a given ground footprint (m).
 
@@ -238,7 +242,8 @@ def background(
     z_tree = h0 + t_tree * up
     x_tree = rays.lateral * t_tree
     # Rounded crowns: |sin| bumps (cusps between trees point down, as between real crowns).
-    crown = lay.treeline_height_m + sum(a * (2 * np.abs(np.sin(0.5 * k * x_tree + p)) - 1) for k, p, a in lay.tree_waves)
+    bumps = (a * (2 * np.abs(np.sin(0.5 * k * x_tree + p)) - 1) for k, p, a in lay.tree_waves)
+    crown = lay.treeline_height_m + sum(bumps)
     tree = (z_tree >= 0) & (z_tree <= crown) & (t_tree < dist)
     # Crowns: warmer cores, cooler edges against the sky; trunks region slightly warmer near the ground.
     crown_tex = sum(np.sin(3.1 * k * x_tree + 2 * p) for k, p, _ in lay.tree_waves[:4]) / 2.0
@@ -248,7 +253,7 @@ def background(
 
     # Buildings: ray/box intersection (slab method) in the heading frame.
     depth = np.full(temp.shape, np.inf)
-    wall, roof = cond.surface("wall"), None
+    wall = cond.surface("wall")
     for b in lay.buildings:
         lo = np.array([b.lateral_m - b.width_m / 2, b.forward_m - b.depth_m / 2, 0.0])
         hi = np.array([b.lateral_m + b.width_m / 2, b.forward_m + b.depth_m / 2, b.height_m])

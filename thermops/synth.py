@@ -171,7 +171,8 @@ def sample_nuisance(
         xy, _ = _place(camera, rng, rmin, min(rmax, rmin + 0.6 * (rmax - rmin)))
         ins = float(rng.uniform(0, 1))
         p = {"height_m": float(rng.uniform(1.55, 1.95)), "cloth_c": clothing_c(cond, ins),
-             "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)), "reflectivity": float(rng.uniform(0.25, 0.5))}  # fmt: skip
+             "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)),
+             "reflectivity": float(rng.uniform(0.25, 0.5))}  # fmt: skip
         return _started(Reflection, "nuisance", kind, camera, rng, xy, _heading(camera, rng, 0.7),
                         float(rng.uniform(1.0, 1.6)), t_mid, p)  # fmt: skip
     if kind == "heat_shimmer":
