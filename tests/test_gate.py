@@ -1,0 +1,151 @@
+"""The gate step end to end on tiny real models: outputs, blessing, enforcement, regression, errors.
+
+An adversarially trained tiny model passes the test thresholds and is blessed; a
+deliberately fragile one (plain training, judged against a robust-accuracy bar it
+cannot meet) fails, exits 1 under `gate.enforce` and leaves the blessed model alone;
+a model worse than the blessed one fails on regression even with loose absolute
+thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from robustness_helpers import gate_params, save_tiny, train_tiny
+from thermops.card import load_card
+from thermops.config import section
+from thermops.robustness.params import GateParams
+from training_helpers import make_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gate")
+    prepared = make_prepared(root / "prepared", n_per_class=40, seed=3)
+    robust = save_tiny(root / "robust", train_tiny(prepared, epochs=6, adv_eps=0.1))
+    plain = save_tiny(root / "plain", train_tiny(prepared, epochs=6, adv_eps=0.0))
+    return {"root": root, "prepared": prepared, "robust": robust, "plain": plain}
+
+
+def _run(world, model: Path, tag: str, blessed: Path, **over):
+    from components import gate
+
+    p = section({"gate": gate_params(**over)}, "gate", GateParams)
+    out = world["root"] / tag
+    res = gate.run(p, 7, model, world["prepared"], blessed, out / "gated", out / "report", out / "gate.json")
+    return res, out
+
+
+@pytest.fixture(scope="module")
+def passed(world):
+    blessed = world["root"] / "blessed"
+    res, out = _run(world, world["robust"], "pass", blessed)
+    return res, out, blessed
+
+
+def test_a_passing_model_is_gated_blessed_and_reported(passed):
+    res, out, blessed = passed
+    assert res["passed"], res["reasons"]
+    gate = json.loads((out / "gate.json").read_text())
+    for key in ("passed", "reasons", "clean_accuracy", "robust_accuracy", "mean_ce", "corruption_ce", "flip_rate",
+                "stability_slope", "envelope", "sanity", "checks"):  # fmt: skip
+        assert key in gate, key
+    assert set(gate["robust_accuracy"]) == {"linf", "l2"}
+    assert set(gate["robust_accuracy"]["linf"]) >= {"fgsm", "pgd", "apgd_ce", "apgd_dlr", "worst", "random_noise"}
+    assert len(gate["corruption_ce"]) == 9 and gate["mean_ce"] == pytest.approx(1.0)  # first model: its own normalizer
+    assert "normalizer is the model itself" in gate["mean_ce_note"]
+    card = load_card(out / "gated")
+    env = card["envelope"]
+    for part, key in (("geometric", "max_corner_px"), ("geometric", "max_scale_change"),
+                      ("radiometric", "max_gain_change"), ("radiometric", "max_offset_k")):  # fmt: skip
+        assert isinstance(env[part][key], float) and env[part][key] >= 0.0
+    assert env["geometric"]["input_size_px"] == 16 and env["geometric"]["window_px_median"] == 32.0
+    assert card["gate"]["passed"] is True and card["gate"]["decision"] == "pass"
+    assert (out / "gated" / "model.pt").read_bytes() == (blessed / "model.pt").read_bytes()
+    assert load_card(blessed)["gate"]["passed"] is True
+    html = (out / "report" / "index.html").read_text()
+    for png in ("accuracy_vs_eps.png", "corruptions.png", "stability.png", "adversarial_linf.png", "attributions.png"):
+        assert (out / "report" / png).stat().st_size > 5000, png
+        assert png in html
+
+
+def test_the_envelope_is_readable_by_the_calibration_watcher(passed):
+    from thermops.calibration_change import Envelope
+
+    _, out, _ = passed
+    env = Envelope.from_card(load_card(out / "gated"))
+    assert env.max_corner_px is not None and env.max_gain_change is not None and env.input_size == 16
+
+
+def test_a_fragile_model_fails_and_keeps_the_blessed_model(world, passed):
+    _, _, blessed = passed
+    before = (blessed / "model.pt").read_bytes()
+    res, out = _run(world, world["plain"], "fragile", blessed,
+                    thresholds={"robust_accuracy": {"linf": {0.1: 0.25}}}, regression={"accuracy_tol": 1.0, "relative_tol": 10.0})  # fmt: skip
+    assert not res["passed"]
+    assert any(r.startswith("robust_accuracy[linf][0.1]") for r in res["reasons"]), res["reasons"]
+    assert (blessed / "model.pt").read_bytes() == before
+    assert load_card(out / "gated")["gate"]["decision"] == "fail"
+
+
+def test_a_regression_against_the_blessed_model_is_caught(world, passed):
+    _, _, blessed = passed
+    loose = {"clean_accuracy": 0.0, "robust_accuracy": {"linf": {0.05: 0.0}}, "max_mean_ce": 100.0,
+             "max_flip_rate": 1.0, "max_stability_slope": 100.0}  # fmt: skip
+    res, _ = _run(world, world["plain"], "regress", blessed, thresholds=loose)
+    assert not res["passed"]
+    assert res["blessed"]["metrics_source"].startswith("stored")
+    regress = [r for r in res["reasons"] if r.startswith("regression:")]
+    assert regress, res["reasons"]
+    assert all(c["passed"] for c in res["checks"] if c["kind"] == "absolute")
+
+
+def _cli(world, tmp_path, model: Path, **over) -> subprocess.CompletedProcess:
+    params = {"seed": 7, "gate": gate_params(**over)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["--params", str(tmp_path / "params.yaml"), "--model", str(model), "--data", str(world["prepared"]),
+            "--blessed", str(tmp_path / "blessed"), "--out", str(tmp_path / "gated"),
+            "--report", str(tmp_path / "report"), "--metrics", str(tmp_path / "gate.json")]  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "components.gate", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_enforce_makes_a_failing_gate_exit_nonzero(world, tmp_path):
+    # A deliberately fragile model: nothing survives eps 0.2 of a plain model.
+    proc = _cli(world, tmp_path, world["plain"], thresholds={"robust_accuracy": {"linf": {0.2: 0.5}}},
+                attack_subset=16, corruptions={"subset": 8}, perspective={"subset": 8})  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "error: gate failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False
+    # DVC declares models/blessed as an output: it exists (empty) even before any model passed.
+    assert (tmp_path / "blessed" / "README.txt").is_file() and not (tmp_path / "blessed" / "card.json").exists()
+
+
+def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
+    proc = _cli(world, tmp_path, tmp_path / "no-model")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "card.json" in proc.stderr
+    bad = gate_params()
+    bad["threat_models"]["linf"]["eps"] = "big"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "gate": bad}))
+    proc = subprocess.run([sys.executable, "-m", "components.gate", "--params", str(tmp_path / "params.yaml"),
+                           "--model", str(world["robust"])], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and "gate.threat_models.linf.eps" in proc.stderr
+    shutil.rmtree(tmp_path, ignore_errors=True)
