@@ -25,6 +25,8 @@ REAL = ROOT.parent / "shared" / "data" / "real"
 CAL = ROOT / "data" / "calibration"
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 CLASSES = list(PARAMS["classes"])
+# hit-uav/MANIFEST.md: box counts of the 400-image subset.
+MANIFEST_HIT_UAV = {"Bicycle": 617, "Car": 928, "DontCare": 20, "OtherVehicle": 23, "Person": 1782}
 
 
 def _params(**over) -> IngestParams:
@@ -61,7 +63,7 @@ def test_hit_uav_voc_counts_match_manifest(hit_uav_voc):
     summary = yaml.safe_load((hit_uav_voc / "import.json").read_text())
     assert len(clips) == 400 and summary["frames"] == 400
     # MANIFEST: Person 1782, Car 928, Bicycle 617, OtherVehicle 23, DontCare 20.
-    assert summary["boxes_per_source_label"] == {"Bicycle": 617, "Car": 928, "DontCare": 20, "OtherVehicle": 23, "Person": 1782}
+    assert summary["boxes_per_source_label"] == MANIFEST_HIT_UAV
     by_src = collections.Counter(a["source_label"] for a in anns)
     assert by_src == {"Person": 1782, "Car": 928, "Bicycle": 617, "OtherVehicle": 23}  # DontCare dropped
     assert collections.Counter(a["label"] for a in anns) == {"person": 1782, "vehicle": 951, "nuisance": 617}
@@ -85,7 +87,7 @@ def test_hit_uav_coco_variant_gives_the_same_boxes_as_voc(hit_uav_voc, tmp_path)
     out = tmp_path / "coco"
     summary = _import("hit-uav-coco", _spec("hit-uav-coco"), out)
     assert summary["clips"] == 400
-    assert summary["boxes_per_source_label"] == {"Bicycle": 617, "Car": 928, "DontCare": 20, "OtherVehicle": 23, "Person": 1782}
+    assert summary["boxes_per_source_label"] == MANIFEST_HIT_UAV
 
     def boxes(root):
         return sorted((a["clip_id"], a["label"], a["x0"], a["y0"], a["x1"], a["y1"]) for a in read_annotations(root))
@@ -127,7 +129,8 @@ def test_tno_sequences_import_as_frame_folders(tmp_path):
     out = tmp_path / "tno"
     _import("tno-fel", _spec("tno-fel", autolabel="none", frame_range={}), out)
     clips = {c.clip_id: c for c in read_clips(out)}
-    assert {k: c.n_frames for k, c in clips.items()} == {"Nato_camp_sequence": 32, "Duine_sequence": 23, "Tree_sequence": 19}
+    expected = {"Nato_camp_sequence": 32, "Duine_sequence": 23, "Tree_sequence": 19}  # tno MANIFEST.md
+    assert {k: c.n_frames for k, c in clips.items()} == expected
     assert {c.camera_id for c in clips.values()} == {"tno-nato-camp", "tno-duine", "tno-tree"}
     assert all((c.width, c.height, c.units) == (360, 270, "display8") for c in clips.values())
     assert read_annotations(out) == []
@@ -304,8 +307,8 @@ def _corrupt_nan_frame(root: Path) -> None:
 
 CORRUPTIONS = {
     "truncated image": (_corrupt_truncated, r"unreadable image"),
-    "box outside the image": (_corrupt_box_outside, r"box \[186\.0, 108\.0, 900\.0, 143\.0\] outside the 640x512 image"),
-    "unknown class": (_corrupt_unknown_class, r"class 'Tank' is not mapped; add it to ingest\.sources\.hit-uav\.class_map"),
+    "box outside the image": (_corrupt_box_outside, r"box \[186\.0, 108\.0, 900\.0, 143\.0\] outside the 640x512"),
+    "unknown class": (_corrupt_unknown_class, r"class 'Tank' is not mapped; add it to ingest\.sources\.hit-uav"),
     "empty folder": (_corrupt_empty_folder, r"images: no image files"),
     "NaN frame": (_corrupt_nan_frame, r"1 NaN/inf pixel values"),
 }

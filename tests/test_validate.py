@@ -120,7 +120,7 @@ BAD = {
     "duplicate tubelet": (_duplicate, "no duplicate tubelets", "t_hash", None),
     "track in two splits": (_track_in_two_splits, "track ids disjoint between splits", "track_splits", None),
     "unknown label": (_unknown_label, "label set", "label", "tank"),
-    "stale calibration version": (_stale_calibration, "calibration version of {cam}", "calibration_version", "2019-01-01.0"),
+    "stale calibration": (_stale_calibration, "calibration version of {cam}", "calibration_version", "2019-01-01.0"),
     "camera without calibration": (_unknown_camera, "calibration file exists", "camera_id", "roof_east"),
     "implausible temperature": (_hot, "celsius range", "t_max", 900.0),
     "null split": (_null, "no nulls", "split", None),

@@ -10,7 +10,7 @@ import numpy as np
 
 from thermops.calibration import Calibration, CalibrationError, load_calibration
 from thermops.importers.base import (
-    DROP, VIDEO_SUFFIXES, ImageLabels, ImportDataError, IngestParams, SourceParams, safe_id,
+    DROP, VIDEO_SUFFIXES, ImportDataError, IngestParams, SourceParams, safe_id,
 )  # fmt: skip
 from thermops.importers.images import list_images, read_image, read_sequence
 from thermops.importers.tracks import link_tracks
@@ -93,7 +93,8 @@ def _annotated_clips(name: str, spec: SourceParams) -> list[_Clip]:
             if arr.shape[0] != 1:
                 raise ImportDataError(f"{lab.path}: multi-page image in a labelled set")
             if lab.size is not None and lab.size != (arr.shape[2], arr.shape[1]):
-                raise ImportDataError(f"{lab.path}: annotation says size {lab.size}, image is {(arr.shape[2], arr.shape[1])}")
+                size = (arr.shape[2], arr.shape[1])
+                raise ImportDataError(f"{lab.path}: annotation says size {lab.size}, image is {size}")
         per_frame = [[(b.source_label, [b.x0, b.y0, b.x1, b.y1]) for b in lab.boxes] for lab in labels]
         inputs = [Path(lab.path) for lab in labels] + extra
         if spec.sequence:
@@ -155,7 +156,8 @@ def _check_frames(clip: _Clip, cal: Calibration, where: str) -> str:
                               f"{g.image_width}x{g.image_height}")  # fmt: skip
     if cal.radiometry.mode == "display8":
         if clip.frames.dtype != np.uint8:
-            raise ImportDataError(f"{where}: {clip.frames.dtype} frames but calibration {cal.camera_id} is display8 (uint8)")
+            raise ImportDataError(f"{where}: {clip.frames.dtype} frames but calibration {cal.camera_id} "
+                                  "is display8 (uint8)")  # fmt: skip
         return "display8"
     if clip.frames.dtype != np.uint16:
         raise ImportDataError(f"{where}: {clip.frames.dtype} frames but calibration {cal.camera_id} is radiometric "
@@ -234,8 +236,10 @@ def import_source(name: str, spec: SourceParams, params: IngestParams, classes: 
                 elif src_label in spec.class_map:
                     label = spec.class_map[src_label]
                 else:
-                    raise ImportDataError(f"{where}: class {src_label!r} is not mapped; add it to "
-                                          f"ingest.sources.{name}.class_map (a thermops class or '{DROP}')")  # fmt: skip
+                    raise ImportDataError(
+                        f"{where}: class {src_label!r} is not mapped; add it to "
+                        f"ingest.sources.{name}.class_map (a thermops class or '{DROP}')"
+                    )
                 source_counts[src_label] = source_counts.get(src_label, 0) + 1
                 if label == DROP:
                     continue

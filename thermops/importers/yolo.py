@@ -38,6 +38,7 @@ def read_yolo(images: list[Path], names: list[str], sizes: dict[Path, tuple[int,
                 raise ImportDataError(f"{lp}:{n}: expected 'class cx cy w h', got {line!r}") from None
             if not 0 <= cls < len(names):
                 raise ImportDataError(f"{lp}:{n}: class id {cls} outside names {names}")
-            boxes.append(SourceBox(names[cls], (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
+            x0, y0, x1, y1 = (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h
+            boxes.append(SourceBox(names[cls], x0, y0, x1, y1))
         out.append(ImageLabels(path=str(img), boxes=tuple(boxes), size=None))
     return out
