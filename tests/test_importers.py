@@ -378,3 +378,28 @@ def test_cli_reports_one_error_line_and_exit_1(tmp_path):
          "--out", str(tmp_path / "imported")], cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 1 and "['flir-adas'] have no entry in ingest.sources" in proc.stderr
+
+
+def test_labelled_image_sequence_is_linked_into_tracks(tmp_path):
+    # YOLO labels on consecutive PNG frames (`sequence: true`): one clip, boxes linked by IoU.
+    from PIL import Image
+
+    frames = _moving_square(6, 48, 64, 40, 230, np.uint8)
+    (tmp_path / "seq" / "images").mkdir(parents=True)
+    (tmp_path / "seq" / "labels").mkdir()
+    for k, f in enumerate(frames):
+        Image.fromarray(f).save(tmp_path / "seq" / "images" / f"frame{k}.png")
+        cx, cy = (8 + 3 * k) / 64, 26 / 48
+        (tmp_path / "seq" / "labels" / f"frame{k}.txt").write_text(f"0 {cx} {cy} {8 / 64} {12 / 48}\n1 0.9 0.1 0.1 0.1\n")
+    cal = tmp_path / "cal"
+    _display_cal(cal, "cam-s", 64, 48)
+    spec = SourceParams(format="yolo", root=str(tmp_path), items=["seq/images"], camera_id="cam-s", sequence=True,
+                        fps=9.0, names=["walker", "sign"], class_map={"walker": "person", "sign": "nuisance"})  # fmt: skip
+    out = tmp_path / "out"
+    import_source("seq", spec, _params(), CLASSES, cal, out)
+    (clip,) = read_clips(out)
+    assert (clip.clip_id, clip.n_frames, clip.fps) == ("seq", 6, 9.0)
+    anns = read_annotations(out)
+    tracks = {(a["label"], a["track_id"]) for a in anns}
+    assert tracks == {("person", "0"), ("nuisance", "1")}
+    assert [a["x0"] for a in anns if a["label"] == "person"] == pytest.approx([4.0 + 3 * k for k in range(6)])
