@@ -152,25 +152,22 @@ def replace_defects(frames: np.ndarray, defects: np.ndarray) -> np.ndarray:
     """Replace defective pixels by the mean of their good horizontal neighbours, as cameras do.
 
     Cores keep a bad-pixel map and substitute neighbours (THERMAL-FACTS), so only
-    defects missing from the map reach the output.
+    defects missing from the map reach the output. A defect with no good
+    horizontal neighbour takes the pixel above (below on the first row).
     """
     x = _float(frames).copy()
-    bad = defects != 0
-    if not bad.any():
+    ys, xs = np.nonzero(defects)
+    if len(ys) == 0:
         return x
-    good = (~bad).astype(np.float64)
-    left = np.roll(x, 1, axis=-1)
-    right = np.roll(x, -1, axis=-1)
-    wl = np.roll(good, 1, axis=-1)
-    wr = np.roll(good, -1, axis=-1)
-    wl[:, 0], wr[:, -1] = 0.0, 0.0  # no wrap-around at the borders
-    w = wl + wr
-    fill = (left * wl + right * wr) / np.where(w > 0, w, 1.0)
-    # A pixel with two bad neighbours takes the one above (or below on the first row).
-    up = np.roll(x, 1, axis=-2)
-    up[..., 0, :] = x[..., 1, :]
-    fill = np.where(w > 0, fill, up)
-    x[..., bad] = fill[..., bad]
+    h, w = defects.shape
+    good = defects == 0
+    lx, rx = np.clip(xs - 1, 0, w - 1), np.clip(xs + 1, 0, w - 1)
+    wl = ((xs - 1 >= 0) & good[ys, lx]).astype(np.float64)
+    wr = ((xs + 1 < w) & good[ys, rx]).astype(np.float64)
+    n = wl + wr
+    fill = (x[..., ys, lx] * wl + x[..., ys, rx] * wr) / np.where(n > 0, n, 1.0)
+    uy = np.where(ys > 0, ys - 1, np.minimum(ys + 1, h - 1))
+    x[..., ys, xs] = np.where(n > 0, fill, x[..., uy, xs])
     return x
 
 
