@@ -218,7 +218,9 @@ BAD_CASES = {
     "truncated-npy": (lambda s: _upload(s, _npy(GOOD)[:-100], "cam-lin"), 400, ".npy"),
     "truncated-tiff": (lambda s: _upload(s, _tiff(GOOD)[: len(_tiff(GOOD)) // 2], "cam-lin", "t.tiff"), 400, "TIFF"),
     "missing-camera": (lambda s: _post(s, "/classify", json={"tubelet": GOOD.tolist()}), 400, "camera_id"),
-    "infer-wrong-shape": (lambda s: _post(s, "/infer", json={"x": [[1.0, 2.0]]}), 400, "expected shape (N, 1, 8, 32, 32)"),
+    "infer-not-strings": (lambda s: _post(s, "/infer", json={"x": [[1.0, 2.0]]}), 400, "list of base64 strings"),
+    "infer-wrong-size": (lambda s: _post(s, "/infer", json={"x": ["AAAAAA=="]}), 400, "holds 4 bytes"),
+    "infer-not-base64": (lambda s: _post(s, "/infer", json={"x": ["%%%"]}), 400, "not valid base64"),
 }
 
 
