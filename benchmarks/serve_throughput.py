@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sequential", type=int, default=60)
     ap.add_argument("--seconds", type=float, default=3.0, help="per in-process measurement")
     ap.add_argument("--device", default="cpu")
-XX
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in-process; 1 matches the served worker (OMP_NUM_THREADS=1)")
     ap.add_argument("--inprocess-only", action="store_true")
     a = ap.parse_args(argv)
 
