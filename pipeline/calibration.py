@@ -161,8 +161,8 @@ def watch_once(
     and `submitter` replace `dvc repro` / the Kubeflow submission (tests count calls);
     cluster mode sends to `kfp_host` (token from the KFP_TOKEN environment variable).
     Raises CalibrationError on a malformed calibration (nothing triggered, state
-    untouched) and TriggerError when the retrain could not start (nothing recorded,
-    so the next pass tries again).
+    untouched) and TriggerError when the retrain failed (the failure is counted, the
+    change is not marked handled, so the next pass tries again).
     """
     params = load_params(params_path)
     trigger = section(params, "trigger", TriggerParams)
@@ -200,34 +200,38 @@ def watch_once(
         if result.material:
             for rep in result.material:
                 log.warning("%s", rep.summary())
-            if mode == "local":
-                cmd = local_command()
-                log.warning("retraining locally: %s (in %s)", " ".join(cmd[1:]), root)
-                status = (runner or _run_subprocess)(cmd, root)
-                if status != 0:
-                    err = f"`dvc repro` exited with status {status}"
-                    for rep in result.material:  # immaterial verdicts stand; material ones are retried
-                        state.record_failure(rep, err)
-                    state.save()
-                    raise TriggerError(f"{err}; retried on the next pass (at most trigger.max_attempts times)")
-                result.action = "local: dvc repro"
-            else:
-                submit = submitter or kubeflow_submitter(root, kfp_host, namespace=namespace,
-                                                         experiment=experiment, token=os.environ.get("KFP_TOKEN"))  # fmt: skip
-                try:
-                    run_id = submit(result.material)
-                except Exception as err:  # noqa: BLE001 - any refusal: not handled, retried next pass
-                    for rep in result.material:
-                        state.record_failure(rep, f"Kubeflow submission failed: {err}")
-                    state.save()
-                    raise TriggerError(f"Kubeflow submission failed: {err}") from err
-                result.action = f"cluster: kubeflow run {run_id} {json.dumps(run_parameters(result.material))}"
+            try:
+                result.action = retrain(mode, result.material, root, runner=runner, submitter=submitter
+                                        or kubeflow_submitter(root, kfp_host, namespace=namespace, experiment=experiment,
+                                                              token=os.environ.get("KFP_TOKEN")))  # fmt: skip
+            except TriggerError as err:
+                for rep in result.material:  # counted, not handled: retried on the next passes
+                    state.record_failure(rep, str(err))
+                state.save()
+                raise TriggerError(f"{err}; retried on the next pass (at most trigger.max_attempts times)") from None
             for rep in result.material:
                 state.record(rep, found.fingerprints[rep.camera_id], result.action)
             result.triggered = True
             log.warning("retrain triggered once for %s (%s)", ", ".join(r.camera_id for r in result.material), result.action)
         state.save()
     return result
+
+
+def retrain(mode: str, reports: list[ChangeReport], root: Path, *, runner: Runner | None,
+            submitter: Submitter) -> str:  # fmt: skip
+    """Start one retrain for all material changes; returns what was done, raises TriggerError."""
+    if mode == "local":
+        cmd = local_command()
+        log.warning("retraining locally: %s (in %s)", " ".join(cmd[1:]), root)
+        status = (runner or _run_subprocess)(cmd, root)
+        if status != 0:
+            raise TriggerError(f"`dvc repro` exited with status {status}")
+        return "local: dvc repro"
+    try:
+        run_id = submitter(reports)
+    except Exception as err:  # noqa: BLE001 - any refusal (bad host, server error) is a failed trigger
+        raise TriggerError(f"Kubeflow submission failed: {err}") from err
+    return f"cluster: kubeflow run {run_id} {json.dumps(run_parameters(reports))}"
 
 
 def watch(*, interval_s: float | None, **kwargs: Any) -> WatchResult:
