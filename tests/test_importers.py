@@ -390,11 +390,13 @@ def test_labelled_image_sequence_is_linked_into_tracks(tmp_path):
     for k, f in enumerate(frames):
         Image.fromarray(f).save(tmp_path / "seq" / "images" / f"frame{k}.png")
         cx, cy = (8 + 3 * k) / 64, 26 / 48
-        (tmp_path / "seq" / "labels" / f"frame{k}.txt").write_text(f"0 {cx} {cy} {8 / 64} {12 / 48}\n1 0.9 0.1 0.1 0.1\n")
+        label = f"0 {cx} {cy} {8 / 64} {12 / 48}\n1 0.9 0.1 0.1 0.1\n"  # a walker and a fixed sign
+        (tmp_path / "seq" / "labels" / f"frame{k}.txt").write_text(label)
     cal = tmp_path / "cal"
     _display_cal(cal, "cam-s", 64, 48)
     spec = SourceParams(format="yolo", root=str(tmp_path), items=["seq/images"], camera_id="cam-s", sequence=True,
-                        fps=9.0, names=["walker", "sign"], class_map={"walker": "person", "sign": "nuisance"})  # fmt: skip
+                        fps=9.0, names=["walker", "sign"],
+                        class_map={"walker": "person", "sign": "nuisance"})  # fmt: skip
     out = tmp_path / "out"
     import_source("seq", spec, _params(), CLASSES, cal, out)
     (clip,) = read_clips(out)
