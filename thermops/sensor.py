@@ -266,9 +266,9 @@ class SensorParams:
     """Knobs of the residual sensor imperfections (all kelvin-equivalent unless said)."""
 
     pixel_gain_sigma: float = 0.01  # 1 % residual gain non-uniformity after the factory NUC
-    pixel_offset_k: float = 0.04
-    col_fpn_k: float = 0.08  # column striping: the dominant residual pattern
-    row_fpn_k: float = 0.03
+    pixel_offset_k: float = 0.03
+    col_fpn_k: float = 0.04  # column striping: the dominant residual pattern, below the NETD after a good NUC
+    row_fpn_k: float = 0.015
     vignetting: float = 0.12  # corner flux loss (cos^4 fall-off, narcissus)
     drift_k_per_min: float = 0.3  # offset drift rate between FFCs
     defect_fraction: float = 0.0002
