@@ -175,7 +175,7 @@ def watch_once(
     result = WatchResult()
     deployed = load_deployed(resolve(card), resolve(bento_json))
     if deployed is None:
-        log.info("no deployed model (%s, %s): nothing to compare against; run `dvc repro` to train one", card, bento_json)
+        log.info("no deployed model (%s, %s): nothing to compare against; `dvc repro` trains one", card, bento_json)
         return result
     with TriggerState(resolve(Path(trigger.state_file))).locked() as state:
         found = scan(resolve(calibration_dir), deployed, state, trigger=trigger, window_m=window_m, input_size=size,
@@ -200,10 +200,10 @@ def watch_once(
         if result.material:
             for rep in result.material:
                 log.warning("%s", rep.summary())
+            submitter = submitter or kubeflow_submitter(root, kfp_host, namespace=namespace, experiment=experiment,
+                                                        token=os.environ.get("KFP_TOKEN"))  # fmt: skip
             try:
-                result.action = retrain(mode, result.material, root, runner=runner, submitter=submitter
-                                        or kubeflow_submitter(root, kfp_host, namespace=namespace, experiment=experiment,
-                                                              token=os.environ.get("KFP_TOKEN")))  # fmt: skip
+                result.action = retrain(mode, result.material, root, runner=runner, submitter=submitter)
             except TriggerError as err:
                 for rep in result.material:  # counted, not handled: retried on the next passes
                     state.record_failure(rep, str(err))
@@ -212,7 +212,8 @@ def watch_once(
             for rep in result.material:
                 state.record(rep, found.fingerprints[rep.camera_id], result.action)
             result.triggered = True
-            log.warning("retrain triggered once for %s (%s)", ", ".join(r.camera_id for r in result.material), result.action)
+            cams = ", ".join(r.camera_id for r in result.material)
+            log.warning("retrain triggered once for %s (%s)", cams, result.action)
         state.save()
     return result
 

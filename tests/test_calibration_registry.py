@@ -89,7 +89,7 @@ def test_record_bumps_version_and_keeps_git_history(tmp_path):
         ({"assignments": [("geometry.pich_deg", 8.0)]}, "no field 'pich_deg'"),
         ({"assignments": [("radiometry.mode", "planck")]}, "needs planck_r"),
         ({"assignments": [("geometry.pitch_deg", 8.0)], "valid_from": dt.date(2026, 1, 1)}, "before the current"),
-        ({"assignments": [("geometry.pitch_deg", 8.0)], "version": "2026-11-01.1"}, "is the current version"),
+        ({"assignments": [("geometry.pitch_deg", 8.0)], "version": "2026-11-01.1"}, "is the current one"),
         ({"assignments": []}, "nothing changed"),
     ],
 )

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.calibration import TriggerError, main, watch_once
-from tests.calibration_helpers import REPO, CountingRunner, commit_all, make_project, write_card
+from tests.calibration_helpers import REPO, CountingRunner, make_project, write_card
 from thermops.calibration import CalibrationError
 from thermops.registry import record_calibration
 

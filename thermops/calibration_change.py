@@ -497,7 +497,8 @@ def scan(calibration_dir: str | Path, deployed: Deployed, state: TriggerState, *
             if done.get("fingerprint") != fp:
                 raise CalibrationError(
                     f"{camera_path(calibration_dir, camera_id)}: content changed but version {cal.version!r} was "
-                    "already handled; record a new calibration (python -m pipeline.calibration record) instead of editing in place"
+                    "already handled; record a new calibration (python -m pipeline.calibration record) "
+                    "instead of editing in place"
                 )
             out.already_handled.append(camera_id)
             continue
@@ -517,8 +518,8 @@ def scan(calibration_dir: str | Path, deployed: Deployed, state: TriggerState, *
                     out.unchanged.append(camera_id)
                     continue
                 # No way to bound the change: retraining is the safe side.
-                rep = ChangeReport(camera_id, version, cal.version, material_reasons=[
-                    f"the deployed calibration {version!r} is neither in git history nor in the bento snapshot"])  # fmt: skip
+                why = f"the deployed calibration {version!r} is neither in git history nor in the bento snapshot"
+                rep = ChangeReport(camera_id, version, cal.version, material_reasons=[why])
             elif old.fingerprint() == fp:
                 out.unchanged.append(camera_id)
                 continue

@@ -196,7 +196,7 @@ def record_calibration(
         data["description"] = description
     new = parse_calibration(data, f"new calibration of {camera_id}")
     if new.version == current.version:
-        raise CalibrationError(f"record: version {new.version!r} is the current version; a new calibration needs a new one")
+        raise CalibrationError(f"record: version {new.version!r} is the current one; a new calibration needs a new version")
     if _content(new) == _content(current):
         raise CalibrationError("record: nothing changed besides version and valid_from")
     write_calibration(new, directory)
@@ -262,7 +262,8 @@ def _revisions_pygit2(path: Path, max_count: int) -> Iterator[tuple[str, str, st
         if blob.id == last:  # unchanged in this commit: not a new revision of the file
             continue
         last = blob.id
-        when = dt.datetime.fromtimestamp(commit.commit_time, dt.timezone(dt.timedelta(minutes=commit.commit_time_offset)))
+        tz = dt.timezone(dt.timedelta(minutes=commit.commit_time_offset))
+        when = dt.datetime.fromtimestamp(commit.commit_time, tz)
         yield str(commit.id), when.isoformat(), blob.data.decode()
         max_count -= 1
         if max_count <= 0:
