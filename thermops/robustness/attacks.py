@@ -257,7 +257,9 @@ class APGD(Attack):
         x0 = self.clamp(x + random_in_ball(x, self.eps, self.norm, self.gen) * 0.5)
         g, f0, logits = self.grad(x0, y)
         adv = x.clone()
-        fooled = logits.argmax(1) != y
+        with torch.no_grad():
+            wrong = self.logits(x).argmax(1) != y  # already misclassified: nothing to attack
+        fooled = (logits.argmax(1) != y) | wrong
         adv[fooled] = x0[fooled]
         x_best, f_best = x0.clone(), f0.clone()
         x_prev, x_k = x0, step(x0, g, eta)
@@ -272,7 +274,11 @@ class APGD(Attack):
             z = step(x_k, g, eta)
             x_new = self.clamp(x + project(x_k + 0.75 * (z - x_k) + 0.25 * (x_k - x_prev) - x, self.eps, self.norm))
             x_prev = x_k
-            g_new, f_new, logits = self.grad(x_new, y)
+            # Only samples not yet fooled need a gradient: the others keep their adversarial point.
+            act = (~fooled).nonzero()[:, 0]
+            g_new, f_new, logits = torch.zeros_like(g), f_k.clone(), torch.zeros(n, logits.shape[1], device=x.device)
+            g_new[act], f_new[act], logits[act] = self.grad(x_new[act], y[act])
+            logits[fooled] = -F.one_hot(y[fooled], logits.shape[1]).float()  # keeps them counted as fooled
             new = (logits.argmax(1) != y) & ~fooled
             adv[new], fooled = x_new[new], fooled | new
             count += (f_new > f_k).float()
@@ -287,6 +293,7 @@ class APGD(Attack):
                 eta = torch.where(halve, eta / 2, eta)
                 # Restart from the best point where the step was halved.
                 x_k = torch.where(_bcast(halve, x_k), x_best, x_k)
+                halve &= ~fooled
                 if halve.any():
                     g2, f2, _ = self.grad(x_k[halve], y[halve])
                     g[halve], f_k[halve] = g2, f2
