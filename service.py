@@ -33,7 +33,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, Field
 
 from thermops.serving import (
@@ -51,6 +51,9 @@ from thermops.serving import (
     softmax_scores,
     validate_tubelet,
 )
+
+
+PROXY_RETRIES = 4
 
 
 class ServeArgs(BaseModel):
@@ -256,6 +259,7 @@ class ThermopsClassifier:
         self.metadata_ = dict(self.model_ref.info.metadata)
         self.version = str(self.model_ref.tag)
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.proxy_retries = 0
         self._stats_lock = threading.Lock()
         self._torch = torch
         torch.set_grad_enabled(False)
@@ -292,6 +296,26 @@ class ThermopsClassifier:
             raise _client_error(err) from None
         return x, cal, units
 
+    async def _infer_batched(self, packed: list[str]) -> list[list[float]]:
+        """Call /infer through BentoML's in-process proxy, so that the request joins a batch.
+
+        Under concurrency the proxy's in-process connection is sometimes dropped
+        (aiohttp ServerDisconnectedError / ClientOSError, seen with 16 clients on 2 cores);
+        /infer is idempotent, so retry, and answer 503 (retry later), never 500.
+        """
+        import aiohttp
+
+        for attempt in range(PROXY_RETRIES):
+            try:
+                return await self.to_async.infer(packed)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
+                with self._stats_lock:
+                    self.proxy_retries += 1
+                if attempt == PROXY_RETRIES - 1:
+                    raise ServiceUnavailable(f"model call failed after {PROXY_RETRIES} tries: {err}") from None
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     async def _classify(self, arr_fn: Any, camera_id: str) -> Prediction:
         def prepare() -> tuple[np.ndarray, Any, str]:
             try:
@@ -303,7 +327,7 @@ class ThermopsClassifier:
         # Parsing and preprocessing are CPU work: keep them off the event loop.
         x, cal, units = await asyncio.to_thread(prepare)
         if ARGS.batching:
-            logits = np.asarray(await self.to_async.infer(pack(x)), dtype=np.float32)  # through the batcher
+            logits = np.asarray(await self._infer_batched(pack(x)), dtype=np.float32)
         else:
             logits = await asyncio.to_thread(self._forward, x)
         scores = softmax_scores(logits, self.classes)[0]
@@ -370,7 +394,8 @@ class ThermopsClassifier:
     def stats(self) -> dict[str, Any]:
         """Model calls by batch size since start: {batch_size: count}."""
         with self._stats_lock:
-            return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+            return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                    "proxy_retries": self.proxy_retries}  # fmt: skip
 
 
 ThermopsClassifier.add_asgi_middleware(RequestGuard, max_bytes=LIMITS.max_request_bytes)

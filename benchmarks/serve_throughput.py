@@ -124,15 +124,18 @@ def sequential(url: str, route: str, n: int, **kw) -> dict:
 
 
 def stats(url: str) -> dict[str, int]:
+    """Model calls by batch size so far, plus `retries` (in-process proxy retries)."""
     import requests
 
-    return requests.post(url + "/stats", json={}, timeout=30).json()["batch_sizes"]
+    s = requests.post(url + "/stats", json={}, timeout=30).json()
+    return {**s["batch_sizes"], "retries": s.get("proxy_retries", 0)}
 
 
 def served_figures(server, args, payload: bytes, json_body: dict) -> dict:
     before = stats(server.url)
     res = {"load": load(server.url, args.clients, args.requests, payload)}
     after = stats(server.url)
+    res["proxy_retries"] = after.pop("retries") - before.pop("retries")
     res["batch_sizes_seen"] = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
     return res
 
