@@ -80,6 +80,7 @@ ARGS = bentoml.use_arguments(ServeArgs)
 LIMITS = PackageParams(
     model_name=ARGS.model_tag.split(":")[0],
     bento_name=ARGS.bento_name,
+    batching=ARGS.batching,
     **{k: getattr(ARGS, k) for k in (
         "max_batch_size", "max_latency_ms", "max_frames", "max_side", "max_elements",
         "max_upload_bytes", "max_request_bytes", "workers", "max_concurrency", "timeout_s",

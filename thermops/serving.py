@@ -58,6 +58,8 @@ class PackageParams:
     Attributes:
         model_name: name of the entry in the BentoML model store.
         bento_name: name of the bento (the service name).
+        batching: route /classify through the adaptively batched model call (false: call
+            the model per request; cheaper on a small CPU host, see docs/serving.md).
         max_batch_size: largest adaptive batch of tubelets for one model call.
         max_latency_ms: the batcher's latency budget; a request that cannot meet it gets a 503.
         max_frames: largest T accepted.
@@ -72,6 +74,7 @@ class PackageParams:
 
     model_name: str = "thermops-classifier"
     bento_name: str = "thermops"
+    batching: bool = True
     max_batch_size: int = 32
     max_latency_ms: int = 2000
     max_frames: int = 64
