@@ -45,7 +45,7 @@ def percentiles(xs: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": int(a.size)}  # fmt: skip
 
 
-def inprocess(batch: int, seconds: float, device: str, threads: int | None) -> dict:
+def inprocess(batch: int, seconds: float, device: str, threads: int | None, extra_batches: tuple[int, ...] = ()) -> dict:
     """Model-only throughput at `batch` and at 1, on already-normalized inputs."""
     from thermops.models import ModelConfig, TubeletClassifier
 
@@ -53,7 +53,7 @@ def inprocess(batch: int, seconds: float, device: str, threads: int | None) -> d
         torch.set_num_threads(threads)
     model = TubeletClassifier(ModelConfig(size="tiny", embed_dim=32), 4).eval().to(device)
     out = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    for b in (batch, 1):
+    for b in sorted({batch, 1, *extra_batches}, reverse=True):
         x = torch.randn(b, 1, 8, 32, 32, device=device)
         with torch.inference_mode():
             for _ in range(3):
@@ -151,19 +151,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in-process; 1 matches the served worker (OMP_NUM_THREADS=1)")
     ap.add_argument("--inprocess-only", action="store_true")
+    ap.add_argument("--extra-batches", type=int, nargs="*", default=[], help="more in-process batch sizes")
     a = ap.parse_args(argv)
 
-    from thermops.config import load_params, section
-    from thermops.serving import PackageParams
+    import yaml
 
-    params = section(load_params(ROOT / "params.yaml"), "package", PackageParams)
+    if a.inprocess_only:  # a bare GPU node may lack pydantic: read the one knob needed
+        max_batch = int(yaml.safe_load((ROOT / "params.yaml").read_text())["package"]["max_batch_size"])
+    else:
+        from thermops.config import load_params, section
+        from thermops.serving import PackageParams
+
+        params = section(load_params(ROOT / "params.yaml"), "package", PackageParams)
+        max_batch = params.max_batch_size
     result: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                                 "cpus": __import__("os").cpu_count(), "python": platform.python_version()},
                     "command": " ".join(["benchmarks/serve_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
-                    "max_batch_size": params.max_batch_size}  # fmt: skip
+                    "max_batch_size": max_batch}  # fmt: skip
     if a.device.startswith("cuda"):
         result["machine"]["gpu"] = torch.cuda.get_device_name(0)
-    result["inprocess"] = inprocess(params.max_batch_size, a.seconds, a.device, a.threads)
+    result["inprocess"] = inprocess(max_batch, a.seconds, a.device, a.threads, tuple(a.extra_batches))
     if not a.inprocess_only:
         from tests.serving_helpers import (
             Server, counts_tubelet, make_gated_model, package_in_subprocess, write_params,
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                 result["batching_off"] = off
             finally:
                 server.stop()
-        ip = result["inprocess"][f"batch{params.max_batch_size}_tubelets_per_s"]
+        ip = result["inprocess"][f"batch{max_batch}_tubelets_per_s"]
         result["ratio_http_batched_over_inprocess"] = result["batching_on"]["load"]["tubelets_per_s"] / ip
         result["ratio_http_unbatched_over_inprocess"] = result["batching_off"]["load"]["tubelets_per_s"] / ip
     text = json.dumps(result, indent=2)
