@@ -126,16 +126,22 @@ def run(params: GateParams, seed: int, model_dir: Path, data_dir: Path, blessed_
         R.plot_corruptions(gate, rd / images[1][1])
         R.plot_stability(gate, rd / images[2][1])
         k = params.report.examples
+        picks: list[int] | None = None
         for threat, adv in art["examples"].items():
-            x, y = art["x"][:k], art["y"][:k]
-            pa = predict(model, adv[:k])
+            # Show tubelets the model gets right and the attack flips, then other correct ones.
+            ok = predict(model, art["x"]) == art["y"]
+            flipped = ok & (predict(model, adv) != art["y"])
+            pick = sorted(range(len(ok)), key=lambda i: (not bool(flipped[i]), not bool(ok[i]), i))[:k]
+            x, y, xa = art["x"][pick], art["y"][pick], adv[pick]
+            pa = predict(model, xa)
             name = f"adversarial_{threat}.png"
-            R.plot_adversarial(x, adv[:k], y, pa, classes, rd / name, spec.celsius_scale_k,
+            R.plot_adversarial(x, xa, y, pa, classes, rd / name, spec.celsius_scale_k,
                                f"PGD {threat}, eps {params.threat_models[threat].eps[len(params.threat_models[threat].eps) // 2]}")  # fmt: skip
             images.append((f"Adversarial frames ({threat})", name))
+            picks = pick if picks is None else picks  # the attribution maps use the first threat's picks
         if art["examples"]:
             threat, adv = next(iter(art["examples"].items()))
-            R.plot_attributions(model, art["x"][:k], adv[:k], art["y"][:k], rd / "attributions.png",
+            R.plot_attributions(model, art["x"][picks], adv[picks], art["y"][picks], rd / "attributions.png",
                                 list(params.report.occlusion_window))  # fmt: skip
             images.append((f"Saliency / Grad-CAM / occlusion (captum), clean and PGD-{threat} attacked", "attributions.png"))
         gate["timing_s"]["report"] = time.perf_counter() - t0

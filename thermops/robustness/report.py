@@ -126,9 +126,9 @@ def plot_adversarial(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, pred_a
         c, a = x[i, 0, t].numpy(), adv[i, 0, t].numpy()
         vmin, vmax = float(c.min()), float(c.max())
         axes[i, 0].imshow(c, cmap="inferno", vmin=vmin, vmax=vmax)
-        axes[i, 0].set_title(f"clean: {classes[int(y[i])]}", fontsize=8)
+        axes[i, 0].set_title(f"clean, label {classes[int(y[i])]}", fontsize=8)
         axes[i, 1].imshow(a, cmap="inferno", vmin=vmin, vmax=vmax)
-        axes[i, 1].set_title(f"adversarial: {classes[int(pred_adv[i])]}", fontsize=8)
+        axes[i, 1].set_title(f"adversarial, predicted {classes[int(pred_adv[i])]}", fontsize=8)
         d = (a - c) * celsius_scale_k
         m = max(abs(float(d.min())), abs(float(d.max())), 1e-6)
         im = axes[i, 2].imshow(d, cmap="coolwarm", vmin=-m, vmax=m)
