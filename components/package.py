@@ -116,7 +116,16 @@ def model_labels_and_metadata(
         "metrics": card.get("metrics", {}),
         "params": {"train": card.get("params", {}), "package": params.to_dict()},
     }
-    return labels, metadata
+    return labels, _without_none(metadata)
+
+
+def _without_none(value: Any) -> Any:
+    """BentoML metadata accepts only basic types: drop None entries (JSON null) recursively."""
+    if isinstance(value, dict):
+        return {str(k): _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_without_none(v) for v in value if v is not None]
+    return value
 
 
 def _content_version(paths: list[Path], extra: str = "") -> str:
