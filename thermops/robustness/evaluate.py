@@ -47,7 +47,7 @@ def data_hash(tubelets: np.ndarray, labels: np.ndarray) -> str:
 def params_hash(p: GateParams) -> str:
     """Hash of the evaluation protocol (thresholds excluded: they do not change the figures)."""
     d = asdict(p)
-    for k in ("thresholds", "regression", "enforce", "report"):
+    for k in ("thresholds", "regression", "enforce", "report", "threads"):
         d.pop(k, None)
     return hashlib.sha256(dumps_json(d).encode()).hexdigest()[:16]
 
