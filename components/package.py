@@ -44,12 +44,15 @@ def gate_summary(gate: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
     """The gate decision and its metrics, from metrics/gate.json and the card's `gate` section."""
     section_ = card.get("gate", {}) if isinstance(card.get("gate"), dict) else {}
     metrics = {k: v for k, v in gate.items() if k != "passed" and isinstance(v, (int, float, str, bool))}
-    return {
+    summary = {
         "passed": bool(gate.get("passed")),
         "decision": section_.get("decision", "pass" if gate.get("passed") else "fail"),
-        "metrics": metrics or section_.get("metrics", {}),
+        "metrics": metrics or {k: v for k, v in section_.get("metrics", {}).items() if isinstance(v, (int, float, str))},
         "reasons": section_.get("reasons", gate.get("reasons", [])),
     }
+    if isinstance(section_.get("robust_accuracy_worst"), dict):  # per threat model, from the gate's card summary
+        summary["robust_accuracy_worst"] = section_["robust_accuracy_worst"]
+    return summary
 
 
 def check_gate(gate_json: Path, card: dict[str, Any]) -> dict[str, Any]:
