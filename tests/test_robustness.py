@@ -271,7 +271,7 @@ def test_decision_catches_a_regression_against_the_blessed_model():
 
 def test_decision_fails_on_absolute_thresholds_and_sanity():
     p = section({"gate": gate_params(thresholds={"robust_accuracy": {"linf": {0.05: 0.6}}})}, "gate", GateParams)
-    m = _metrics(clean=0.5, rob=0.5, flip=0.9)
+    m = _metrics(clean=0.3, rob=0.5, flip=0.9)
     m["sanity"] = [{"name": "zero_at_large_eps[linf]", "passed": False, "value": 0.4, "limit": 0.05, "detail": "x"}]
     d = decide(m, p.thresholds, None, p.regression)
     failed = {c["name"] for c in d["checks"] if not c["passed"]}
