@@ -197,9 +197,14 @@ def run(
         bentoml.bentos.delete(bento_tag)
     except NotFound:
         pass
-    bento = bentoml.bentos.build_bentofile(
-        str(bentofile), build_ctx=str(build_ctx), name=params.bento_name, version=bento_version, args=args
-    )
+    try:
+        bento = bentoml.bentos.build_bentofile(
+            str(bentofile), build_ctx=str(build_ctx), name=params.bento_name, version=bento_version, args=args
+        )
+    except Exception as err:
+        # No half-packaged state: a model entry without its bento is removed again.
+        bentoml.models.delete(tag)
+        raise PackageError(f"{bentofile}: bento build failed: {type(err).__name__}: {err}") from err
     result = {
         "bento_tag": str(bento.tag),
         "model_tag": str(tag),
