@@ -17,16 +17,9 @@
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
-ARG GIT_REVISION=unknown
 ARG PYTHON_VERSION=3.11
 ARG TORCH_VERSION=2.14.1
 ARG BASE_IMAGE
-
-LABEL org.opencontainers.image.title="thermops" \
-      org.opencontainers.image.description="thermops pipeline components: validate, pretrain, finetune, gate, package" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.revision="${GIT_REVISION}" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -51,7 +44,7 @@ RUN python3 -c "import sys; v='%d.%d' % sys.version_info[:2]; sys.exit(0 if v ==
 COPY pyproject.toml constraints.txt /tmp/thermops-deps/
 RUN cd /tmp/thermops-deps \
  && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
- && pip install --no-compile -c constraints.txt -r requirements.txt \
+ && pip install -c constraints.txt -r requirements.txt \
  && python3 -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '${TORCH_VERSION}' else 'error: torch ' + torch.__version__ + ' in image, pinned ${TORCH_VERSION}')" \
  && rm -rf /tmp/thermops-deps /root/.cache
 
@@ -61,9 +54,19 @@ RUN cd /tmp/thermops-deps \
 # .dockerignore keeps data/ (but data/calibration), models/, reports/, metrics/,
 # .dvc/cache, .venv and .git out of the build context.
 COPY . /app
-RUN pip install --no-compile --no-deps /app \
+RUN pip install --no-deps /app \
  && pip check \
  && rm -rf /app/build /app/*.egg-info /root/.cache
+
+# Labels last: the revision changes every commit, and with a layer cache (Docker)
+# everything after it would be rebuilt (an ARG is part of the cache key of every
+# RUN after it, so GIT_REVISION is declared here too).
+ARG GIT_REVISION=unknown
+LABEL org.opencontainers.image.title="thermops" \
+      org.opencontainers.image.description="thermops pipeline components: validate, pretrain, finetune, gate, package" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${GIT_REVISION}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 USER thermops
 WORKDIR /app

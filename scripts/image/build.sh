@@ -7,7 +7,8 @@
 #
 # Environment: IMAGE (default localhost/thermops), BASE_IMAGE (default: the local
 # Debian base with buildah, the Dockerfile's CUDA PyTorch default with Docker),
-# BUILDER (auto|buildah|docker), LAYERS (buildah --layers, default true),
+# BUILDER (auto|buildah|docker), LAYERS (buildah --layers, default false: with vfs
+# storage every cached step is a full copy of the root filesystem, 6+ GB here),
 # EXTRA_BUILD_ARGS (appended to the build command).
 set -euo pipefail
 
@@ -66,7 +67,7 @@ else
     # shellcheck disable=SC2086
     nice buildah --storage-driver "$STORAGE_DRIVER" bud \
         --isolation chroot \
-        --layers="${LAYERS:-true}" \
+        --layers="${LAYERS:-false}" \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         --build-arg "GIT_REVISION=$rev" \
         "${volumes[@]}" \

@@ -8,6 +8,7 @@ link to `../files`). The image build mounts these read-only.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,8 +47,22 @@ def pip_entries() -> list[str]:
     return entries
 
 
+def uv_toml(entries: list[str]) -> str:
+    """The same sources as a uv configuration (uv does not read pip.conf)."""
+    find_links = [e for e in entries if local_folder(e) is not None and not e.rstrip("/").endswith("simple")]
+    indexes = [e if "://" in e else Path(e).as_uri() for e in entries
+               if e.rstrip("/").endswith("simple") or e.startswith("http")]
+    lines = [f"find-links = {json.dumps(sorted(set(find_links)))}"]
+    if indexes:
+        lines.append(f"extra-index-url = {json.dumps(list(dict.fromkeys(indexes)))}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    """Print each local folder once."""
+    """Print each local folder once (or, with --uv-toml, a uv.toml of the same sources)."""
+    if "--uv-toml" in sys.argv[1:]:
+        print(uv_toml(pip_entries()), end="")
+        return
     seen: set[Path] = set()
     for entry in pip_entries():
         folder = local_folder(entry)

@@ -116,6 +116,21 @@ def _resolve_param(spec: dict[str, Any], owner: str, binding: dict[str, Any], na
     raise StepError(f"input {name!r}: unsupported binding {binding}")
 
 
+def coerce(value: Any, parameter_type: str) -> Any:
+    """A value as the compiled parameter type wants it (as the KFP backend converts run arguments).
+
+    A structured value for a STRING parameter is passed as its JSON text (which
+    is also YAML), e.g. a params section a component decodes itself.
+    """
+    if parameter_type == "NUMBER_INTEGER":
+        return int(value)
+    if parameter_type == "NUMBER_DOUBLE":
+        return float(value)
+    if parameter_type == "STRING" and not isinstance(value, str):
+        return json.dumps(value)
+    return value
+
+
 def _resolve_artifact(spec: dict[str, Any], owner: str, binding: dict[str, Any], name: str) -> dict[str, str]:
     """Producer task and output key of an input artifact, following sub-DAG inputs upwards."""
     if "taskOutputArtifact" in binding:
@@ -156,8 +171,8 @@ def find_step(spec: dict[str, Any], task_name: str, overrides: dict[str, Any] | 
                     step.parameters[pname] = pdef["defaultValue"]
                 elif not pdef.get("isOptional"):
                     raise StepError(f"task {key!r}: input parameter {pname!r} has no value: pass -p {pname}=VALUE")
-                if pdef.get("parameterType") == "NUMBER_INTEGER" and pname in step.parameters:
-                    step.parameters[pname] = int(step.parameters[pname])
+                if pname in step.parameters:
+                    step.parameters[pname] = coerce(step.parameters[pname], pdef.get("parameterType", ""))
             for aname in step.inputs.get("artifacts", {}):
                 b = bindings.get("artifacts", {}).get(aname, {})
                 step.input_artifacts[aname] = _resolve_artifact(spec, owner, b, aname)
@@ -270,11 +285,23 @@ def _storage() -> list[str]:
     return ["--storage-driver", os.environ.get("STORAGE_DRIVER", "vfs")]
 
 
-def run_in_image(image: str, argv: list[str], layout: Layout, env: dict[str, str]) -> int:
-    """Run argv in a fresh working container of `image` with the artifact folders mounted."""
+def new_container(image: str) -> str:
+    """A fresh working container of `image` (with vfs storage: a full copy of its root)."""
     name = f"thermops-step-{uuid.uuid4().hex[:8]}"
     subprocess.run(["buildah", *_storage(), "from", "--pull=never", "--name", name, image],
                    check=True, stdout=subprocess.DEVNULL)
+    return name
+
+
+def remove_container(name: str) -> None:
+    """Remove a working container."""
+    subprocess.run(["buildah", *_storage(), "rm", name], stdout=subprocess.DEVNULL, check=False)
+
+
+def run_in_image(image: str, argv: list[str], layout: Layout, env: dict[str, str],
+                 container: str | None = None) -> int:
+    """Run argv in a fresh working container of `image` (or in `container`) with the artifact folders mounted."""
+    name = container or new_container(image)
     try:
         cmd = ["buildah", *_storage(), "run", "--isolation", "chroot",
                "--volume", f"{layout.gcs_host}:{GCS_MOUNT}",
@@ -283,7 +310,8 @@ def run_in_image(image: str, argv: list[str], layout: Layout, env: dict[str, str
             cmd += ["--env", f"{k}={v}"]
         return subprocess.run([*cmd, name, "--", *argv]).returncode
     finally:
-        subprocess.run(["buildah", *_storage(), "rm", name], stdout=subprocess.DEVNULL, check=False)
+        if container is None:
+            remove_container(name)
 
 
 def run_on_host(argv: list[str], env: dict[str, str]) -> int:
@@ -342,8 +370,14 @@ def load_step(pipeline: Path, task: str, params: dict[str, Any] | None = None) -
 
 def run_step(pipeline: Path, task: str, work: Path, *, image: str | None = None,
              artifacts: dict[str, Path] | None = None, params: dict[str, Any] | None = None,
-             runtime: str = "buildah", env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one compiled step in the image (or on the host); return the summary dict."""
+             runtime: str = "buildah", env: dict[str, str] | None = None,
+             container: str | None = None) -> dict[str, Any]:
+    """Run one compiled step in the image (or on the host); return the summary dict.
+
+    `container` reuses an existing working container of the image instead of a
+    fresh one per step (faster with vfs storage, where each fresh container is a
+    full copy of the image; KFP itself starts a fresh container per step).
+    """
     step = load_step(pipeline, task, params)
     layout = Layout(work, f"run-{uuid.uuid4().hex[:8]}", runtime)
     for d in (layout.gcs_host, layout.outputs_host):
@@ -359,7 +393,7 @@ def run_step(pipeline: Path, task: str, work: Path, *, image: str | None = None,
             if d.is_dir():
                 d.chmod(0o777)
     start = time.perf_counter()
-    rc = (run_in_image(use_image, argv, layout, env or {}) if runtime == "buildah"
+    rc = (run_in_image(use_image, argv, layout, env or {}, container) if runtime == "buildah"
           else run_on_host(argv, env or {}))
     seconds = time.perf_counter() - start
     summary = summarize(step, layout, rc)
@@ -380,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--runtime", choices=("buildah", "host"), default="buildah")
+    ap.add_argument("--container", help="reuse this working container of the image (default: a fresh one)")
     a = ap.parse_args(argv)
     try:
         arts = dict(kv.split("=", 1) for kv in a.artifact)
@@ -387,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         env = dict(kv.split("=", 1) for kv in a.env)
         a.work.mkdir(parents=True, exist_ok=True)
         summary = run_step(a.pipeline, a.task, a.work, image=a.image, artifacts=arts,
-                           params=params, runtime=a.runtime, env=env)
+                           params=params, runtime=a.runtime, env=env, container=a.container)
     except (StepError, ValueError, OSError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
