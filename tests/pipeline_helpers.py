@@ -202,9 +202,14 @@ def copy_repo(src: Path, dst: Path, params: dict) -> Path:
         ["git", "-C", str(src), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         check=True, capture_output=True, text=True,
     ).stdout.split("\0")
+    from pipeline.graph import load_stages
+
+    outs = [o.path for st in load_stages(src) for o in st.outs]  # outputs are made, not copied
     for rel in filter(None, files):
         s = src / rel
         if not s.is_file() or rel == "dvc.lock" or rel.startswith(("tests/", "docs/", "benchmarks/")):
+            continue
+        if any(rel == o or rel.startswith(o + "/") for o in outs):
             continue
         d = dst / rel
         d.parent.mkdir(parents=True, exist_ok=True)

@@ -65,9 +65,8 @@ def _task(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def real_spec(tmp_path_factory):
-    """Compiled spec of the project's own dvc.yaml (DVC data source, so fetch is in)."""
+    """Compiled specs of the project's own dvc.yaml: embedded data, and DVC data (fetch task)."""
     out = tmp_path_factory.mktemp("real") / "pipeline.yaml"
-    compile_pipeline(out, root=ROOT, data_hash="0" * 64, git_rev="1" * 40)
     emb, _ = load_spec(compile_pipeline(out.with_name("emb.yaml"), root=ROOT, data_hash="0" * 64, git_rev="1" * 40))
     dvc = load_spec(compile_pipeline(out.with_name("dvc.yaml"), root=ROOT, data_source="dvc",
                                      data_hash="0" * 64, git_rev="1" * 40))
