@@ -155,3 +155,16 @@ def test_cli_reports_errors_in_one_line(tmp_path, repo_root):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: prepare:") and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_flat_background_is_skipped_and_near_windows_fit_the_frame(tmp_path, repo_root, cal):
+    # A drip 1.5 m from the lens: a 4 m window would span thousands of pixels.
+    _make_raw(tmp_path / "raw", cal, [("drip", "nuisance", 1.5, 0.3), ("p", "person", 40.0, 1.8)])
+    raw = tmp_path / "raw" / "synthetic" / CAM / "frames" / "c0.npy"
+    frames = np.load(raw)
+    frames[:, : frames.shape[1] // 2] = frames.min()  # a flat, saturated upper half
+    np.save(raw, frames)
+    _run(tmp_path, repo_root, PrepareParams(background_per_clip=20))
+    data = load_prepared(tmp_path / "prepared")
+    assert max(int(r["window_px"]) for r in data.rows) <= cal.geometry.image_width
+    assert all(float(r["std"]) > 0 for r in data.rows if r["kind"] == "background")

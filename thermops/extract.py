@@ -59,6 +59,11 @@ class PrepareParams:
             raise ValueError("frames >= 1, size >= 8 and stride >= 1 are required")
 
 
+# Background windows flatter than this (in their units) are skipped: a saturated
+# display8 sky gives identical all-zero tubelets that only duplicate each other.
+FLAT_STD = 1e-3
+
+
 class PrepareError(ValueError):
     """Raw data cannot be turned into tubelets (mismatched calibration, bad labels, ...)."""
 
@@ -162,6 +167,9 @@ def extract_clip(
             if wa[0]["ground_x"] is not None and all(a["ground_x"] is not None for a in wa):
                 ground = (float(np.median([a["ground_x"] for a in wa])), float(np.median([a["ground_y"] for a in wa])))
             side, window_m = _side_px(cam, p, ground, box_px)
+            if side > max(values.shape[1:]):  # drips and birds at the lens: the frame is the window
+                side = max(values.shape[1:])
+                window_m = window_m * side / _side_px(cam, p, ground, box_px)[0] if window_m else None
             centers = np.array([[(a["x0"] + a["x1"]) / 2, (a["y0"] + a["y1"]) / 2] for a in wa])
             tub = crop_window(values[win], centers, side, p.size)
             dists = [a["distance_m"] for a in wa if a["distance_m"] is not None]
@@ -209,6 +217,8 @@ def _background(source, clip, values, units, anns, cam, p, seed):
         if any(a["frame"] in win and a["x0"] < x1 and a["x1"] > x0 and a["y0"] < y1 and a["y1"] > y0 for a in anns):
             continue
         tub = crop_window(values[win], np.tile([cx, cy], (len(win), 1)), side, p.size)
+        if float(tub.std()) < FLAT_STD:  # saturated sky or a blank border: no information, and duplicates
+            continue
         rows.append(
             {
                 "tubelet_id": f"{source}/{clip.clip_id}/bg{k}/{win[0]:05d}", "camera_id": clip.camera_id,
