@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -47,7 +47,7 @@ from thermops.engine import (
 from thermops.io import atomic_dir, write_csv, write_json
 from thermops.models import ModelConfig, TubeletClassifier
 from thermops.preprocess import InputSpec
-from thermops.ssl import linear_probe
+from thermops.ssl import init_head_by_probe, linear_probe
 from thermops.tubelets import PreparedDataError
 
 
@@ -66,6 +66,10 @@ class LowLabelParams:
     fraction: float = 0.1
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, batch_size=16, lr=2e-3))
     seeds: list[int] = field(default_factory=lambda: [0])
+    select_on_val: bool = False  # pick the epoch on val (costs an evaluation per epoch) or keep the last
+    # Each init with its standard small-batch recipe: a pretrained encoder keeps its BatchNorm statistics
+    # frozen (batches of 16 from 28 labels give noisy ones); a random encoder has none to keep, so it trains them.
+    pretrained_bn_eval: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class FinetuneParams:
     optim: OptimConfig
     augment: AugmentConfig | None = None
     label_smoothing: float = 0.0
+    probe_init: bool = True  # LP-FT: start the head from the linear probe (pretrained and scratch alike)
     probe: ProbeParams = field(default_factory=ProbeParams)
     low_label: LowLabelParams = field(default_factory=LowLabelParams)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
@@ -83,10 +88,12 @@ class FinetuneParams:
 
 
 def _train_classifier(model, train, val, classes, optim, cfg: FinetuneParams, seed, device, *, adversarial=None,
-                      ckpt_dir=None, fp="", log=None, desc="finetune", stop_after=None):  # fmt: skip
-    """Fit with val macro-F1 selection; returns the FitResult."""
+                      ckpt_dir=None, fp="", log=None, desc="finetune", stop_after=None, select_on_val=True):  # fmt: skip
+    """Fit (after an LP-FT head init when `probe_init`) with val macro-F1 selection; returns the FitResult."""
+    if cfg.probe_init:
+        init_head_by_probe(model, train.inputs, train.labels, device, cfg.probe.weight_decay, cfg.probe.iters)
     loss = classification_loss(cfg.augment, cfg.label_smoothing, adversarial)
-    select = lambda m: evaluate(m, val, classes, device)[0]["macro_f1"]  # noqa: E731
+    select = (lambda m: evaluate(m, val, classes, device)[0]["macro_f1"]) if select_on_val else None  # noqa: E731
     return fit(model, loss, train, optim, seed=seed, device=device, ckpt_dir=ckpt_dir, resume=cfg.resume,
                fingerprint=fp, select=select, desc=desc, log=log, stop_after=stop_after)  # fmt: skip
 
@@ -156,8 +163,11 @@ def run(
             sub = tr.subset(idx)
             for name, init in (("pretrained", True), ("scratch", False)):
                 m, _, _ = fresh(init, seed + s)
-                _train_classifier(m, sub, splits.val, classes, cfg.low_label.optim, cfg, seed + s, device,
-                                  desc=f"10pct-{name}")  # fmt: skip
+                optim = cfg.low_label.optim
+                if init and cfg.low_label.pretrained_bn_eval:
+                    optim = replace(optim, bn_eval=True)
+                _train_classifier(m, sub, splits.val, classes, optim, cfg, seed + s, device,
+                                  desc=f"10pct-{name}", select_on_val=cfg.low_label.select_on_val)  # fmt: skip
                 low[name].append(evaluate(m, te, classes, device)[0]["accuracy"])
         n_low = len(stratified_fraction(tr.labels, cfg.low_label.fraction, seed + cfg.low_label.seeds[0]))
         out_metrics.update({
@@ -204,11 +214,15 @@ def run(
     write_csv(curve, [{"epoch": r["epoch"], "loss": r["loss"], "val_macro_f1": r.get("score")} for r in result.history],
               ["epoch", "loss", "val_macro_f1"])  # fmt: skip
     with atomic_dir(figures) as tmp:
-        from thermops.metrics import plot_confusion, plot_curves
+        try:
+            from thermops.metrics import plot_confusion, plot_curves
 
-        plot_confusion(cm, tmp / "confusion.png")
-        plot_curves({"train loss": [r["loss"] for r in result.history], "val macro-F1": [r["score"] for r in result.history]},
-                    tmp / "curves.png", ylabel="", title="fine-tuning")  # fmt: skip
+            plot_confusion(cm, tmp / "confusion.png")
+            plot_curves({"train loss": [r["loss"] for r in result.history],
+                         "val macro-F1": [r["score"] for r in result.history]}, tmp / "curves.png", ylabel="",
+                        title="fine-tuning")  # fmt: skip
+        except ImportError as err:  # a bare GPU node without matplotlib still trains; the figures are extras
+            log(f"no PNG figures: {err}")
     barrier()
     return out_metrics
 

@@ -150,3 +150,17 @@ def test_stratified_fraction_keeps_every_class(splits):
     idx = stratified_fraction(splits.train.labels, 0.1, seed=0)
     assert set(splits.train.labels[idx].tolist()) == set(range(len(CLASSES)))
     assert list(idx) == list(stratified_fraction(splits.train.labels, 0.1, seed=0))
+
+
+def test_bn_eval_freezes_running_statistics_and_encoder_lr_scale_splits_groups(splits):
+    from thermops.engine import make_optimizer
+
+    m = _model(0)
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running_mean" in k}
+    fit(m, classification_loss(None), splits.train, OptimConfig(epochs=1, batch_size=8, lr=1e-3, bn_eval=True),
+        seed=0, device=CPU)  # fmt: skip
+    after = m.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert not torch.equal(_model(0).head.weight, m.head.weight)  # still trained
+    opt = make_optimizer(_model(0), OptimConfig(epochs=1, batch_size=8, lr=1e-3, encoder_lr_scale=0.1))
+    assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [1e-4, 1e-3]

@@ -51,6 +51,10 @@ class OptimConfig:
         weight_decay: AdamW decoupled weight decay.
         warmup_epochs: linear warmup length.
         grad_clip: max global gradient norm; 0 switches clipping off.
+        encoder_lr_scale: learning-rate factor of parameters under `encoder.` (discriminative
+            fine-tuning: a pretrained encoder moves slower than its new head).
+        bn_eval: keep BatchNorm layers in eval mode (running statistics frozen), for
+            fine-tuning with batches too small for reliable batch statistics.
     """
 
     epochs: int
@@ -59,6 +63,8 @@ class OptimConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 0
     grad_clip: float = 0.0
+    encoder_lr_scale: float = 1.0
+    bn_eval: bool = False
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
@@ -174,10 +180,15 @@ def train_one_epoch(
     device: torch.device,
     grad_clip: float = 0.0,
     desc: str = "train",
+    bn_eval: bool = False,
 ) -> float:
     """One pass; returns the mean loss over all ranks. Raises FloatingPointError on a non-finite loss."""
     rank, world = dist_info()
     model.train()
+    if bn_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     torch.manual_seed(seed * 7919 + epoch * 101 + rank)  # dropout and anything else on the global RNG
     gen = torch.Generator(device=device).manual_seed(seed * 6007 + epoch * 37 + rank)  # augmentations
     batches = epoch_batches(len(data), batch_size, seed, epoch, rank, world)
@@ -234,11 +245,16 @@ def evaluate(model: nn.Module, data: TubeletDataset, classes: list[str], device:
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm parameters (1-D tensors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    """AdamW; no weight decay on biases and norm parameters (1-D tensors); encoder lr x `encoder_lr_scale`."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.ndim > 1, name.startswith("encoder.")), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+          "lr": cfg.lr * (cfg.encoder_lr_scale if enc else 1.0)} for (decay, enc), ps in sorted(groups.items())],
+        lr=cfg.lr,
+    )  # fmt: skip
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
@@ -341,7 +357,8 @@ def fit(
         if stop_after is not None and epoch >= stop_after:
             break
         loss = train_one_epoch(net, loss_fn, train, optimizer, scheduler, epoch=epoch, seed=seed,
-                               batch_size=cfg.batch_size, device=device, grad_clip=cfg.grad_clip, desc=desc)  # fmt: skip
+                               batch_size=cfg.batch_size, device=device, grad_clip=cfg.grad_clip, desc=desc,
+                               bn_eval=cfg.bn_eval)  # fmt: skip
         row = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"]}
         if select is not None:
             score = float(select(model))

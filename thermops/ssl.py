@@ -98,6 +98,34 @@ def embeddings(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_
     return predict(encoder, x, device, batch_size)
 
 
+def fit_linear(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-3, iters: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on features (N, D) by L-BFGS: weight (K, D) and bias (K,), in the raw
+    feature space (the standardization is folded in), so it can initialize a `nn.Linear` head."""
+    f = feats.double()
+    mu, sd = f.mean(0), f.std(0)
+    # near-constant features (dead units) would get huge raw-space weights once the scaling is folded in;
+    # train-mode BatchNorm then moves them and the folded head explodes: floor their scale
+    sd = sd.clamp_min(max(1e-6, 0.1 * float(sd.median())))
+    z = (f - mu) / sd
+    w = torch.zeros(z.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+    y = labels.long()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w + b, y) + weight_decay * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = (w / sd[:, None]).detach()
+    b_raw = (b - (mu / sd) @ w).detach()
+    return w_raw.t().float(), b_raw.float()
+
+
 def linear_probe(
     encoder: nn.Module,
     train_x: torch.Tensor,
@@ -109,21 +137,19 @@ def linear_probe(
     weight_decay: float = 1e-3,
     iters: int = 100,
 ) -> float:
-    """Test accuracy of a logistic regression on frozen, standardized embeddings (L-BFGS, deterministic)."""
-    ftr = embeddings(encoder, train_x, device).double()
-    fte = embeddings(encoder, test_x, device).double()
-    mu, sd = ftr.mean(0), ftr.std(0).clamp_min(1e-6)
-    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
-    w = torch.zeros(ftr.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+    """Test accuracy of a logistic regression on frozen embeddings of `encoder`."""
+    encoder.to(device)
+    w, b = fit_linear(embeddings(encoder, train_x, device), train_y, num_classes, weight_decay, iters)
+    fte = embeddings(encoder, test_x, device)
+    return float(((fte @ w.t() + b).argmax(1) == test_y).double().mean())
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(ftr @ w + b, train_y) + weight_decay * (w**2).sum()
-        loss.backward()
-        return loss
 
-    opt.step(closure)
+def init_head_by_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                       weight_decay: float = 1e-3, iters: int = 100) -> None:  # fmt: skip
+    """LP-FT (Kumar et al., ICLR 2022): set a TubeletClassifier's head to the linear probe of its frozen
+    encoder before fine-tuning, so the first gradient steps do not wreck pretrained features with a random head."""
+    model.to(device)
+    w, b = fit_linear(embeddings(model.encoder, x, device), y, model.head.out_features, weight_decay, iters)
     with torch.no_grad():
-        return float(((fte @ w + b).argmax(1) == test_y).double().mean())
+        model.head.weight.copy_(w.to(model.head.weight.device))
+        model.head.bias.copy_(b.to(model.head.bias.device))

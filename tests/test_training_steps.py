@@ -1,0 +1,80 @@
+"""The pretrain and finetune steps through their CLIs: outputs, metrics, card lineage, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.training_helpers import CLASSES, make_prepared, small_training_params
+from thermops.card import load_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _step(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("steps")
+    prepared = make_prepared(d / "prepared", n_per_class=10, seed=2)
+    params = small_training_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params["classes"] = CLASSES
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    pre = _step("components.pretrain", "--params", str(d / "params.yaml"), "--data", str(prepared),
+                "--out", str(d / "pretrained"), "--metrics", str(d / "m/pretrain.json"),
+                "--curve", str(d / "m/pretrain_loss.csv"), "--checkpoints", str(d / "ck/pre"))  # fmt: skip
+    assert pre.returncode == 0, pre.stderr[-2000:]
+    ft = _step("components.finetune", "--params", str(d / "params.yaml"), "--data", str(prepared),
+               "--pretrained", str(d / "pretrained"), "--out", str(d / "finetuned"),
+               "--metrics", str(d / "m/finetune.json"), "--confusion", str(d / "m/confusion.csv"),
+               "--curve", str(d / "m/curve.csv"), "--figures", str(d / "fig"), "--checkpoints", str(d / "ck/ft"))  # fmt: skip
+    assert ft.returncode == 0, ft.stderr[-2000:]
+    return d, ft.stderr
+
+
+def test_pretrain_writes_encoder_card_and_loss_curve(trained):
+    d, _ = trained
+    assert (d / "pretrained/encoder.pt").is_file()
+    card = json.loads((d / "pretrained/card.json").read_text())
+    assert card["method"] == "simclr" and card["data"]["n_train"] == 24
+    rows = list(csv.DictReader(open(d / "m/pretrain_loss.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["loss"]) > 0 for r in rows)
+    assert (d / "ck/pre/last.pt").is_file()
+
+
+def test_finetune_metrics_confusion_and_card(trained):
+    d, log = trained
+    m = json.loads((d / "m/finetune.json").read_text())
+    for k in ("accuracy", "macro_f1", "linear_probe_pretrained", "linear_probe_random", "finetune_10pct_pretrained",
+              "finetune_10pct_scratch"):  # fmt: skip
+        assert 0.0 <= m[k] <= 1.0, k
+    assert set(m["per_class"]) == set(CLASSES)
+    assert {"precision", "recall", "specificity"} <= set(m["per_class"]["person"])
+    assert m["encoder_missing_keys"] == [] and m["encoder_unexpected_keys"] == []
+    assert "missing keys []" in log
+    rows = list(csv.DictReader(open(d / "m/confusion.csv")))
+    assert len(rows) == m["n"] == 8 and {r["actual"] for r in rows} <= set(CLASSES)
+    correct = sum(r["actual"] == r["predicted"] for r in rows)
+    assert correct / len(rows) == pytest.approx(m["accuracy"])
+    model, card = load_model_dir(d / "finetuned")
+    assert card["classes"] == CLASSES and card["adversarial_training"] is False
+    assert card["calibrations"] == {"cam0": "cam0-v1", "cam1": "cam1-v1"}
+    assert card["data"]["n"] == {"train": 24, "val": 8, "test": 8} and card["data"]["sources"] == ["synthetic"]
+    assert len(card["data"]["prepared_hash"]) == 64 and card["metrics"]["accuracy"] == m["accuracy"]
+    assert (d / "fig/confusion.png").stat().st_size > 1000
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+    r = _step("components.pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+              "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv"))  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr and "nope" in r.stderr
+    assert not (tmp_path / "o").exists()
