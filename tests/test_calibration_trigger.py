@@ -210,3 +210,41 @@ def test_cameras_outside_the_pipelines_sources_do_not_trigger(tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     res = _watch(root, runner)
     assert len(runner.calls) == 1 and [r.camera_id for r in res.material] == ["hit-uav"]
+
+
+def test_diff_cli_reports_figures_against_the_deployed_version(tmp_path, capsys):
+    root = make_project(tmp_path, cameras=("fence_mid",))
+    _record(root, "fence_mid", **{"geometry.pitch_deg": 8.0})
+    common = ["--params", str(root / "params.yaml"), "--card", str(root / "models/gated/card.json")]
+    main(["--calibrations", str(root / "data" / "calibration"), "diff", "fence_mid", "--json", *common])
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["material"] and rep["old_version"] == "2026-11-01.1" and rep["new_version"] == "2026-11-22.1"
+    assert rep["figures"]["geometric"]["max_px"] > 40 and rep["figures"]["changed_fields"] == [
+        "geometry.pitch_deg", "valid_from", "version"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["--calibrations", str(root / "data" / "calibration"), "diff", "fence_mid", "--against", "1999.1", *common])
+    assert "version '1999.1' not found" in capsys.readouterr().err
+
+
+def test_polling_logs_errors_and_keeps_going(tmp_path, monkeypatch, caplog):
+    from pipeline import calibration as cli
+
+    root = make_project(tmp_path)
+    path = root / "data" / "calibration" / "fence_mid.yaml"
+    good = path.read_text()
+    path.write_text("camera_id: [")  # malformed: the first pass fails, polling goes on
+    runner = CountingRunner()
+    passes = []
+
+    def sleep(seconds):
+        passes.append(seconds)
+        if len(passes) == 1:  # fixed between passes: the second pass sees a material change
+            path.write_text(good.replace("pitch_deg: 5.0", "pitch_deg: 8.0").replace("2026-11-01.1", "2026-11-22.1"))
+        if len(passes) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    with caplog.at_level(logging.INFO, logger="thermops.trigger"), pytest.raises(KeyboardInterrupt):
+        cli.watch(interval_s=7.0, params_path=root / "params.yaml", runner=runner)
+    assert passes == [7.0, 7.0, 7.0] and len(runner.calls) == 1  # three passes, one retrain
+    assert "not valid YAML" in caplog.text and "already handled" in caplog.text
