@@ -296,3 +296,22 @@ def test_schemathesis_finds_no_server_error(served, tmp_path):
         assert f"POST {route}" in tested, f"schemathesis did not exercise {route}: {sorted(tested)}"
     assert not any(tested.values()), tested
     assert server.alive()
+
+
+def test_overload_gets_429_or_503_never_500(served):
+    """More clients than max_concurrency: the excess gets 429 (BentoML's concurrency limit;
+    the internal /infer calls count too) or 503 (batcher), both 'retry later'; never a 500."""
+    server, _ = served
+    payload = _npy(counts_tubelet(t=8, h=16, w=16))
+    barrier = __import__("threading").Barrier(LIMITS.max_concurrency + 16)
+
+    def call(_: int) -> int:
+        barrier.wait(timeout=60)  # all at once
+        return _upload(server, payload, "cam-lin").status_code
+
+    with ThreadPoolExecutor(LIMITS.max_concurrency + 16) as pool:
+        codes = list(pool.map(call, range(LIMITS.max_concurrency + 16)))
+    assert set(codes) <= {200, 429, 503}, sorted(codes)
+    assert codes.count(200) > 0
+    assert server.alive()
+    assert _post(server, "/classify", json={"tubelet": GOOD.tolist(), "camera_id": "cam-lin"}).status_code == 200
