@@ -110,7 +110,7 @@ def gate_params(**over) -> dict:
         "radiometric": {"gain_changes": [0.1, 0.3], "offset_k": [0.5, 2.0]},
         "thresholds": {"clean_accuracy": 0.4, "robust_accuracy": {"linf": {0.05: 0.0}, "l2": {0.5: 0.0}},
                        "max_mean_ce": 1.5, "max_flip_rate": 0.5, "max_stability_slope": 10.0},
-        "regression": {"accuracy_tol": 0.03, "relative_tol": 0.1},
+        "regression": {"accuracy_tol": 0.03, "relative_tol": 0.1, "z": 1.0},
         "report": {"examples": 2, "occlusion_window": [2, 8, 8]},
     }  # fmt: skip
     return _merge(p, over)

@@ -149,3 +149,20 @@ def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
                            "--model", str(world["robust"])], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 1 and "gate.threat_models.linf.eps" in proc.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_blessed_model_is_re_measured_when_the_data_changed(world, passed):
+    from thermops.io import read_json, write_json
+
+    _, _, blessed = passed
+    copy = world["root"] / "blessed-other-data"
+    shutil.copytree(blessed, copy)
+    card = read_json(copy / "card.json")
+    card["gate"]["metrics"]["data_hash"] = "another-dataset"
+    write_json(copy / "card.json", card)
+    loose = {"clean_accuracy": 0.0, "robust_accuracy": {"linf": {0.05: 0.0}}, "max_mean_ce": 100.0,
+             "max_flip_rate": 1.0, "max_stability_slope": 100.0}  # fmt: skip
+    res, _ = _run(world, world["plain"], "remeasure", copy, thresholds=loose)
+    assert res["blessed"]["metrics_source"].startswith("re-measured")
+    assert any(r.startswith("regression:robust_accuracy[linf][0.05]") for r in res["reasons"]), res["reasons"]
+    assert "the blessed model's" in res["mean_ce_note"] and res["mean_ce"] != 1.0

@@ -276,3 +276,16 @@ def test_decision_fails_on_absolute_thresholds_and_sanity():
     d = decide(m, p.thresholds, None, p.regression)
     failed = {c["name"] for c in d["checks"] if not c["passed"]}
     assert failed == {"clean_accuracy", "robust_accuracy[linf][0.05]", "flip_rate", "sanity:zero_at_large_eps[linf]"}
+
+
+def test_regression_margin_grows_with_sampling_noise():
+    p = section({"gate": gate_params()}, "gate", GateParams)
+    blessed = _metrics(clean=0.9, rob=0.7)
+    cand = _metrics(clean=0.8, rob=0.6)
+    strict = decide(cand, p.thresholds, blessed, Regression(0.03, 0.1, z=1.0))  # n unknown: tolerance alone
+    assert "regression:clean_accuracy" in {c["name"] for c in strict["checks"] if not c["passed"]}
+    for m in (blessed, cand):
+        m["n_test"] = 40
+        m["robust_accuracy"]["linf"]["n"] = 40
+    noisy = decide(cand, p.thresholds, blessed, Regression(0.03, 0.1, z=1.0))  # SE of 0.8 vs 0.9 on 40 each ~ 0.078
+    assert "regression:clean_accuracy" not in {c["name"] for c in noisy["checks"] if not c["passed"]}

@@ -8,6 +8,7 @@ check, so an empty list means the model passed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from thermops.robustness.params import Regression, Thresholds
@@ -58,19 +59,31 @@ def decide(metrics: dict, thresholds: Thresholds, blessed: dict | None, regressi
     for s in metrics.get("sanity", []):
         checks.append(_c(f"sanity:{s['name']}", "sanity", s["value"], s["limit"], s["passed"], s["detail"]))
     if blessed is not None:
-        tol, rel = regression.accuracy_tol, regression.relative_tol
+        tol, rel, z = regression.accuracy_tol, regression.relative_tol, regression.z
+
+        def margin_of(p1: float, n1: int | None, p2: float, n2: int | None) -> float:
+            """tol + z standard errors of p1 - p2 (binomial); with n unknown, tol alone."""
+            if not n1 or not n2:
+                return tol
+            return tol + z * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+
         b = blessed["clean_accuracy"]
-        checks.append(_c("regression:clean_accuracy", "regression", ca, b - tol, ca >= b - tol,
-                         f"clean accuracy {ca:.3f} vs blessed {b:.3f} - {tol}"))  # fmt: skip
-        for threat, tm in metrics["robust_accuracy"].items():
-            bcurve = blessed.get("robust_accuracy", {}).get(threat, {}).get("worst", {})
-            for eps, val in tm.get("worst", {}).items():
-                k = _eps_key(bcurve, float(eps))
-                if k is None:
+        mg = margin_of(ca, metrics.get("n_test"), b, blessed.get("n_test"))
+        checks.append(_c("regression:clean_accuracy", "regression", ca, b - mg, ca >= b - mg,
+                         f"clean accuracy {ca:.3f} vs blessed {b:.3f} - {mg:.3f} ({tol} + {z} SE)"))  # fmt: skip
+        # Robust accuracy is compared at the eps the thresholds name (where the decision is made).
+        for threat, by_eps in thresholds.robust_accuracy.items():
+            tm = metrics["robust_accuracy"].get(threat, {})
+            btm = blessed.get("robust_accuracy", {}).get(threat, {})
+            curve, bcurve = tm.get("worst", {}), btm.get("worst", {})
+            for eps in sorted(by_eps):
+                k, bk = _eps_key(curve, eps), _eps_key(bcurve, eps)
+                if k is None or bk is None:
                     continue
-                bv = bcurve[k]
-                checks.append(_c(f"regression:robust_accuracy[{threat}][{eps}]", "regression", val, bv - tol,
-                                 val >= bv - tol, f"{threat} robust accuracy at eps {eps}: {val:.3f} vs blessed {bv:.3f} - {tol}"))  # fmt: skip
+                val, bv = curve[k], bcurve[bk]
+                mg = margin_of(val, tm.get("n"), bv, btm.get("n"))
+                checks.append(_c(f"regression:robust_accuracy[{threat}][{eps}]", "regression", val, bv - mg, val >= bv - mg,
+                                 f"{threat} robust accuracy at eps {eps}: {val:.3f} vs blessed {bv:.3f} - {mg:.3f} ({tol} + {z} SE)"))  # fmt: skip
         # mean CE is already relative to the blessed model (1.0 = as good as it).
         checks.append(_c("regression:mean_ce", "regression", mce, 1.0 + rel, mce <= 1.0 + rel,
                          f"mean CE relative to blessed {mce:.3f} <= 1 + {rel}"))  # fmt: skip

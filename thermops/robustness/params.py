@@ -87,11 +87,14 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Regression:
-    """Tolerances against the blessed model: accuracies may drop `accuracy_tol` (absolute),
-    mean CE, flip rate and stability slope may grow `relative_tol` (relative)."""
+    """Tolerances against the blessed model: accuracies may drop `accuracy_tol` (absolute)
+    plus `z` standard errors of the difference of the two measured accuracies (so that the
+    sampling noise of a few dozen attacked tubelets is not called a regression); mean CE,
+    flip rate and stability slope may grow `relative_tol` (relative)."""
 
     accuracy_tol: float = 0.03
     relative_tol: float = 0.1
+    z: float = 1.0
 
 
 @dataclass(frozen=True)
