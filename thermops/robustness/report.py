@@ -193,6 +193,19 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _who(title: str, info: dict | None) -> str:
+    """One line naming a model dir: path, git revision, prepared-data hash, where its figures came from."""
+    if not info:
+        return f"{title}: none (the first passing model is blessed)"
+    data = info.get("data") or {}
+    parts = [f"{title}: {info.get('path')}", f"git {info.get('git_revision')}"]
+    if isinstance(data, dict) and data.get("prepared_hash"):
+        parts.append(f"data {str(data['prepared_hash'])[:12]}")
+    if info.get("metrics_source"):
+        parts.append(str(info["metrics_source"]))
+    return html.escape(", ".join(parts))
+
+
 def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
     """index.html: decision, reasons, every check, tables of figures, the PNGs."""
     status = "PASSED" if gate["passed"] else "FAILED"
@@ -201,7 +214,7 @@ def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;margin:8px 0}"
         "td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px}.ok{color:#080}.fail{color:#b00}</style></head><body>",
         f"<h1>Gate: <span class='{'ok' if gate['passed'] else 'fail'}'>{status}</span></h1>",
-        f"<p>Model: {html.escape(str(gate.get('model', {})))}<br>Blessed baseline: {html.escape(str(gate.get('blessed')))}</p>",
+        "<p>" + _who("Model", gate.get("model")) + "<br>" + _who("Blessed baseline", gate.get("blessed")) + "</p>",
         f"<p>Units: {html.escape(gate['units_note'])}</p>",
     ]
     if gate["reasons"]:
