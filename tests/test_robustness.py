@@ -289,3 +289,11 @@ def test_regression_margin_grows_with_sampling_noise():
         m["robust_accuracy"]["linf"]["n"] = 40
     noisy = decide(cand, p.thresholds, blessed, Regression(0.03, 0.1, z=1.0))  # SE of 0.8 vs 0.9 on 40 each ~ 0.078
     assert "regression:clean_accuracy" not in {c["name"] for c in noisy["checks"] if not c["passed"]}
+
+
+def test_pgd_early_stop_changes_the_work_not_the_result(plain, test_xy):
+    x, y = test_xy
+    fast = A.PGD(plain, 0.05, "linf", steps=6, seed=4)
+    full = A.PGD(plain, 0.05, "linf", steps=6, seed=4, early_stop=False)
+    assert torch.equal(A.robust_correct(fast, x, y), A.robust_correct(full, x, y))
+    assert fast.n_grad < full.n_grad  # fooled tubelets left the batch
