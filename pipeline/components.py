@@ -90,7 +90,8 @@ def is_encoded(value: Any) -> bool:
 def encode_param(value: Any) -> Any:
     """A params value as a KFP argument (YAML text for mappings, lists and nulls)."""
     if is_encoded(value):
-        return yaml.safe_dump(value, sort_keys=True, default_flow_style=True, width=1 << 30).strip()
+        # key order kept as in params.yaml: steps iterate mappings (threat models, splits)
+        return yaml.safe_dump(value, sort_keys=False, default_flow_style=True, width=1 << 30).strip()
     return value
 
 

@@ -142,7 +142,7 @@ def set_key(params: dict[str, Any], key: str, value: Any) -> None:
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
     """Turn {dotted key: value} into the nested params mapping a step reads."""
     out: dict[str, Any] = {}
-    for key in sorted(flat):  # parents before children
+    for key in flat:  # leaves never contain each other; their order is params.yaml's
         set_key(out, key, copy.deepcopy(flat[key]))
     return out
 
@@ -224,7 +224,18 @@ def _leaves(keys: set[str], params: dict[str, Any]) -> list[str]:
                 leaves.update(f"{k}.{child}" for child in value)
                 changed = True
                 break
-    return sorted(leaves)
+    return [k for k in _walk(params) if k in leaves]  # params.yaml order: steps may iterate it
+
+
+def _walk(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a params mapping, in document order."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out.append(key)
+            out.extend(_walk(v, key))
+    return out
 
 
 def build_graph(root: str | Path, params: dict[str, Any] | None = None) -> Graph:

@@ -127,7 +127,7 @@ def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_re
     out: list[tuple[str, Any, Any]] = [("data_hash", str, data_hash), ("git_rev", str, git_rev)]
     if kf.data_source == "dvc":
         out += [("data_repo", str, kf.data_repo), ("dvc_remote", str, kf.dvc_remote)]
-    for leaf in sorted(used):
+    for leaf in [lf for lf in graph.leaves if lf in used]:  # params.yaml order
         value = graph.leaves[leaf]
         out.append((param_ident(leaf), types[param_annotation(value)], encode_param(value)))
     return out
