@@ -1,6 +1,6 @@
 """`python -m pipeline compile|submit`: the Kubeflow pipeline generated from dvc.yaml.
 
-    python -m pipeline compile [--out pipeline.yaml] [--data-source embedded|dvc] [--image IMG]
+    python -m pipeline compile [--out pipeline.yaml] [--data-source embedded|dvc] [--image IMG] [--data-rev REV]
     python -m pipeline submit --host URL [--namespace NS] [--experiment NAME] [--token T]
                               [-p key=value ...] [--data-rev REV] [--dry-run]
 
@@ -20,10 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from pipeline.pipeline import compile_pipeline
+    from pipeline import datahash
+    from pipeline.pipeline import compile_pipeline, kubeflow_params
+    from thermops.config import load_params
 
+    # the defaults of data_hash and git_rev: the data at --data-rev (a branch resolves to its commit)
+    params = load_params(Path(args.root) / "params.yaml")
+    source = args.data_source or kubeflow_params(params).data_source
+    rev = datahash.resolve(args.root, params, data_source=source, rev=args.data_rev)
     out = compile_pipeline(
-        args.out, root=args.root, data_source=args.data_source, image=args.image, git_rev=args.git_rev
+        args.out, root=args.root, data_source=source, image=args.image,
+        git_rev=rev.git_rev, data_hash=rev.data_hash,
     )
     print(out)
     return 0
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", default="pipeline.yaml")
     c.add_argument("--data-source", choices=["embedded", "dvc"], default=None, help="default: kubeflow.data_source")
     c.add_argument("--image", default=None, help="default: kubeflow.image")
-    c.add_argument("--git-rev", default=None, help="default of the git_rev parameter (default: HEAD)")
+    c.add_argument("--data-rev", default=None, help="git revision of the data for the defaults (default: HEAD)")
     s = sub.add_parser("submit", help="create a run with kfp.Client")
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     s.add_argument("--namespace", default=None, help="multi-user Kubeflow namespace")
