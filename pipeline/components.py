@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.graph import Graph, Out, Stage, ident, nest, param_ident
+from pipeline.graph import Graph, Out, Stage, nest, param_ident
 
 # Stage outs under these roots are models; reports get HTML/Markdown views.
 MODEL_ROOT = "models/"
