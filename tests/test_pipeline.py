@@ -348,7 +348,7 @@ def test_submit_to_standin_sends_spec_parameters_experiment(toy):
         (exp,) = server.posted("/apis/v2beta1/experiments")
         (run,) = server.posted("/apis/v2beta1/runs")
     assert exp.body["display_name"] == "nightly"
-    assert run.body["experiment_id"] == exp.body.get("experiment_id") or run.body["experiment_id"] in server.experiments
+    assert server.experiments[run.body["experiment_id"]]["display_name"] == "nightly"  # the run is filed there
     spec = run.body["pipeline_spec"]["pipeline_spec"]
     assert {t["display"] for t in task_inputs(spec).values()} >= {"prep_task", "gate_task", "package_task"}
     assert "platform_spec" in run.body["pipeline_spec"]
