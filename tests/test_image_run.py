@@ -156,7 +156,11 @@ def test_finetune_runs_in_the_image(finetuned):
     metrics = json.loads(Path(finetuned["outputs"]["metrics_finetune_json"]["path"]).read_text())
     assert metrics
     confusion = finetuned["executor_output"]["artifacts"]["metrics_confusion_csv"]["artifacts"][0]["metadata"]
-    assert confusion["confusionMatrix"]["structs"]  # logged for the KFP UI
+    # logged for the KFP UI: one row per class of params.yaml, counts of the test split
+    labels = [a["displayName"] for a in confusion["confusionMatrix"]["annotationSpecs"]]
+    rows = [r["row"] for r in confusion["confusionMatrix"]["rows"]]
+    assert len(rows) == len(labels) >= 2 and all(len(r) == len(labels) for r in rows)
+    assert sum(map(sum, rows)) > 0
 
 
 MISSING = '''

@@ -71,7 +71,17 @@ while read -r path; do
     [[ -n "$path" ]] && volumes+=(--volume "$path:$path:ro")
 done < <("$py" "$repo/scripts/image/pip_sources.py")
 "$py" "$repo/scripts/image/pip_sources.py" --uv-toml > "$work/uv.toml"
+# uv's own CA roots do not include this machine's (a TLS-inspecting proxy's):
+# use the system store, i.e. the machine's bundle mounted below.
+# (`native-tls`: deprecated for `system-certs` in uv 0.13, still honoured, and
+# known to older uv too.) Like pip, consider every index for every package
+# (uv's default stops at the first index that has the name at all).
+printf 'native-tls = true\nindex-strategy = "unsafe-best-match"\n' >> "$work/uv.toml"
 volumes+=(--volume "$work/uv.toml:/etc/uv/uv.toml:ro")
+# The machine's CA bundle (the stand-in already has ca-certificates, so the
+# Dockerfile's apt-get leaves that file alone).
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] && \
+    volumes+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 
 # 4. build the generated Dockerfile as it is, on the stand-in
 rev="$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"

@@ -75,6 +75,14 @@ else
         ${EXTRA_BUILD_ARGS:-} \
         -f Dockerfile .
     size=$(podman --storage-driver "$STORAGE_DRIVER" image inspect --format '{{.Size}}' "$IMAGE:$TAG")
+    # vfs keeps every image as full copies (7 GB each): drop this image's older
+    # builds unless KEEP_IMAGES=1.
+    if [[ "${KEEP_IMAGES:-0}" != 1 ]]; then
+        buildah --storage-driver "$STORAGE_DRIVER" images --format '{{.Name}}:{{.Tag}}' \
+            | { grep -Fx -v -e "$IMAGE:$TAG" -e "$IMAGE:latest" | grep "^$IMAGE:" || true; } \
+            | while read -r old; do buildah --storage-driver "$STORAGE_DRIVER" rmi "$old" >/dev/null || true; done
+        buildah --storage-driver "$STORAGE_DRIVER" rmi --prune >/dev/null 2>&1 || true
+    fi
 fi
 end=$(date +%s)
 echo "built $IMAGE:$TAG with $BUILDER in $((end - start)) s, size $size bytes ($((size / 1000000)) MB)"
