@@ -193,3 +193,20 @@ def test_cli_reports_a_missing_input_clearly(tiny_pipeline, tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: task 'use': input artifact 'data' needed: pass --artifact data=PATH"
+
+
+def test_pip_sources_mount_the_local_folders_and_translate_for_uv(tmp_path):
+    import pip_sources
+
+    (tmp_path / "idx" / "simple").mkdir(parents=True)
+    (tmp_path / "wheels").mkdir()
+    index = (tmp_path / "idx" / "simple").as_uri()
+    assert pip_sources.local_folder(index) == tmp_path / "idx"  # pages link to ../files
+    assert pip_sources.local_folder(str(tmp_path / "wheels")) == tmp_path / "wheels"
+    assert pip_sources.local_folder("https://pypi.org/simple") is None
+    assert pip_sources.local_folder(str(tmp_path / "absent")) is None
+    toml = pip_sources.uv_toml([str(tmp_path / "wheels"), index, "https://example.org/simple"])
+    assert toml.splitlines() == [
+        f'find-links = ["{tmp_path / "wheels"}"]',
+        f'extra-index-url = ["{index}", "https://example.org/simple"]',
+    ]

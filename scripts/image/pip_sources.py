@@ -31,12 +31,30 @@ def local_folder(entry: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+def _read_config_files() -> str:
+    """`pip config list`-like lines from pip's config files, for a python without pip."""
+    import configparser
+
+    lines = []
+    home = Path.home()
+    for f in (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"),
+              home / ".config/pip/pip.conf", home / ".pip/pip.conf"):
+        if f.is_file():
+            cp = configparser.ConfigParser()
+            cp.read(f)
+            for section in cp.sections():
+                for key, value in cp[section].items():
+                    lines.append(f"{section}.{key}='{' '.join(value.split())}'")
+    return "\n".join(lines)
+
+
 def pip_entries() -> list[str]:
     """Every find-links / index URL value pip would use, from config files and env."""
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
         capture_output=True, text=True, check=False,
-    ).stdout
+    )
+    out = proc.stdout if proc.returncode == 0 else _read_config_files()
     entries: list[str] = []
     for line in out.splitlines():
         key, _, value = line.partition("=")
