@@ -200,7 +200,7 @@ def run(
         return out_metrics
     card = make_card(
         classes=classes, model_cfg=model_cfg, input_spec=spec, calibrations=splits.calibrations,
-        data={k: splits.data_info[k] for k in ("prepared_hash", "sources", "n", "n_per_label")},
+        data={k: splits.data_info[k] for k in ("prepared_hash", "sources", "units", "n", "n_per_label")},
         metrics={k: v for k, v in out_metrics.items() if k not in ("encoder_missing_keys", "encoder_unexpected_keys")},
         params=params_used or {}, adversarial_training=cfg.adversarial.enabled,
         pretrained={"method": pre_card.get("method"), "data": pre_card.get("data"), "metrics": pre_card.get("metrics"),

@@ -98,6 +98,7 @@ def load_splits(root: str | Path, classes: list[str], spec: InputSpec) -> Prepar
         "prepared": str(root),
         "prepared_hash": hash_files([root]),
         "sources": sorted({r["source"] for r in data.rows}),
+        "units": sorted({r["units"] for r in data.rows}),  # the service converts input to these
         "n": {s: len(sets[s]) for s in ("train", "val", "test")},
         "n_per_label": {s: dict(sorted(Counter(r["label"] for r in data.rows if r["split"] == s).items()))
                         for s in ("train", "val", "test")},  # fmt: skip
