@@ -125,6 +125,9 @@ def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_re
     for s in stages_run(graph, kf):
         used.update(graph.stage_leaves[s.name])
     out: list[tuple[str, Any, Any]] = [("data_hash", str, data_hash), ("git_rev", str, git_rev)]
+    # Lineage of a calibration-triggered run (pipeline.calibration watch --mode cluster):
+    # recorded with the run, read by no task, so they never change a cache key.
+    out += [("camera_id", str, ""), ("calibration_version", str, "")]
     if kf.data_source == "dvc":
         out += [("data_repo", str, kf.data_repo), ("dvc_remote", str, kf.dvc_remote)]
     for leaf in [lf for lf in graph.leaves if lf in used]:  # params.yaml order

@@ -47,6 +47,7 @@ def test_material_change_submits_one_run_with_camera_and_version(project):
     assert run.body["display_name"] == f"recalibration fence_mid={version}"
     params = run.body["runtime_config"]["parameters"]
     assert params["git_rev"] == head  # the commit that holds the new calibration
+    assert params["camera_id"] == "fence_mid" and params["calibration_version"] == version
     assert kfp.experiments and next(iter(kfp.experiments.values()))["display_name"] == "recalibration"
     assert res.action.startswith(f"cluster: kubeflow run {next(iter(kfp.runs))}")
 
