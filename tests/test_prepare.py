@@ -168,3 +168,30 @@ def test_flat_background_is_skipped_and_near_windows_fit_the_frame(tmp_path, rep
     data = load_prepared(tmp_path / "prepared")
     assert max(int(r["window_px"]) for r in data.rows) <= cal.geometry.image_width
     assert all(float(r["std"]) > 0 for r in data.rows if r["kind"] == "background")
+
+
+def test_single_images_are_split_by_image(tmp_path, repo_root, cal):
+    """Boxes of one still image never straddle splits (they share scene and moment)."""
+    h, w = cal.geometry.image_height, cal.geometry.image_width
+    clips, anns, frames = [], [], {}
+    for i in range(12):
+        cid = f"img{i:02d}"
+        frames[cid] = np.full((1, h, w), 6000, np.uint16)
+        clips.append({"clip_id": cid, "camera_id": CAM, "calibration_version": cal.version, "source": "synthetic",
+                      "n_frames": 1, "height": h, "width": w, "dtype": "uint16", "units": "counts", "fps": 0.0,
+                      "time_of_day_h": None, "weather": "", "ambient_c": None})  # fmt: skip
+        for k, label in enumerate(["person", "vehicle", "animal"]):
+            x0 = 40 + 100 * k
+            frames[cid][0, 100:140, x0 : x0 + 20] = 7000
+            anns.append({"clip_id": cid, "frame": 0, "track_id": f"t{k}", "label": label, "source_label": label,
+                         "x0": x0, "y0": 100, "x1": x0 + 20, "y1": 140, "ground_x": None, "ground_y": None,
+                         "distance_m": None})  # fmt: skip
+    write_raw(tmp_path / "raw" / "synthetic" / CAM, clips, anns, frames)
+    _run(tmp_path, repo_root, PrepareParams(background_per_clip=0))
+    data = load_prepared(tmp_path / "prepared")
+    split_of_image: dict[str, set] = {}
+    for r in data.rows:
+        split_of_image.setdefault(r["clip_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of_image.values())
+    assert {next(iter(s)) for s in split_of_image.values()} == {"train", "val", "test"}
+    assert all(len(row_boxes(r)) == 8 for r in data.rows)  # one frame repeated T times

@@ -234,26 +234,39 @@ def _background(source, clip, values, units, anns, cam, p, seed):
     return rows, arrays
 
 
-def assign_splits(rows: list[dict], fractions: dict[str, float], seed: int) -> None:
-    """Split by track, stratified by (camera, label): every track lives in one split."""
+def assign_splits(
+    rows: list[dict], fractions: dict[str, float], seed: int, still_clips: frozenset[str] = frozenset()
+) -> None:
+    """Split by track, stratified by (camera, label): every track lives in one split.
+
+    A single image (a clip of one frame, `still_clips` holding `<source>/<clip_id>`)
+    holds many one-frame tracks that share its scene and its moment; they are split
+    together, by image, stratified by camera, so no image feeds both training and test.
+    """
+    def unit(r: dict) -> tuple[tuple[str, str], str]:
+        clip = f"{r['source']}/{r['clip_id']}"
+        if clip in still_clips:
+            return (r["camera_id"], "<still images>"), f"clip:{clip}"
+        return (r["camera_id"], r["label"]), r["track_id"]
+
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in rows:
-        key = (r["camera_id"], r["label"])
-        if r["track_id"] not in groups[key]:
-            groups[key].append(r["track_id"])
+        key, u = unit(r)
+        if u not in groups[key]:
+            groups[key].append(u)
     split_of: dict[str, str] = {}
     for key in sorted(groups):
-        tracks = sorted(groups[key], key=lambda tr: stable_unit(str(seed), tr))
-        n = len(tracks)
+        units = sorted(groups[key], key=lambda tr: stable_unit(str(seed), tr))
+        n = len(units)
         n_train = int(round(fractions["train"] * n))
         n_val = int(round(fractions["val"] * n))
         if n >= 3:  # keep every split populated when the group allows it
             n_train = min(max(n_train, 1), n - 2)
             n_val = min(max(n_val, 1), n - n_train - 1)
-        for i, tr in enumerate(tracks):
+        for i, tr in enumerate(units):
             split_of[tr] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
     for r in rows:
-        r["split"] = split_of[r["track_id"]]
+        r["split"] = split_of[unit(r)[1]]
 
 
 def raw_folders(raw_root: Path, sources: list[str]) -> list[tuple[str, Path]]:
@@ -284,6 +297,7 @@ def extract_all(
     """All tubelets of all raw folders, split, sorted by id: (manifest rows, (N, T, H, W) array)."""
     rows: list[dict] = []
     arrays: list[np.ndarray] = []
+    still: set[str] = set()
     for source, folder in folders:
         anns_by_clip: dict[str, list[dict]] = defaultdict(list)
         for a in read_annotations(folder):
@@ -301,12 +315,14 @@ def extract_all(
                 frames = load_frames(folder, clip)
             except RawDataError as err:
                 raise PrepareError(str(err)) from None
+            if clip.n_frames == 1:
+                still.add(f"{source}/{clip.clip_id}")
             r, a = extract_clip(source, clip, frames, anns_by_clip.get(clip.clip_id, []), cal, p, classes, seed)
             rows.extend(r)
             arrays.extend(a)
     if not rows:
         raise PrepareError("no tubelets: the selected sources hold no usable tracks")
-    assign_splits(rows, p.splits, seed)
+    assign_splits(rows, p.splits, seed, frozenset(still))
     order = sorted(range(len(rows)), key=lambda i: rows[i]["tubelet_id"])
     if len({r["tubelet_id"] for r in rows}) != len(rows):
         raise PrepareError("duplicate tubelet ids (two sources or clips with the same name?)")
