@@ -122,16 +122,18 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 
 
 def _side_px(cam: PinholeCamera | None, p: PrepareParams, ground: tuple[float, float] | None,
-             box_px: float) -> tuple[int, float | None]:  # fmt: skip
-    """Window side in pixels and the metric extent it covers (None if geometry unknown)."""
+             box_px: float, max_side: int) -> tuple[int, float | None]:  # fmt: skip
+    """Window side in pixels, at most `max_side`, and the metric extent it covers (None if geometry unknown).
+
+    The cap matters at the lens (drips, birds): there the frame is the window, and the
+    extent recorded is what the capped window really covers.
+    """
     if cam is not None and ground is not None:
         px_per_m = cam.metric_extent_px(np.array(ground), 1.0)
-        if p.geometric:
-            side = max(p.min_window_px, int(round(p.window_m * px_per_m)))
-        else:
-            side = max(p.min_window_px, int(round(p.context * box_px)))
+        extent_px = p.window_m * px_per_m if p.geometric else p.context * box_px
+        side = min(max(p.min_window_px, int(round(extent_px))), max_side)
         return side, side / px_per_m
-    return max(p.min_window_px, int(round(p.context * box_px))), None
+    return min(max(p.min_window_px, int(round(p.context * box_px))), max_side), None
 
 
 def extract_clip(
@@ -166,10 +168,7 @@ def extract_clip(
             ground = None
             if wa[0]["ground_x"] is not None and all(a["ground_x"] is not None for a in wa):
                 ground = (float(np.median([a["ground_x"] for a in wa])), float(np.median([a["ground_y"] for a in wa])))
-            side, window_m = _side_px(cam, p, ground, box_px)
-            if side > max(values.shape[1:]):  # drips and birds at the lens: the frame is the window
-                side = max(values.shape[1:])
-                window_m = window_m * side / _side_px(cam, p, ground, box_px)[0] if window_m else None
+            side, window_m = _side_px(cam, p, ground, box_px, max(values.shape[1:]))
             centers = np.array([[(a["x0"] + a["x1"]) / 2, (a["y0"] + a["y1"]) / 2] for a in wa])
             tub = crop_window(values[win], centers, side, p.size)
             dists = [a["distance_m"] for a in wa if a["distance_m"] is not None]
@@ -209,8 +208,7 @@ def _background(source, clip, values, units, anns, cam, p, seed):
             if not np.all(np.isfinite(g)):
                 continue
             ground = (float(g[0]), float(g[1]))
-        side, window_m = _side_px(cam, p, ground, rng.uniform(8, 32))
-        side = min(side, h, w)
+        side, window_m = _side_px(cam, p, ground, rng.uniform(8, 32), min(h, w))
         f0 = int(rng.integers(0, max(1, t - p.frames + 1)))
         win = window_frames(list(range(f0, min(t, f0 + p.frames))), p.frames, p.stride)[0]
         x0, y0, x1, y1 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
