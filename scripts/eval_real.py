@@ -30,7 +30,6 @@ one `error: ...` line.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import os
 import platform
@@ -49,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from thermops.config import ParamsError, load_params, section, section_from_mapping  # noqa: E402
+from thermops.config import ParamsError, load_params, merge_params, section, section_from_mapping  # noqa: E402
 
 SYNTHETIC = "synthetic"
 
@@ -77,17 +76,9 @@ class RealEvalParams:
 # -- params ---------------------------------------------------------------------------------
 
 
-def merge(base: dict, over: dict) -> dict:
-    """`over` merged into a copy of `base`, mapping by mapping."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def step_params(params: dict, cfg: RealEvalParams, sources: list[str], params_dir: Path) -> dict:
     """The params of one run: overrides applied, `data.sources` set, ingest roots made absolute."""
-    p = merge(params, cfg.overrides)
+    p = merge_params(params, cfg.overrides)
     p.setdefault("data", {})["sources"] = list(sources)
     for spec in (p.get("ingest", {}).get("sources") or {}).values():
         if isinstance(spec, dict) and isinstance(spec.get("root"), str) and not Path(spec["root"]).is_absolute():

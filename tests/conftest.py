@@ -7,7 +7,6 @@ dataset); `trained_model_dir` fine-tunes a small model on it once per session.
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from thermops.config import merge_params
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -25,13 +26,6 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 SMALL_OVERRIDES = {
     "synth": {"clips_per_camera": 2},
 }
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def write_params(params: dict, path: Path) -> Path:
@@ -52,7 +46,7 @@ def default_params() -> dict:
 @pytest.fixture(scope="session")
 def small_params(default_params) -> dict:
     """params.yaml with the dataset shrunk for tests (a fresh deep copy each session)."""
-    return _merge(default_params, SMALL_OVERRIDES)
+    return merge_params(default_params, SMALL_OVERRIDES)
 
 
 @pytest.fixture(scope="session")

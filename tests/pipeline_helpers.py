@@ -184,16 +184,6 @@ TINY_OVERRIDES = {
 }
 
 
-def merge(base: dict, over: dict) -> dict:
-    """`base` with `over` merged in, recursively (copies)."""
-    import copy
-
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def copy_repo(src: Path, dst: Path, params: dict) -> Path:
     """A temp copy of the working tree (tracked + untracked, not ignored) with `params`, committed."""
     import shutil

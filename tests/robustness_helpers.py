@@ -7,15 +7,16 @@ adversarial training (`thermops.adversarial.pgd`, the training engineer's Madry 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from thermops.card import make_card, save_model_dir
+from thermops.config import merge_params
 from thermops.models import ModelConfig, TubeletClassifier
 from thermops.preprocess import InputSpec, prepare_batch
 from thermops.tubelets import load_prepared
@@ -113,11 +114,13 @@ def gate_params(**over) -> dict:
         "regression": {"accuracy_tol": 0.03, "relative_tol": 0.1, "z": 1.0},
         "report": {"examples": 2, "occlusion_window": [2, 8, 8]},
     }  # fmt: skip
-    return _merge(p, over)
+    return merge_params(p, over)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: two threads spin-wait badly on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,24 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from robustness_helpers import gate_params, save_tiny, train_tiny
+from robustness_helpers import gate_params, one_thread, save_tiny, train_tiny  # noqa: F401 (autouse fixture)
 from thermops.card import load_card
 from thermops.config import section
 from thermops.robustness.params import GateParams
 from training_helpers import make_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_helpers import TINY_OVERRIDES, copy_repo, merge  # noqa: E402
+from pipeline_helpers import TINY_OVERRIDES, copy_repo  # noqa: E402
+from thermops.config import merge_params as merge  # noqa: E402
 
 from pipeline.components import decode_param, encode_param, is_encoded  # noqa: E402
 from pipeline.graph import build_graph, get_key, param_ident, set_key  # noqa: E402

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustness_helpers import ArgmaxInside, QuantizedInput, gate_params, split_xy, train_tiny
+from robustness_helpers import ArgmaxInside, QuantizedInput, gate_params, one_thread, split_xy, train_tiny  # noqa: F401 (autouse fixture)
 from thermops.config import section
 from thermops.robustness import attacks as A
 from thermops.robustness import corruptions as C
@@ -30,15 +30,6 @@ from training_helpers import make_prepared
 # most 4 tubelets (0.125) for the gradient attacks (different random starts and step
 # rules); C&W must be at least as strong as ART's up to the same tolerance.
 ART_TOL = 0.125
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: two threads spin-wait badly on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ types are rejected with the key's dotted name.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -108,6 +109,14 @@ def section_from_mapping(cls: type[T], mapping: Any, where: str) -> T:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ParamsError(f"{where}: {err}") from None
+
+
+def merge_params(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into a deep copy of `base`, mapping by mapping (neither is changed)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge_params(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
