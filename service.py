@@ -13,7 +13,7 @@ Endpoints (all POST, JSON answers):
 
 Each per-request API validates its tubelet (shape, dtype, finiteness, size, camera)
 and maps it to the model's input through the camera's calibration and the shared
-`thermops.preprocess.prepare_batch`, then calls the batchable `/infer`; so a bad
+`thermops.model.preprocess.prepare_batch`, then calls the batchable `/infer`; so a bad
 request is answered 4xx on its own and never reaches, or fails, a batch.
 Knobs arrive as bento arguments that the package step sets from params.yaml.
 """
@@ -36,21 +36,9 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, Field
 
-from thermops.serving import (
-    CameraConflict,
-    CameraRegistry,
-    PackageParams,
-    PayloadTooLarge,
-    TubeletError,
-    UnknownCamera,
-    UnsupportedMedia,
-    model_input,
-    parse_json_tubelet,
-    parse_upload,
-    radiometric_units,
-    softmax_scores,
-    validate_tubelet,
-)
+from thermops.serve.cameras import CameraConflict, CameraRegistry, UnknownCamera
+from thermops.serve.requests import PackageParams, PayloadTooLarge, TubeletError, UnsupportedMedia, model_input, parse_json_tubelet, parse_upload, softmax_scores, validate_tubelet
+from thermops.model.card import radiometric_units
 
 
 PROXY_RETRIES = 4
@@ -245,7 +233,7 @@ class ThermopsClassifier:
     def __init__(self) -> None:
         import torch
 
-        from thermops.card import input_spec_from_card, load_model_dir
+        from thermops.model.card import input_spec_from_card, load_model_dir
 
         self._ready = False
         path = Path(self.model_ref.path)

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thermops.card import input_spec_from_card, load_model_dir
+from thermops.model.card import input_spec_from_card, load_model_dir
 from thermops.config import load_params, section
-from thermops.preprocess import prepare_batch
+from thermops.model.preprocess import prepare_batch
 from thermops.robustness import attacks as A
 from thermops.robustness.params import GateParams
-from thermops.tubelets import load_prepared
+from thermops.data.prepared import load_prepared
 
 SECTION = "## Gate attacks"
 

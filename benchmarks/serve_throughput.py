@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -47,7 +46,7 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 
 def inprocess(batch: int, seconds: float, device: str, threads: int | None, extra_batches: tuple[int, ...] = ()) -> dict:
     """Model-only throughput at `batch` and at 1, on already-normalized inputs."""
-    from thermops.models import ModelConfig, TubeletClassifier
+    from thermops.model.network import ModelConfig, TubeletClassifier
 
     if threads:
         torch.set_num_threads(threads)
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batch = int(yaml.safe_load((ROOT / "params.yaml").read_text())["package"]["max_batch_size"])
     else:
         from thermops.config import load_params, section
-        from thermops.serving import PackageParams
+        from thermops.serve.requests import PackageParams
 
         params = section(load_params(ROOT / "params.yaml"), "package", PackageParams)
         max_batch = params.max_batch_size

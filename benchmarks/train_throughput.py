@@ -26,10 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thermops.augment import AugmentConfig  # noqa: E402
-from thermops.engine import amp_context, make_optimizer, OptimConfig, to_device  # noqa: E402
-from thermops.models import ModelConfig, TubeletClassifier, TubeletEncoder  # noqa: E402
-from thermops.ssl import SimCLR, SSLConfig, simclr_loss  # noqa: E402
+from thermops.learn.augment import AugmentConfig  # noqa: E402
+from thermops.learn.engine import amp_context, make_optimizer, OptimConfig, to_device  # noqa: E402
+from thermops.model.network import ModelConfig, TubeletClassifier, TubeletEncoder  # noqa: E402
+from thermops.learn.ssl import SimCLR, SSLConfig, simclr_loss  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -9,7 +9,7 @@ reports on test. Beside it, with the same seeds and test split:
 - fine-tuning on a class-stratified `low_label.fraction` (10%) of the train labels,
   from the pretrained encoder vs from scratch.
 
-Writes `models/finetuned/` (model.pt + card.json through `thermops.card`),
+Writes `models/finetuned/` (model.pt + card.json through `thermops.model.card`),
 `metrics/finetune.json`, `metrics/confusion.csv` (DVC confusion plot),
 `metrics/finetune_curve.csv`, PNG figures in `reports/finetune/`, and per-epoch
 checkpoints in `checkpoints/finetune/`.
@@ -28,27 +28,18 @@ from pathlib import Path
 
 import torch
 
-from components.pretrain import fingerprint, load_pretrained_encoder
-from thermops.adversarial import AdversarialConfig
-from thermops.augment import AugmentConfig
-from thermops.card import make_card, save_model_dir
+from thermops.learn.adversarial import AdversarialConfig
+from thermops.learn.augment import AugmentConfig
+from thermops.model.card import load_pretrained_encoder, make_card, save_model_dir
 from thermops.config import ParamsError, load_params, section, seed_everything
-from thermops.data import load_splits, stratified_fraction
-from thermops.engine import (
-    OptimConfig,
-    barrier,
-    classification_loss,
-    evaluate,
-    fit,
-    is_main,
-    setup_distributed,
-    unwrap,
-)
+from thermops.learn.datasets import load_splits, stratified_fraction
+from thermops.learn.engine import OptimConfig, classification_loss, evaluate, fit, run_fingerprint
+from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
 from thermops.io import atomic_dir, write_csv, write_json
-from thermops.models import ModelConfig, TubeletClassifier
-from thermops.preprocess import InputSpec
-from thermops.ssl import init_head_by_probe, linear_probe
-from thermops.tubelets import PreparedDataError
+from thermops.model.network import ModelConfig, TubeletClassifier
+from thermops.model.preprocess import InputSpec
+from thermops.learn.ssl import init_head_by_probe, linear_probe
+from thermops.data.prepared import PreparedDataError
 
 
 @dataclass(frozen=True)
@@ -120,7 +111,7 @@ def run(
     Args:
         cfg: the `finetune` params; model_cfg / spec / classes: `model`, `input`, `classes` params.
         data: prepared-data folder; pretrained: the `pretrain` step's folder.
-        out: model directory to write (thermops.card format).
+        out: model directory to write (thermops.model.card format).
         metrics / confusion / curve: metrics JSON, confusion CSV (actual,predicted), per-epoch CSV.
         figures: folder for the PNGs.
         checkpoints: folder for the main run's `last.pt` (None: none).
@@ -181,7 +172,7 @@ def run(
 
     model, missing, unexpected = fresh(True, seed)
     log(f"loaded pretrained encoder: missing keys {missing}, unexpected keys {unexpected}")
-    fp = fingerprint(asdict(cfg), model_cfg.to_dict(), spec.to_dict(), classes, splits.data_info["prepared_hash"],
+    fp = run_fingerprint(asdict(cfg), model_cfg.to_dict(), spec.to_dict(), classes, splits.data_info["prepared_hash"],
                      pre_card.get("metrics"), seed)  # fmt: skip
     result = _train_classifier(model, splits.train, splits.val, classes, cfg.optim, cfg, seed, device,
                                adversarial=cfg.adversarial, ckpt_dir=checkpoints, fp=fp, log=log)  # fmt: skip
@@ -215,7 +206,7 @@ def run(
               ["epoch", "loss", "val_macro_f1"])  # fmt: skip
     with atomic_dir(figures) as tmp:
         try:
-            from thermops.metrics import plot_confusion, plot_curves
+            from thermops.learn.metrics import plot_confusion, plot_curves
 
             plot_confusion(cm, tmp / "confusion.png")
             plot_curves({"train loss": [r["loss"] for r in result.history],

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from thermops.card import ModelCardError, input_spec_from_card, load_model_dir
+from thermops.model.card import ModelCardError, input_spec_from_card, load_model_dir
 from thermops.config import ParamsError, load_params, section, seed_everything
 from thermops.io import atomic_dir, write_json
 from thermops.robustness.params import GateParams
-from thermops.tubelets import PreparedDataError, load_prepared
+from thermops.data.prepared import PreparedDataError, load_prepared
 
 
 class GateFailed(RuntimeError):

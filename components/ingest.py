@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from thermops.config import ParamsError, load_params, section
-from thermops.importers import ImportDataError, IngestParams, import_source
+from thermops.data.importers import ImportDataError, IngestParams, import_source
 from thermops.io import atomic_dir, write_json
 
 SYNTHETIC = "synthetic"

@@ -22,20 +22,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from thermops.calibration import CalibrationError, load_calibration
-from thermops.card import ModelCardError, git_revision, load_card, load_model_dir
+import yaml
+
+from thermops.camera.calibration import CalibrationError, load_calibration
+from thermops.model.card import ModelCardError, git_revision, load_card, load_model_dir
 from thermops.config import ParamsError, load_params, section
 from thermops.io import hash_files, read_json, write_json
-from thermops.serving import PackageParams
+from thermops.serve.requests import PackageParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# Files of the project that the service needs; their content is part of the bento version.
-SERVICE_FILES = (
-    "service.py", "bentofile.yaml", "thermops/__init__.py", "thermops/calibration.py", "thermops/card.py",
-    "thermops/io.py", "thermops/models.py", "thermops/preprocess.py", "thermops/serving.py",
-)  # fmt: skip
-
-
 class PackageError(ValueError):
     """The model cannot be packaged: failed gate, missing files, calibration mismatch."""
 
@@ -131,6 +126,16 @@ def _without_none(value: Any) -> Any:
     return value
 
 
+def service_files(bentofile: Path) -> list[Path]:
+    """bentofile.yaml and the files of its `include` list: the serving file set, stated once there."""
+    spec = yaml.safe_load(bentofile.read_text()) or {}
+    ctx = bentofile.resolve().parent
+    files = [bentofile.resolve()]
+    for pattern in spec.get("include") or []:
+        files += sorted(p for p in ctx.glob(pattern) if p.is_file())
+    return files
+
+
 def _content_version(paths: list[Path], extra: str = "") -> str:
     h = hashlib.sha256(hash_files(paths, root=None).encode() + extra.encode())
     return h.hexdigest()[:16]
@@ -191,7 +196,7 @@ def run(
         **{k: v for k, v in params.to_dict().items() if k != "model_name"},
     }
     build_ctx = bentofile.resolve().parent
-    bento_version = _content_version([build_ctx / f for f in SERVICE_FILES], str(tag) + repr(sorted(args.items())))
+    bento_version = _content_version(service_files(bentofile), str(tag) + repr(sorted(args.items())))
     bento_tag = bentoml.Tag(params.bento_name, bento_version)
     try:
         bentoml.bentos.delete(bento_tag)

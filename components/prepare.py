@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from components._cli import run_cli
-from thermops.calibration import load_calibrations
+from thermops.camera.calibration import load_calibrations
 from thermops.config import load_params, section
-from thermops.extract import PrepareParams, extract_all, raw_folders
+from thermops.data.extract import PrepareParams, extract_all, raw_folders
 from thermops.io import atomic_dir, hash_files, write_csv, write_json
-from thermops.tubelets import MANIFEST_COLUMNS
+from thermops.data.prepared import MANIFEST_COLUMNS
 
 
 def run(

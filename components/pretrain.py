@@ -17,8 +17,6 @@ with DDP; rank 0 writes the outputs.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,16 +25,15 @@ from pathlib import Path
 import torch
 
 from thermops.config import ParamsError, load_params, section, seed_everything
-from thermops.data import load_unlabeled
-from thermops.engine import OptimConfig, barrier, fit, is_main, setup_distributed, unwrap
+from thermops.learn.datasets import load_unlabeled
+from thermops.learn.engine import OptimConfig, fit, run_fingerprint
+from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
 from thermops.io import atomic_dir, write_csv, write_json
-from thermops.models import ModelConfig, TubeletEncoder
-from thermops.preprocess import InputSpec
-from thermops.ssl import SimCLR, SSLConfig, simclr_loss
-from thermops.tubelets import PreparedDataError
-
-PRETRAINED_FORMAT = "thermops-pretrained/1"
-
+from thermops.model.card import PRETRAINED_FORMAT
+from thermops.model.network import ModelConfig, TubeletEncoder
+from thermops.model.preprocess import InputSpec
+from thermops.learn.ssl import SimCLR, SSLConfig, simclr_loss
+from thermops.data.prepared import PreparedDataError
 
 @dataclass(frozen=True)
 class PretrainParams:
@@ -46,11 +43,6 @@ class PretrainParams:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     device: str = "auto"
     resume: bool = True
-
-
-def fingerprint(*parts: object) -> str:
-    """A short hash of JSON-able parts: the identity a checkpoint must match to be resumed."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run(
@@ -82,7 +74,7 @@ def run(
     dataset, info = load_unlabeled(data, spec)
     encoder = TubeletEncoder(model_cfg)
     model = SimCLR(encoder, cfg.ssl)
-    fp = fingerprint(asdict(cfg.ssl), model_cfg.to_dict(), spec.to_dict(), info["prepared_hash"], seed)
+    fp = run_fingerprint(asdict(cfg.ssl), model_cfg.to_dict(), spec.to_dict(), info["prepared_hash"], seed)
     log = (lambda s: print(s, file=sys.stderr)) if is_main() else None
     result = fit(model, simclr_loss(cfg.ssl), dataset, cfg.optim, seed=seed, device=device, ckpt_dir=checkpoints,
                  resume=cfg.resume, fingerprint=fp, stop_after=stop_after, desc="pretrain", log=log)  # fmt: skip
@@ -111,19 +103,6 @@ def run(
     write_json(metrics, summary)
     barrier()
     return summary
-
-
-def load_pretrained_encoder(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The encoder state dict and card of a `models/pretrained` folder."""
-    from thermops.io import read_json
-
-    card_path, weights = directory / "card.json", directory / "encoder.pt"
-    if not card_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"{directory}: not a pretrained-encoder folder (card.json / encoder.pt missing)")
-    card = read_json(card_path)
-    if card.get("format") != PRETRAINED_FORMAT:
-        raise ValueError(f"{card_path}: format {card.get('format')!r} is not {PRETRAINED_FORMAT!r}")
-    return torch.load(weights, map_location="cpu", weights_only=True), card
 
 
 def main(argv: list[str] | None = None) -> None:

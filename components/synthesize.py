@@ -15,11 +15,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from thermops.calibration import Calibration, CalibrationError, load_calibration
+from thermops.camera.calibration import Calibration, CalibrationError, load_calibration
 from thermops.config import ParamsError, load_params, section
 from thermops.io import atomic_dir
-from thermops.rawdata import write_raw
-from thermops.synth import LABELS, SynthParams, camera_seed, synthesize_camera
+from thermops.data.raw import write_raw
+from thermops.world.synth import LABELS, SynthParams, camera_seed, synthesize_camera
 
 
 def run(cfg: SynthParams, calibration: Calibration, out_dir: Path, seed: int) -> dict:

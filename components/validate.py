@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from thermops.calibration import CalibrationError, load_calibrations
+from thermops.camera.calibration import CalibrationError, load_calibrations
 from thermops.config import ParamsError, load_params, section
 from thermops.io import atomic_dir, write_json
-from thermops.tubelets import PreparedDataError, load_prepared
-from thermops.validation import (
+from thermops.data.prepared import PreparedDataError, load_prepared
+from thermops.data.validation import (
     BALANCE_SUITE, SUITE, ValidateParams, ValidationFailed, balance_expectations, balance_table, run_suites,
     summarize, summary_markdown, tubelet_expectations, tubelet_table,
 )  # fmt: skip

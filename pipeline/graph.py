@@ -1,7 +1,7 @@
 """The stage graph, read from `dvc.yaml`: the one place the graph is stated.
 
 `dvc repro` runs `dvc.yaml` directly; the Kubeflow pipeline is generated from the
-same stages (`pipeline.components`, `pipeline.pipeline`). This module turns
+same stages (`pipeline.codegen`, `pipeline.pipeline`). This module turns
 `dvc.yaml` into plain `Stage` records through DVC's own API (so `foreach` stages,
 `${...}` templating and `wdir` resolve exactly as under `dvc repro`), orders them,
 finds the artifact edges (a dep that is another stage's out) and the pipeline

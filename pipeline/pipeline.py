@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -118,14 +117,14 @@ def _configure(task: Any, step: str, kf: KubeflowParams) -> None:
 
 def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_rev: str) -> list[tuple[str, Any, Any]]:
     """(name, annotation, default) of every pipeline parameter, params leaves in key order."""
-    from pipeline.components import encode_param, param_annotation
+    from pipeline.codegen import encode_param, param_annotation
 
     types = {"bool": bool, "int": int, "float": float, "str": str}
     used = set()
     for s in stages_run(graph, kf):
         used.update(graph.stage_leaves[s.name])
     out: list[tuple[str, Any, Any]] = [("data_hash", str, data_hash), ("git_rev", str, git_rev)]
-    # Lineage of a calibration-triggered run (pipeline.calibration watch --mode cluster):
+    # Lineage of a calibration-triggered run (pipeline.recalibrate watch --mode cluster):
     # recorded with the run, read by no task, so they never change a cache key.
     out += [("camera_id", str, ""), ("calibration_version", str, "")]
     if kf.data_source == "dvc":
@@ -169,7 +168,7 @@ def build_pipeline(
     """
     from kfp import dsl
 
-    from pipeline import components as comps
+    from pipeline import codegen
     from pipeline import datahash
 
     root = Path(root).resolve()
@@ -190,8 +189,8 @@ def build_pipeline(
     settings = _settings_dict(kf)
     run = stages_run(graph, kf)
     guarded = graph.downstream_closure({kf.gate.stage}) - {kf.gate.stage} if kf.gate.stage in names else set()
-    made = {s.name: comps.make_component(graph, s, image, project_root, settings) for s in run}
-    fetch = comps.make_fetch_component(graph, image, project_root, settings) if kf.data_source == "dvc" else None
+    made = {s.name: codegen.make_component(graph, s, image, project_root, settings) for s in run}
+    fetch = codegen.make_fetch_component(graph, image, project_root, settings) if kf.data_source == "dvc" else None
     fetched = {s.name for s in graph.source_stages()} if fetch else set()
     plist = pipeline_parameters(graph, kf, data_hash, git_rev)
 
@@ -206,7 +205,7 @@ def build_pipeline(
                 tasks[name] = t
 
         def add(stage) -> None:
-            spec = comps.stage_spec(graph, stage, project_root, settings)
+            spec = codegen.stage_spec(graph, stage, project_root, settings)
             args: dict[str, Any] = {}
             if spec["source"]:
                 args.update(data_hash=kw["data_hash"], git_rev=kw["git_rev"])
@@ -250,95 +249,3 @@ def compile_pipeline(out: str | Path, **kwargs: Any) -> Path:
 
 if __name__ == "__main__":
     print(compile_pipeline("pipeline.yaml"))
-
-
-def _walk_tasks(spec: dict[str, Any], dag: dict[str, Any], out: dict[str, dict[str, Any]], parent_inputs: dict[str, Any]) -> None:
-    for key, task in dag.get("tasks", {}).items():
-        comp = spec["components"][task["componentRef"]["name"]]
-        ins = task.get("inputs", {})
-        params = {}
-        for name, p in ins.get("parameters", {}).items():
-            if "componentInputParameter" in p:  # a pipeline parameter, or a condition's channel
-                params[name] = parent_inputs.get(p["componentInputParameter"], ("param", p["componentInputParameter"]))
-            elif "taskOutputParameter" in p:
-                params[name] = ("task", p["taskOutputParameter"]["producerTask"])
-            else:
-                params[name] = ("constant", json.dumps(p.get("runtimeValue", {}), sort_keys=True))
-        arts = {}
-        for name, a in ins.get("artifacts", {}).items():
-            if "taskOutputArtifact" in a:
-                arts[name] = a["taskOutputArtifact"]["producerTask"]
-            else:
-                src = parent_inputs.get(a.get("componentInputArtifact"), ("artifact", a.get("componentInputArtifact")))
-                arts[name] = src[1] if src[0] == "task" else src
-        if "dag" in comp:  # a condition: its tasks see the channels under the names given here
-            inner = {n: (v if not isinstance(v, str) else ("task", v)) for n, v in {**params, **arts}.items()}
-            _walk_tasks(spec, comp["dag"], out, inner)
-            continue
-        display = task.get("taskInfo", {}).get("name", key)
-        out[key] = {"display": display, "component": task["componentRef"]["name"], "params": params, "artifacts": arts}
-
-
-def task_inputs(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every executing task of a compiled pipeline spec with where each input comes from.
-
-    `params[name]` is ("param", pipeline parameter) / ("task", producer) / ("constant", v);
-    `artifacts[name]` is the producing task's key. Condition sub-DAGs are flattened.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    _walk_tasks(spec, spec["root"]["dag"], out, {})
-    return out
-
-
-def resolved_inputs(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[str, str]:
-    """Per task, a digest of its resolved inputs (parameters and, recursively, producers).
-
-    This is what KFP's cache key covers besides the component: two runs whose digests
-    agree for a task would hit the cache for it; a changed digest means a re-run.
-    """
-    import hashlib
-
-    defaults = {k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()}
-    values = {**defaults, **arguments}
-    tasks = task_inputs(spec)
-    digests: dict[str, str] = {}
-
-    def digest(key: str) -> str:
-        if key in digests:
-            return digests[key]
-        t = tasks[key]
-        label = spec["components"][t["component"]].get("executorLabel")
-        executor = spec.get("deploymentSpec", {}).get("executors", {}).get(label, {})
-        parts: dict[str, Any] = {"component": json.dumps(executor, sort_keys=True)}
-        for name, src in sorted(t["params"].items()):
-            kind, ref = src
-            parts[name] = values.get(ref) if kind == "param" else digest(ref) if kind == "task" and ref in tasks else ref
-        for name, producer in sorted(t["artifacts"].items()):
-            parts[name] = digest(producer) if isinstance(producer, str) and producer in tasks else str(producer)
-        digests[key] = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-        return digests[key]
-
-    return {k: digest(k) for k in tasks}
-
-
-def directly_changed(spec: dict[str, Any], args_a: dict[str, Any], args_b: dict[str, Any]) -> set[str]:
-    """Tasks whose own parameter inputs differ between two argument sets (what `dvc status` reports)."""
-    defaults = {k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()}
-    a, b = {**defaults, **args_a}, {**defaults, **args_b}
-    out = set()
-    for key, t in task_inputs(spec).items():
-        for kind, ref in t["params"].values():
-            if kind == "param" and a.get(ref) != b.get(ref):
-                out.add(key)
-    return out
-
-
-def load_spec(text_or_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pipeline spec, Kubernetes platform spec) of a compiled pipeline YAML."""
-    import yaml
-
-    text = Path(text_or_path).read_text() if isinstance(text_or_path, Path) or "\n" not in str(text_or_path) else str(text_or_path)
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    spec = next(d for d in docs if "root" in d)
-    platform = next((d for d in docs if "platforms" in d), {})
-    return spec, platform.get("platforms", {}).get("kubernetes", {})

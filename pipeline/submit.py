@@ -115,7 +115,7 @@ def prepare_submission(
     from kfp import compiler
 
     from pipeline import datahash
-    from pipeline.components import encode_param
+    from pipeline.codegen import encode_param
     from pipeline.pipeline import build_pipeline, kubeflow_params, pipeline_parameters
     from thermops.config import load_params
 

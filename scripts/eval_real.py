@@ -20,7 +20,7 @@ files written into --work:
 4. The fine-tuned model on the TEST split of each training source, on the whole
    test split, and on ALL tubelets of each held-out source: person-vs-rest accuracy,
    person recall / precision, 4-class accuracy and macro-F1 (torchmetrics through
-   `thermops.metrics.classification_metrics`), counts per label.
+   `thermops.learn.metrics.classification_metrics`), counts per label.
 
 Writes OUT/real_eval.json and OUT/real_eval.md. Nothing under data/, models/,
 metrics/ or checkpoints/ of the repository is touched. Expected errors exit 1 with
@@ -97,7 +97,7 @@ def write_params(p: dict, path: Path) -> Path:
 
 def score(preds: torch.Tensor, target: torch.Tensor, classes: list[str], positive: str) -> dict:
     """Predicted and true class indices (N,) -> 4-class and positive-vs-rest figures (torchmetrics)."""
-    from thermops.metrics import classification_metrics
+    from thermops.learn.metrics import classification_metrics
 
     pos = classes.index(positive)
     multi, cm = classification_metrics(preds, target, classes)
@@ -127,10 +127,10 @@ def evaluate_prepared(model: torch.nn.Module, card: dict, prepared: Path, positi
 
     Returns {"all": score, "<source>": score, ...}.
     """
-    from thermops.card import input_spec_from_card
-    from thermops.data import model_inputs
-    from thermops.engine import predict
-    from thermops.tubelets import load_prepared
+    from thermops.model.card import input_spec_from_card
+    from thermops.learn.datasets import model_inputs
+    from thermops.learn.engine import predict
+    from thermops.data.prepared import load_prepared
 
     classes = list(card["classes"])
     if positive not in classes:
@@ -152,7 +152,7 @@ def evaluate_prepared(model: torch.nn.Module, card: dict, prepared: Path, positi
 def clip_overlap(prepared: Path, split: str = "test") -> dict[str, dict[str, int]]:
     """Per source: `split` tubelets, and those cut from a clip (for still images: the same image) that also gave
     train tubelets. Splits are by track, so an image's boxes can land in train and test."""
-    from thermops.tubelets import load_prepared
+    from thermops.data.prepared import load_prepared
 
     rows = load_prepared(prepared).rows
     train_clips = {(r["source"], r["clip_id"]) for r in rows if r["split"] == "train"}
@@ -209,12 +209,12 @@ def markdown(result: dict) -> str:
 def run(params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibration_dir: Path, command: str = "") -> dict:
     """Ingest, prepare, pretrain, fine-tune and evaluate; write OUT/real_eval.{json,md}; return the result."""
     from components import finetune, ingest, prepare, pretrain
-    from thermops.card import load_model_dir
-    from thermops.extract import PrepareParams
+    from thermops.model.card import load_model_dir
+    from thermops.data.extract import PrepareParams
     from thermops.io import write_json
-    from thermops.models import ModelConfig
-    from thermops.preprocess import InputSpec
-    from thermops.tubelets import load_prepared
+    from thermops.model.network import ModelConfig
+    from thermops.model.preprocess import InputSpec
+    from thermops.data.prepared import load_prepared
 
     t_start = time.perf_counter()
     params = load_params(params_path)
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/real_eval"))
     args = ap.parse_args(argv)
     command = "python scripts/eval_real.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    from thermops.tubelets import PreparedDataError
+    from thermops.data.prepared import PreparedDataError
 
     try:
         r = run(args.params, args.raw_synthetic, args.work, args.out, args.calibration, command)

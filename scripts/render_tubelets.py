@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from thermops.tubelets import load_prepared
+from thermops.data.prepared import load_prepared
 
 
 def main(prepared: Path, out: Path, per_class: int = 8) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from thermops.calibration import load_calibration
+from thermops.camera.calibration import load_calibration
 from thermops.config import load_params, section
-from thermops.sensor import agc_linear, agc_plateau
-from thermops.synth import SynthParams, synthesize_camera
+from thermops.camera.sensor import agc_linear, agc_plateau
+from thermops.world.synth import SynthParams, synthesize_camera
 
 COLOURS = {"person": "#ff3b30", "vehicle": "#34c759", "animal": "#ffcc00", "nuisance": "#0a84ff"}
 

@@ -80,7 +80,7 @@ def prepared_dir(small_params, raw_root, tmp_path_factory) -> Path:
     """A small prepared dataset (tubelets.npy, manifest.csv, summary.json)."""
     from components import prepare
     from thermops.config import section
-    from thermops.extract import PrepareParams
+    from thermops.data.extract import PrepareParams
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     prepare.run(

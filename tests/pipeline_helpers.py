@@ -7,9 +7,12 @@ them in seconds.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -209,3 +212,94 @@ def copy_repo(src: Path, dst: Path, params: dict) -> Path:
     git(dst, "add", ".")
     git(dst, "commit", "-q", "-m", "copy")
     return dst
+
+
+# -- reading a compiled pipeline spec ------------------------------------------------------
+
+
+def _walk_tasks(spec: dict[str, Any], dag: dict[str, Any], out: dict[str, dict[str, Any]], parent_inputs: dict[str, Any]) -> None:
+    for key, task in dag.get("tasks", {}).items():
+        comp = spec["components"][task["componentRef"]["name"]]
+        ins = task.get("inputs", {})
+        params = {}
+        for name, p in ins.get("parameters", {}).items():
+            if "componentInputParameter" in p:  # a pipeline parameter, or a condition's channel
+                params[name] = parent_inputs.get(p["componentInputParameter"], ("param", p["componentInputParameter"]))
+            elif "taskOutputParameter" in p:
+                params[name] = ("task", p["taskOutputParameter"]["producerTask"])
+            else:
+                params[name] = ("constant", json.dumps(p.get("runtimeValue", {}), sort_keys=True))
+        arts = {}
+        for name, a in ins.get("artifacts", {}).items():
+            if "taskOutputArtifact" in a:
+                arts[name] = a["taskOutputArtifact"]["producerTask"]
+            else:
+                src = parent_inputs.get(a.get("componentInputArtifact"), ("artifact", a.get("componentInputArtifact")))
+                arts[name] = src[1] if src[0] == "task" else src
+        if "dag" in comp:  # a condition: its tasks see the channels under the names given here
+            inner = {n: (v if not isinstance(v, str) else ("task", v)) for n, v in {**params, **arts}.items()}
+            _walk_tasks(spec, comp["dag"], out, inner)
+            continue
+        display = task.get("taskInfo", {}).get("name", key)
+        out[key] = {"display": display, "component": task["componentRef"]["name"], "params": params, "artifacts": arts}
+
+
+def task_inputs(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every executing task of a compiled pipeline spec with where each input comes from.
+
+    `params[name]` is ("param", pipeline parameter) / ("task", producer) / ("constant", v);
+    `artifacts[name]` is the producing task's key. Condition sub-DAGs are flattened.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    _walk_tasks(spec, spec["root"]["dag"], out, {})
+    return out
+
+
+def resolved_inputs(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[str, str]:
+    """Per task, a digest of its resolved inputs (parameters and, recursively, producers).
+
+    This is what KFP's cache key covers besides the component: two runs whose digests
+    agree for a task would hit the cache for it; a changed digest means a re-run.
+    """
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()}
+    values = {**defaults, **arguments}
+    tasks = task_inputs(spec)
+    digests: dict[str, str] = {}
+
+    def digest(key: str) -> str:
+        if key in digests:
+            return digests[key]
+        t = tasks[key]
+        label = spec["components"][t["component"]].get("executorLabel")
+        executor = spec.get("deploymentSpec", {}).get("executors", {}).get(label, {})
+        parts: dict[str, Any] = {"component": json.dumps(executor, sort_keys=True)}
+        for name, src in sorted(t["params"].items()):
+            kind, ref = src
+            parts[name] = values.get(ref) if kind == "param" else digest(ref) if kind == "task" and ref in tasks else ref
+        for name, producer in sorted(t["artifacts"].items()):
+            parts[name] = digest(producer) if isinstance(producer, str) and producer in tasks else str(producer)
+        digests[key] = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+        return digests[key]
+
+    return {k: digest(k) for k in tasks}
+
+
+def directly_changed(spec: dict[str, Any], args_a: dict[str, Any], args_b: dict[str, Any]) -> set[str]:
+    """Tasks whose own parameter inputs differ between two argument sets (what `dvc status` reports)."""
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()}
+    a, b = {**defaults, **args_a}, {**defaults, **args_b}
+    out = set()
+    for key, t in task_inputs(spec).items():
+        for kind, ref in t["params"].values():
+            if kind == "param" and a.get(ref) != b.get(ref):
+                out.add(key)
+    return out
+
+
+def load_spec(text_or_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pipeline spec, Kubernetes platform spec) of a compiled pipeline YAML."""
+    text = Path(text_or_path).read_text() if isinstance(text_or_path, Path) or "\n" not in str(text_or_path) else str(text_or_path)
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    spec = next(d for d in docs if "root" in d)
+    platform = next((d for d in docs if "platforms" in d), {})
+    return spec, platform.get("platforms", {}).get("kubernetes", {})

@@ -2,7 +2,7 @@
 
 Models are trained on `tests/training_helpers.make_prepared` data (class-shaped warm
 blobs), at a reduced input (4 x 16 x 16) and width (8, 16), plain or with PGD
-adversarial training (`thermops.adversarial.pgd`, the training engineer's Madry loop).
+adversarial training (`thermops.learn.adversarial.pgd`, the training engineer's Madry loop).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thermops.card import make_card, save_model_dir
+from thermops.model.card import make_card, save_model_dir
 from thermops.config import merge_params
-from thermops.models import ModelConfig, TubeletClassifier
-from thermops.preprocess import InputSpec, prepare_batch
-from thermops.tubelets import load_prepared
+from thermops.model.network import ModelConfig, TubeletClassifier
+from thermops.model.preprocess import InputSpec, prepare_batch
+from thermops.data.prepared import load_prepared
 
 CLASSES = ["person", "vehicle", "animal", "nuisance"]
 SPEC = InputSpec(frames=4, size=16, celsius_scale_k=5.0)
@@ -36,7 +36,7 @@ def split_xy(prepared: Path, split: str, spec: InputSpec = SPEC) -> tuple[torch.
 
 def train_tiny(prepared: Path, epochs: int = 12, adv_eps: float = 0.0, seed: int = 0) -> TubeletClassifier:
     """Train a tiny classifier on the train split; `adv_eps` > 0 trains on L-inf PGD examples (Madry)."""
-    from thermops.adversarial import AdversarialConfig, pgd
+    from thermops.learn.adversarial import AdversarialConfig, pgd
 
     torch.manual_seed(seed)
     x, y = split_xy(prepared, "train")

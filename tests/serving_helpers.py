@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from thermops.calibration import Agc, Calibration, Geometry, Radiometry, write_calibration
-from thermops.card import make_card, save_model_dir
+from thermops.camera.calibration import Agc, Calibration, Geometry, Radiometry, write_calibration
+from thermops.model.card import make_card, save_model_dir
 from thermops.io import write_json
-from thermops.models import ModelConfig, TubeletClassifier
-from thermops.preprocess import InputSpec
-from thermops.serving import PackageParams
+from thermops.model.network import ModelConfig, TubeletClassifier
+from thermops.model.preprocess import InputSpec
+from thermops.serve.requests import PackageParams
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["person", "vehicle", "animal", "nuisance"]
@@ -163,8 +163,9 @@ def display8_tubelet(t: int = 5, h: int = 40, w: int = 48, seed: int = 1) -> np.
 
 def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> dict[str, float]:
     """The prediction the service must give, computed in-process with the shared functions."""
-    from thermops.card import input_spec_from_card, load_model_dir
-    from thermops.serving import model_input, radiometric_units, softmax_scores
+    from thermops.model.card import input_spec_from_card, load_model_dir
+    from thermops.serve.requests import model_input, softmax_scores
+    from thermops.model.card import radiometric_units
 
     model, card = load_model_dir(model_dir)
     x, _ = model_input(arr.astype(np.float64), camera, radiometric_units(card), input_spec_from_card(card))

@@ -16,9 +16,9 @@ SCRIPT = textwrap.dedent(
     import json, shutil, sys
     from pathlib import Path
     import bentoml
-    from pipeline.calibration import watch_once
+    from pipeline.recalibrate import watch_once
     from tests.calibration_helpers import CountingRunner, ENVELOPE
-    from thermops.registry import record_calibration
+    from thermops.camera.registry import record_calibration
 
     root = Path(sys.argv[1])
     deployed = root / "deployed.yaml"  # the calibration the model was trained on, NOT in git

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thermops.calibration import Calibration, load_calibration
-from thermops.calibration_change import Envelope, TriggerParams, compare, geometric_figures, radiometric_figures
-from thermops.geometry import PinholeCamera
+from thermops.camera.calibration import Calibration, load_calibration
+from thermops.camera.change import Envelope, TriggerParams, compare, geometric_figures, radiometric_figures
+from thermops.camera.geometry import PinholeCamera
 
 TRIGGER = TriggerParams()
 

@@ -7,11 +7,11 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.calibration import TriggerError, kubeflow_submitter, watch_once
+from pipeline.recalibrate import TriggerError, kubeflow_submitter, watch_once
 from tests.calibration_helpers import ENVELOPE, REPO, write_card
 from tests.kfp_standin import KfpStandIn
 from tests.pipeline_helpers import git, make_toy_repo, toy_params
-from thermops.registry import record_calibration
+from thermops.camera.registry import record_calibration
 
 
 @pytest.fixture
@@ -65,8 +65,8 @@ def test_refused_submission_is_not_recorded_and_is_retried(project):
 
 
 def test_camera_and_version_go_to_declared_run_parameters_only():
-    from pipeline.calibration import _declared_inputs, run_parameters
-    from thermops.calibration_change import ChangeReport
+    from pipeline.recalibrate import _declared_inputs, run_parameters
+    from thermops.camera.change import ChangeReport
 
     spec = "root:\n  inputDefinitions:\n    parameters:\n      camera_id: {parameterType: STRING}\n---\nplatforms: {}\n"
     assert _declared_inputs(spec) == {"camera_id"}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.calibration import build_parser
-from thermops.calibration_change import TriggerParams
+from pipeline.recalibrate import build_parser
+from thermops.camera.change import TriggerParams
 from thermops.config import load_params, section
 
 MANIFEST = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "calibration-watcher-cronjob.yaml"
@@ -61,7 +61,7 @@ def test_cronjob_runs_one_cluster_pass_with_persistent_state(docs):
     pod = cron["jobTemplate"]["spec"]["template"]["spec"]
     (watcher,) = pod["containers"]
     script = " ".join(watcher["args"])
-    argv = script.split("exec python -m pipeline.calibration ")[1].split()
+    argv = script.split("exec python -m pipeline.recalibrate ")[1].split()
     args = build_parser().parse_args(argv)  # the command line the CLI really accepts
     assert (args.command, args.once, args.mode) == ("watch", True, "cluster")
     # The state file's folder is the persistent volume, under the checkout the watcher runs in.

@@ -133,14 +133,14 @@ def test_reaimed_camera_retrains_through_dvc_and_new_bento_carries_the_version(t
     assert first["metadata"]["fence_mid"] == "2026-11-01.1"
 
     # 2. Re-aim fence_mid by 3 degrees through the registry CLI, commit it.
-    out = _run([sys.executable, "-m", "pipeline.calibration", "record", "fence_mid",
+    out = _run([sys.executable, "-m", "pipeline.recalibrate", "record", "fence_mid",
                 "--set", "geometry.pitch_deg=8.0", "--valid-from", "2026-11-22"], root, env)  # fmt: skip
     assert "recorded fence_mid version 2026-11-22.1" in out
     git(root, "add", "data/calibration/fence_mid.yaml")
     git(root, "commit", "-q", "-m", "fence_mid re-aimed")
 
     # 3. The watcher sees a material change and runs `dvc repro` once.
-    log = _run([sys.executable, "-m", "pipeline.calibration", "watch", "--once", "--mode", "local"], root, env)
+    log = _run([sys.executable, "-m", "pipeline.recalibrate", "watch", "--once", "--mode", "local"], root, env)
     assert "fence_mid 2026-11-01.1 -> 2026-11-22.1: MATERIAL" in log and "triggered: local: dvc repro" in log
     ran = _ran(log)
     assert "synthesize@fence_mid" in ran and {"prepare", "finetune", "gate", "package"} <= ran
@@ -156,5 +156,5 @@ def test_reaimed_camera_retrains_through_dvc_and_new_bento_carries_the_version(t
     assert new["model_tag"] != first["model_tag"] and set(new["bento_models"]) == {new["model_tag"]}
 
     # 5. A second pass finds the change handled: nothing runs.
-    log = _run([sys.executable, "-m", "pipeline.calibration", "watch", "--once"], root, env)
+    log = _run([sys.executable, "-m", "pipeline.recalibrate", "watch", "--once"], root, env)
     assert "no retrain triggered" in log and not _ran(log)

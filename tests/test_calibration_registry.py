@@ -7,10 +7,10 @@ import datetime as dt
 import pytest
 import yaml
 
-from pipeline.calibration import main
+from pipeline.recalibrate import main
 from tests.calibration_helpers import commit_all, make_project
-from thermops.calibration import CalibrationError, load_calibration
-from thermops.registry import (
+from thermops.camera.calibration import CalibrationError, load_calibration
+from thermops.camera.registry import (
     add_camera,
     calibration_history,
     find_calibration_version,
@@ -141,7 +141,7 @@ def test_history_without_a_git_binary_reads_the_same_versions(tmp_path, monkeypa
     commit_all(root, "re-aimed")
     record_calibration(reg, "fence_mid", description="uncommitted", valid_from=DAY)
     with_git = calibration_history(reg, "fence_mid")
-    monkeypatch.setattr("thermops.registry.shutil.which", lambda name: None)
+    monkeypatch.setattr("thermops.camera.registry.shutil.which", lambda name: None)
     without = calibration_history(reg, "fence_mid")
     assert [e.calibration for e in without] == [e.calibration for e in with_git]
     assert [e.commit for e in without] == [e.commit for e in with_git] and len(without) == 2

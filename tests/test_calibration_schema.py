@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from thermops.calibration import CalibrationError, load_calibration, load_calibrations, parse_calibration, write_calibration
+from thermops.camera.calibration import CalibrationError, load_calibration, load_calibrations, parse_calibration, write_calibration
 
 
 def _good(calibration_dir):

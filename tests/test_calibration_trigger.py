@@ -9,10 +9,10 @@ import logging
 import pytest
 import yaml
 
-from pipeline.calibration import TriggerError, main, watch_once
+from pipeline.recalibrate import TriggerError, main, watch_once
 from tests.calibration_helpers import REPO, CountingRunner, make_project, write_card
-from thermops.calibration import CalibrationError
-from thermops.registry import record_calibration
+from thermops.camera.calibration import CalibrationError
+from thermops.camera.registry import record_calibration
 
 DAY = dt.date(2026, 11, 22)
 
@@ -227,7 +227,7 @@ def test_diff_cli_reports_figures_against_the_deployed_version(tmp_path, capsys)
 
 
 def test_polling_logs_errors_and_keeps_going(tmp_path, monkeypatch, caplog):
-    from pipeline import calibration as cli
+    from pipeline import recalibrate as cli
 
     root = make_project(tmp_path)
     path = root / "data" / "calibration" / "fence_mid.yaml"

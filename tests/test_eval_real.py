@@ -14,7 +14,7 @@ import yaml
 
 from tests.training_helpers import CLASSES, make_prepared
 from thermops.io import read_csv, write_csv
-from thermops.tubelets import MANIFEST_COLUMNS
+from thermops.data.prepared import MANIFEST_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_real", ROOT / "scripts" / "eval_real.py")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from robustness_helpers import gate_params, one_thread, save_tiny, train_tiny  # noqa: F401 (autouse fixture)
-from thermops.card import load_card
+from thermops.model.card import load_card
 from thermops.config import section
 from thermops.robustness.params import GateParams
 from training_helpers import make_prepared
@@ -79,7 +79,7 @@ def test_a_passing_model_is_gated_blessed_and_reported(passed):
 
 
 def test_the_envelope_is_readable_by_the_calibration_watcher(passed):
-    from thermops.calibration_change import Envelope
+    from thermops.camera.change import Envelope
 
     _, out, _ = passed
     env = Envelope.from_card(load_card(out / "gated"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thermops.calibration import load_calibrations
-from thermops.geometry import PinholeCamera
+from thermops.camera.calibration import load_calibrations
+from thermops.camera.geometry import PinholeCamera
 
 
 @pytest.fixture(scope="module")

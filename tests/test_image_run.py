@@ -147,7 +147,7 @@ def finetuned(compiled, work, overrides, prepared_dir, validated, pretrained, co
 
 def test_finetune_runs_in_the_image(finetuned):
     assert finetuned["ok"], finetuned
-    from thermops.card import load_model_dir
+    from thermops.model.card import load_model_dir
 
     model_dir = Path(finetuned["outputs"]["models_finetuned"]["path"])
     assert (model_dir / "model.pt").is_file() and (model_dir / "card.json").is_file()

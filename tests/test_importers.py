@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from components import ingest
-from thermops.calibration import parse_calibration, write_calibration
-from thermops.importers import ImportDataError, IngestParams, SourceParams, import_source
-from thermops.importers.tracks import iou, link_tracks
-from thermops.rawdata import load_frames, read_annotations, read_clips
+from thermops.camera.calibration import parse_calibration, write_calibration
+from thermops.data.importers import ImportDataError, IngestParams, SourceParams, import_source
+from thermops.data.importers.tracks import iou, link_tracks
+from thermops.data.raw import load_frames, read_annotations, read_clips
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"

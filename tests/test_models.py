@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thermops.card import load_model_dir, make_card, save_model_dir
-from thermops.models import SIZES, ModelConfig, TubeletClassifier
-from thermops.preprocess import InputSpec
-from thermops.ssl import SimCLR, SSLConfig, nt_xent
+from thermops.model.card import load_model_dir, make_card, save_model_dir
+from thermops.model.network import SIZES, ModelConfig, TubeletClassifier
+from thermops.model.preprocess import InputSpec
+from thermops.learn.ssl import SimCLR, SSLConfig, nt_xent
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))

@@ -23,10 +23,10 @@ from tests.serving_helpers import (
     small_package_params,
     write_params,
 )
-from thermops.calibration import write_calibration
-from thermops.card import input_spec_from_card, model_config_from_card
+from thermops.camera.calibration import write_calibration
+from thermops.model.card import input_spec_from_card, model_config_from_card
 from thermops.io import read_json
-from thermops.models import TubeletClassifier
+from thermops.model.network import TubeletClassifier
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_bento_holds_only_what_serving_needs_with_pinned_deps(packaged):
     name, version = result["bento_tag"].split(":")
     bento = home / "bentos" / name / version
     src = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*") if p.is_file()}
-    assert {"service.py", "thermops/serving.py", "thermops/preprocess.py", "thermops/card.py"} <= src
+    assert {"service.py", "thermops/serve/requests.py", "thermops/model/preprocess.py", "thermops/model/card.py"} <= src
     assert not any(s.startswith(("data/", "tests/", "models/", "components/", "pipeline/")) for s in src), src
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert info["args"]["model_tag"] == result["model_tag"]

@@ -19,17 +19,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kfp_standin import KfpStandIn  # noqa: E402
-from pipeline_helpers import git, make_toy_repo, toy_params  # noqa: E402
+from pipeline_helpers import directly_changed, git, load_spec, make_toy_repo, resolved_inputs, task_inputs, toy_params  # noqa: E402
 
-from pipeline.components import encode_param  # noqa: E402
+from pipeline.codegen import encode_param  # noqa: E402
 from pipeline.graph import build_graph  # noqa: E402
-from pipeline.pipeline import (  # noqa: E402
-    compile_pipeline,
-    directly_changed,
-    load_spec,
-    resolved_inputs,
-    task_inputs,
-)
+from pipeline.pipeline import compile_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_STAGES = ["gen@cam_a", "gen@cam_b", "prep", "train", "gate", "package"]

@@ -26,18 +26,12 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_helpers import TINY_OVERRIDES, copy_repo  # noqa: E402
+from pipeline_helpers import TINY_OVERRIDES, copy_repo, directly_changed, load_spec, task_inputs  # noqa: E402
 from thermops.config import merge_params as merge  # noqa: E402
 
-from pipeline.components import decode_param, encode_param, is_encoded  # noqa: E402
+from pipeline.codegen import decode_param, encode_param, is_encoded  # noqa: E402
 from pipeline.graph import build_graph, get_key, param_ident, set_key  # noqa: E402
-from pipeline.pipeline import (  # noqa: E402
-    build_pipeline,
-    compile_pipeline,
-    directly_changed,
-    load_spec,
-    task_inputs,
-)
+from pipeline.pipeline import build_pipeline, compile_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = {"synthesize", "ingest", "prepare", "validate", "pretrain", "finetune", "gate", "package"}
@@ -259,7 +253,7 @@ def test_real_gate_failing_skips_package(engines, tmp_path):
     """The real gate component, enforcing and failing (exit 1), gives False; dsl.If skips package."""
     from kfp import dsl, local
 
-    from pipeline import components as comps
+    from pipeline import codegen
     from pipeline.pipeline import _configure, kubeflow_params
 
     repo, run, _ = engines
@@ -267,8 +261,8 @@ def test_real_gate_failing_skips_package(engines, tmp_path):
     graph = build_graph(repo, params)
     kf = kubeflow_params(params)
     settings = json.loads(json.dumps(__import__("dataclasses").asdict(kf)))
-    gate_c = comps.make_component(graph, graph.stage("gate"), kf.image, str(repo), settings)
-    pkg_c = comps.make_component(graph, graph.stage("package"), kf.image, str(repo), settings)
+    gate_c = codegen.make_component(graph, graph.stage("gate"), kf.image, str(repo), settings)
+    pkg_c = codegen.make_component(graph, graph.stage("package"), kf.image, str(repo), settings)
     impossible = merge(params["gate"], {"thresholds": {"clean_accuracy": 2.0}, "enforce": True})
 
     @dsl.pipeline(name="gate-branch")

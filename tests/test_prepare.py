@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from components import prepare
-from thermops.calibration import load_calibrations
-from thermops.extract import PrepareError, PrepareParams, window_frames
-from thermops.geometry import PinholeCamera
-from thermops.rawdata import write_raw
-from thermops.tubelets import load_prepared, row_boxes
+from thermops.camera.calibration import load_calibrations
+from thermops.data.extract import PrepareError, PrepareParams, window_frames
+from thermops.camera.geometry import PinholeCamera
+from thermops.data.raw import write_raw
+from thermops.data.prepared import load_prepared, row_boxes
 
 CAM = "fence_mid"
 CLASSES = ["person", "vehicle", "animal", "nuisance"]

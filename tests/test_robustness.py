@@ -1,7 +1,7 @@
 """Attacks, corruptions, perspective, sanity checks, envelope and decision on tiny real models.
 
 Two tiny classifiers are trained once per module on structured synthetic tubelets:
-a plain one and a PGD adversarially trained one (`thermops.adversarial.pgd`).
+a plain one and a PGD adversarially trained one (`thermops.learn.adversarial.pgd`).
 ART (adversarial-robustness-toolbox) cross-checks the hand-written attacks on the
 same model, eps and steps.
 """
@@ -83,7 +83,7 @@ def test_attack_base_checks_shapes_and_restores_mode(plain, test_xy):
 
 @pytest.mark.parametrize("name", sorted(C.REGISTRY))
 def test_every_corruption_grows_with_severity(name, prepared):
-    from thermops.tubelets import load_prepared
+    from thermops.data.prepared import load_prepared
 
     raw = np.asarray(load_prepared(prepared).tubelets[:6])
     corr = C.build_corruption(name)
@@ -208,8 +208,8 @@ def test_homographies_have_the_stated_size():
 
 
 def test_worst_case_homography_is_at_least_as_bad_as_none(plain, prepared):
-    from thermops.preprocess import resample
-    from thermops.tubelets import load_prepared
+    from thermops.model.preprocess import resample
+    from thermops.data.prepared import load_prepared
 
     from robustness_helpers import SPEC
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from tests.training_helpers import CLASSES, make_prepared
-from thermops.adversarial import AdversarialConfig, pgd
-from thermops.augment import AugmentConfig, augment
-from thermops.data import load_splits, stratified_fraction
-from thermops.engine import OptimConfig, classification_loss, epoch_batches, fit, load_checkpoint
-from thermops.metrics import ConfusionMatrix, classification_metrics
-from thermops.models import ModelConfig, TubeletClassifier
-from thermops.preprocess import InputSpec
+from thermops.learn.adversarial import AdversarialConfig, pgd
+from thermops.learn.augment import AugmentConfig, augment
+from thermops.learn.datasets import load_splits, stratified_fraction
+from thermops.learn.engine import OptimConfig, classification_loss, epoch_batches, fit, load_checkpoint
+from thermops.learn.metrics import ConfusionMatrix, classification_metrics
+from thermops.model.network import ModelConfig, TubeletClassifier
+from thermops.model.preprocess import InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -153,7 +153,7 @@ def test_stratified_fraction_keeps_every_class(splits):
 
 
 def test_bn_eval_freezes_running_statistics_and_encoder_lr_scale_splits_groups(splits):
-    from thermops.engine import make_optimizer
+    from thermops.learn.engine import make_optimizer
 
     m = _model(0)
     before = {k: v.clone() for k, v in m.state_dict().items() if "running_mean" in k}

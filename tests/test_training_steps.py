@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.training_helpers import CLASSES, make_prepared, small_training_params
-from thermops.card import load_model_dir
+from thermops.model.card import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import yaml
 
 from components import validate
 from thermops.io import read_csv, write_csv
-from thermops.tubelets import MANIFEST_COLUMNS
-from thermops.validation import ValidateParams
+from thermops.data.prepared import MANIFEST_COLUMNS
+from thermops.data.validation import ValidateParams
 
 ROOT = Path(__file__).resolve().parents[1]
 CAL = ROOT / "data" / "calibration"

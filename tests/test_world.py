@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from components import synthesize
-from thermops import sensor as S
-from thermops.calibration import load_calibration
+from thermops.camera import sensor as S
+from thermops.camera.calibration import load_calibration
 from thermops.config import load_params, section
-from thermops.geometry import PinholeCamera
-from thermops.objects import Canvas, Person
-from thermops.rawdata import load_frames, read_annotations, read_clips
-from thermops.scene import conditions
-from thermops.synth import LABELS, SynthParams, camera_seed, synthesize_camera
+from thermops.camera.geometry import PinholeCamera
+from thermops.world.objects import Canvas, Person
+from thermops.data.raw import load_frames, read_annotations, read_clips
+from thermops.world.scene import conditions
+from thermops.world.synth import LABELS, SynthParams, camera_seed, synthesize_camera
 
 ROOT = Path(__file__).resolve().parents[1]
 CAL_DIR = ROOT / "data" / "calibration"
@@ -156,14 +156,14 @@ def test_agc_output_spans_its_range(agc):
 
 def test_polarity_inversion_by_day_and_crossover(cfg):
     cam = PinholeCamera.from_calibration(load_calibration(CAL_DIR / "fence_mid.yaml"))
-    from thermops.scene import background, camera_rays, layout
+    from thermops.world.scene import background, camera_rays, layout
 
     rays = camera_rays(cam)
     lay = layout(cam, np.random.default_rng(4))
 
     def contrast(hour: float) -> float:
         cond = conditions(hour, "clear", 20.0)
-        from thermops.objects import clothing_c
+        from thermops.world.objects import clothing_c
 
         bg, depth, _ = background(cam, rays, lay, cond)
         xy = cam.ground_point_at_range(40.0, 0.0)

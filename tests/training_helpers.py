@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from thermops.io import write_csv, write_json
-from thermops.tubelets import MANIFEST_COLUMNS
+from thermops.data.prepared import MANIFEST_COLUMNS
 
 CLASSES = ["person", "vehicle", "animal", "nuisance"]
 
@@ -76,11 +76,12 @@ def ddp_main(data: str, out: str, epochs: int = 2) -> None:
     """Entry point under torchrun: fine-tune a tiny classifier with DDP and save each rank's state and batches."""
     import torch
 
-    from thermops.augment import AugmentConfig
-    from thermops.data import load_splits
-    from thermops.engine import OptimConfig, classification_loss, dist_info, epoch_batches, fit, setup_distributed
-    from thermops.models import ModelConfig, TubeletClassifier
-    from thermops.preprocess import InputSpec
+    from thermops.learn.augment import AugmentConfig
+    from thermops.learn.datasets import load_splits
+    from thermops.learn.engine import OptimConfig, classification_loss, epoch_batches, fit
+    from thermops.learn.distributed import dist_info, setup_distributed
+    from thermops.model.network import ModelConfig, TubeletClassifier
+    from thermops.model.preprocess import InputSpec
 
     device = setup_distributed("cpu")
     rank, world = dist_info()

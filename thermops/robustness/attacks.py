@@ -7,7 +7,7 @@ projection onto the threat model's ball. Each attack is one class with one
 `l2`, `black_box`), as AutoAttack's protocol reports robust accuracy per norm as
 the per-sample worst case over an ensemble of attacks.
 
-Units: epsilon is in model-input units (after `thermops.preprocess.normalize`);
+Units: epsilon is in model-input units (after `thermops.model.preprocess.normalize`);
 for `celsius` tubelets one unit is `InputSpec.celsius_scale_k` kelvin. Norms are
 per tubelet (over all C*T*H*W values).
 
@@ -181,19 +181,24 @@ class PGD(Attack):
         early_stop: drop samples from later steps once misclassified (their adversarial
             point is kept), which saves most of the work on a fragile model; False runs
             every sample for every step, as ART does (same result, for timing comparisons).
+        maximize_loss: attack every sample, misclassified or not, for every step and
+            return the last iterate: the loss-maximizing inner problem of adversarial
+            training (Madry et al.), not the accuracy-breaking search of an evaluation.
     """
 
     name = "pgd"
 
     def __init__(self, model: nn.Module, eps: float, norm: str = "linf", *, steps: int = 10,
                  step_size: float | None = None, restarts: int = 1, random_start: bool = True,
-                 early_stop: bool = True, **kw):  # fmt: skip
+                 early_stop: bool = True, maximize_loss: bool = False, **kw):  # fmt: skip
         super().__init__(model, eps, norm, **kw)
         self.steps, self.restarts, self.random_start = int(steps), int(restarts), random_start
-        self.early_stop = early_stop
+        self.early_stop, self.maximize_loss = early_stop, maximize_loss
         self.alpha = (step_size if step_size is not None else 2.5 / max(self.steps, 1)) * self.eps
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.maximize_loss:
+            return self._ascend(x, y)
         best = x.clone()
         with torch.no_grad():
             active = self.logits(x).argmax(1) == y  # only correct samples need attacking
@@ -231,6 +236,16 @@ class PGD(Attack):
                 still = idx[~fooled]
                 best[still] = adv[~fooled]  # not broken: keep the last iterate (a valid in-ball point)
         return best
+
+
+    def _ascend(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Every sample, every step: projected ascent on the cross-entropy; the last iterate."""
+        adv = x + random_in_ball(x, self.eps, self.norm, self.gen) if self.random_start else x.clone()
+        adv = self.clamp(adv)
+        for _ in range(self.steps):
+            g, _, _ = self.grad(adv, y)
+            adv = self.clamp(x + project(adv + self.alpha * normalized_step(g, self.norm) - x, self.eps, self.norm))
+        return adv
 
 
 class APGD(Attack):

@@ -1,4 +1,4 @@
-"""Thermal corruptions at 5 severities, built on the sensor model (`thermops.sensor`).
+"""Thermal corruptions at 5 severities, built on the sensor model (`thermops.camera.sensor`).
 
 The torchattacks shape again: `Corruption` owns the shared concerns (shape
 checks, per-tubelet seeding, unit scaling, severity lookup); each corruption is
@@ -7,7 +7,7 @@ tubelet; `REGISTRY` maps names to classes.
 
 Corruptions act on tubelets in their own units BEFORE normalization (as the
 camera would produce them), after resampling to the model's (T, H, W); the gate
-then runs `thermops.preprocess.normalize`. Magnitudes are kelvin for `celsius`
+then runs `thermops.model.preprocess.normalize`. Magnitudes are kelvin for `celsius`
 tubelets; for `counts` / `display8` tubelets (no temperature) a kelvin figure is
 converted with the tubelet's robust spread over `InputSpec.celsius_scale_k`, so
 that a corruption moves the model input by the same amount whatever the units.
@@ -26,13 +26,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import torch
 
-from thermops import sensor
-
-
-def _robust_spread(x: np.ndarray) -> float:
-    q1, q3 = np.percentile(x, [25, 75])
-    return float((q3 - q1) / 1.349)
+from thermops.camera import sensor
+from thermops.model.preprocess import robust_spread
 
 
 class Corruption:
@@ -73,7 +70,7 @@ class Corruption:
             rng = np.random.default_rng([seed, i])
             k = 1.0
             if self.kelvin and units[i] != "celsius":
-                k = max(_robust_spread(t), self.robust_floor) / self.celsius_scale_k
+                k = float(robust_spread(torch.from_numpy(t)[None], self.robust_floor)) / self.celsius_scale_k
             out[i] = self.forward(t, value, k, rng)
         return out.astype(np.float32)
 

@@ -23,14 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from thermops.preprocess import InputSpec, normalize
+from thermops.model.preprocess import InputSpec, normalize, robust_spread
 
 
 def _units_scale(raw: torch.Tensor, units: list[str], spec: InputSpec) -> torch.Tensor:
     """(N,) factor converting kelvin into each tubelet's units (1 for celsius)."""
-    flat = raw.reshape(len(raw), -1)
-    q = torch.quantile(flat, torch.tensor([0.25, 0.75]), dim=1)
-    spread = torch.clamp((q[1] - q[0]) / 1.349, min=spec.robust_floor) / spec.celsius_scale_k
+    spread = robust_spread(raw, spec.robust_floor) / spec.celsius_scale_k
     return torch.tensor([1.0 if u == "celsius" else float(s) for u, s in zip(units, spread)])
 
 

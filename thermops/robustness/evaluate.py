@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from thermops.io import dumps_json
-from thermops.preprocess import InputSpec, normalize, resample
+from thermops.model.preprocess import InputSpec, normalize, resample
 from thermops.robustness import attacks as A
 from thermops.robustness import corruptions as C
 from thermops.robustness import envelope as E

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thermops.preprocess import InputSpec, normalize
+from thermops.model.preprocess import InputSpec, normalize
 
 KINDS = ("tilt", "pan", "roll", "zoom")
 

@@ -1,0 +1,154 @@
+"""Self-supervised pretraining of the tubelet encoder: SimCLR with thermal and temporal views.
+
+Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual
+Representations" (ICML 2020), NT-Xent loss; for video, Qian et al., "Spatiotemporal
+Contrastive Video Representation Learning" (CVPR 2021).
+
+Why contrastive rather than masked reconstruction here: a tubelet is 8 x 32 x 32 of
+mostly background; reconstructing it rewards modelling sensor noise and background
+texture, while the classes differ in the shape and motion of a small warm object.
+The views (`thermops.learn.augment`) change exactly what must not change a class (playback
+speed, direction, crop, gain, offset, NETD, column stripes), so the embedding keeps
+shape and motion. It trains in seconds on CPU with a tiny encoder and small batches
+(4 classes need few negatives), and scales on GPUs with the batch: under DDP the
+embeddings of all ranks are gathered so every sample meets the global batch's negatives.
+
+Shapes: input (N, 1, T, H, W); encoder embedding (N, D); projection (N, P).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thermops.learn.augment import AugmentConfig, augment
+from thermops.learn.engine import predict
+from thermops.model.network import TubeletEncoder
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """SimCLR knobs (params `pretrain.ssl`)."""
+
+    proj_dim: int = 64
+    proj_hidden: int = 128
+    temperature: float = 0.2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+class SimCLR(nn.Module):
+    """Encoder plus an MLP projection head; forward gives L2-normalized projections (N, P)."""
+
+    def __init__(self, encoder: TubeletEncoder, cfg: SSLConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(
+            nn.Linear(encoder.embed_dim, cfg.proj_hidden),
+            nn.BatchNorm1d(cfg.proj_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.proj_hidden, cfg.proj_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.encoder(x)), dim=1)
+
+
+def _gather(z: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows of z (with gradients flowing back to this rank's rows)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(z))
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over normalized projections z1, z2 (N, P): view i's positive is the other view of i."""
+    z1, z2 = _gather(z1), _gather(z2)
+    n = z1.shape[0]
+    z = torch.cat([z1, z2]).float()
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def simclr_loss(cfg: SSLConfig):
+    """The engine's loss function: two augmented views through one forward, NT-Xent."""
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        x = batch[0]
+        v = torch.cat([augment(x, cfg.augment, gen), augment(x, cfg.augment, gen)])
+        z = model(v)
+        z1, z2 = z.chunk(2)
+        return nt_xent(z1, z2, cfg.temperature)
+
+    return loss_fn
+
+
+@torch.no_grad()
+def embeddings(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Frozen-encoder embeddings (N, D) in eval mode."""
+    return predict(encoder, x, device, batch_size)
+
+
+def fit_linear(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-3, iters: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on features (N, D) by L-BFGS: weight (K, D) and bias (K,), in the raw
+    feature space (the standardization is folded in), so it can initialize a `nn.Linear` head."""
+    f = feats.double()
+    mu, sd = f.mean(0), f.std(0)
+    # near-constant features (dead units) would get huge raw-space weights once the scaling is folded in;
+    # train-mode BatchNorm then moves them and the folded head explodes: floor their scale
+    sd = sd.clamp_min(max(1e-6, 0.1 * float(sd.median())))
+    z = (f - mu) / sd
+    w = torch.zeros(z.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+    y = labels.long()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w + b, y) + weight_decay * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = (w / sd[:, None]).detach()
+    b_raw = (b - (mu / sd) @ w).detach()
+    return w_raw.t().float(), b_raw.float()
+
+
+def linear_probe(
+    encoder: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    device: torch.device,
+    weight_decay: float = 1e-3,
+    iters: int = 100,
+) -> float:
+    """Test accuracy of a logistic regression on frozen embeddings of `encoder`."""
+    encoder.to(device)
+    w, b = fit_linear(embeddings(encoder, train_x, device), train_y, num_classes, weight_decay, iters)
+    fte = embeddings(encoder, test_x, device)
+    return float(((fte @ w.t() + b).argmax(1) == test_y).double().mean())
+
+
+def init_head_by_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                       weight_decay: float = 1e-3, iters: int = 100) -> None:  # fmt: skip
+    """LP-FT (Kumar et al., ICLR 2022): set a TubeletClassifier's head to the linear probe of its frozen
+    encoder before fine-tuning, so the first gradient steps do not wreck pretrained features with a random head."""
+    model.to(device)
+    w, b = fit_linear(embeddings(model.encoder, x, device), y, model.head.out_features, weight_decay, iters)
+    with torch.no_grad():
+        model.head.weight.copy_(w.to(model.head.weight.device))
+        model.head.bias.copy_(b.to(model.head.bias.device))

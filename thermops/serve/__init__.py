@@ -1,0 +1,1 @@
+"""Serving without BentoML: request parsing and limits, and the cameras a service knows."""

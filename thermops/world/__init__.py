@@ -1,0 +1,1 @@
+"""The embedded thermal world: scene temperature field, objects and the clip synthesizer."""

@@ -1,0 +1,485 @@
+"""Moving objects of the embedded world, built from 3D parts and projected through the camera.
+
+Every object is a set of 3D primitives (capsules for heads, limbs, torsos, legs,
+wings and branches; boxes for vehicle bodies) placed around a foot point on the
+ground. Drawing projects them through the camera's pinhole model, so apparent
+size follows the distance and the foreshortening of the mount, and objects
+leaving the frame are clipped. Each primitive has its own temperature: clothed
+bodies near ambient with warm face and hands, hot engines and exhausts, warm
+wheels, fur near ambient with warm head and legs (figures from
+../shared/THERMAL-FACTS.md, "The scene").
+
+Label set (the `classes` in params): person, vehicle, animal, nuisance. The
+specific kind is kept as `source_label` (e.g. `person_running`, `truck`, `deer`,
+`bird`, `heat_shimmer`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from thermops.camera.geometry import PinholeCamera
+from thermops.world.scene import Conditions
+
+SKIN_C = 33.0  # exposed skin 30-35 degC (THERMAL-FACTS)
+BODY_C = 37.0
+
+
+@dataclass(frozen=True)
+class Capsule:
+    """A segment p0-p1 (world metres) swept by a sphere of `radius`, at `temp_c`."""
+
+    p0: tuple[float, float, float]
+    p1: tuple[float, float, float]
+    radius: float
+    temp_c: float
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box given by its 8 world corners (8, 3), at `temp_c`."""
+
+    corners: np.ndarray
+    temp_c: float
+
+
+@dataclass
+class Canvas:
+    """What objects draw into: the frame's apparent temperatures and the structures' depth."""
+
+    camera: PinholeCamera
+    cond: Conditions
+    field: np.ndarray  # (H, W) degC, modified in place
+    depth: np.ndarray  # (H, W) ray distance to structures (inf where none)
+    supersample: int = 4
+    drawn: float = 0.0  # total pixel coverage composited so far (to detect fully hidden objects)
+
+
+def _window(camera: PinholeCamera, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int, int] | None:
+    u0, v0 = max(0, int(math.floor(lo[0]))), max(0, int(math.floor(lo[1])))
+    u1, v1 = min(camera.width, int(math.ceil(hi[0])) + 1), min(camera.height, int(math.ceil(hi[1])) + 1)
+    if u1 <= u0 or v1 <= v0:
+        return None
+    return u0, v0, u1, v1
+
+
+def _subgrid(win: tuple[int, int, int, int], s: int) -> tuple[np.ndarray, np.ndarray]:
+    u0, v0, u1, v1 = win
+    off = (np.arange(s) + 0.5) / s - 0.5
+    us = (np.arange(u0, u1)[:, None] + off[None, :]).ravel()
+    vs = (np.arange(v0, v1)[:, None] + off[None, :]).ravel()
+    return np.meshgrid(us, vs)  # (Hs, Ws) each, pixel centres at integers
+
+
+def _composite(cv: Canvas, win, cov_sub: np.ndarray, temp: float, dist: float, s: int) -> None:
+    u0, v0, u1, v1 = win
+    cov = cov_sub.reshape(v1 - v0, s, u1 - u0, s).mean(axis=(1, 3))
+    cov = cov * (dist < cv.depth[v0:v1, u0:u1])  # structures in front hide the object
+    cv.drawn += float(cov.sum())
+    f = cv.field[v0:v1, u0:u1]
+    f += cov * (temp - f)
+
+
+def _dist_to_camera(camera: PinholeCamera, p: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(p, dtype=np.float64) - camera.center))
+
+
+def draw_capsule(cv: Canvas, cap: Capsule, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rasterize one capsule with anti-aliased coverage; returns its pixel extent (lo, hi) or None."""
+    cam = cv.camera
+    pts = np.array([cap.p0, cap.p1], dtype=np.float64)
+    uv, z = cam.project(pts)
+    if np.any(z <= 0.5):
+        return None
+    zm = float(z.mean())
+    r = max(0.5 * (cam.fx + cam.fy) * cap.radius / zm, 1e-3)
+    lo, hi = uv.min(axis=0) - r, uv.max(axis=0) + r
+    win = _window(cam, lo - 1, hi + 1)
+    if win is None:
+        return lo, hi  # out of the frame: extent still reported, clipped by the caller
+    s = cv.supersample
+    uu, vv = _subgrid(win, s)
+    a, b = uv[0], uv[1]
+    ab = b - a
+    denom = float(ab @ ab)
+    if denom < 1e-12:
+        d2 = (uu - a[0]) ** 2 + (vv - a[1]) ** 2
+    else:
+        t = np.clip(((uu - a[0]) * ab[0] + (vv - a[1]) * ab[1]) / denom, 0, 1)
+        d2 = (uu - a[0] - t * ab[0]) ** 2 + (vv - a[1] - t * ab[1]) ** 2
+    cov = (d2 <= r * r).astype(np.float64) * alpha
+    mid = 0.5 * (pts[0] + pts[1])
+    dist = _dist_to_camera(cam, mid)
+    _composite(cv, win, cov, cv.cond.atmosphere(cap.temp_c, dist), dist, s)
+    return lo, hi
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull (counter-clockwise) of 2D points, monotone chain."""
+    pts = sorted(map(tuple, points))
+    if len(pts) <= 2:
+        return np.array(pts)
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def draw_box(cv: Canvas, box: Box, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rasterize the silhouette (convex hull of the projected corners) of a box."""
+    cam = cv.camera
+    uv, z = cam.project(box.corners)
+    if np.any(z <= 0.5):
+        return None
+    lo, hi = uv.min(axis=0), uv.max(axis=0)
+    win = _window(cam, lo - 1, hi + 1)
+    if win is None:
+        return lo, hi
+    hull = _hull(uv)
+    s = cv.supersample
+    uu, vv = _subgrid(win, s)
+    inside = np.ones(uu.shape, dtype=bool)
+    n = len(hull)
+    if n < 3:
+        return lo, hi
+    for i in range(n):
+        a, b = hull[i], hull[(i + 1) % n]
+        inside &= (b[0] - a[0]) * (vv - a[1]) - (b[1] - a[1]) * (uu - a[0]) >= 0
+    dist = _dist_to_camera(cam, box.corners.mean(axis=0))
+    _composite(cv, win, inside.astype(np.float64) * alpha, cv.cond.atmosphere(box.temp_c, dist), dist, s)
+    return lo, hi
+
+
+def box_corners(center: np.ndarray, heading: float, length: float, width: float, z0: float, z1: float) -> np.ndarray:
+    """(8, 3) corners of a box of `length` along `heading` (rad, from world +Y toward +X)."""
+    f = np.array([math.sin(heading), math.cos(heading)])
+    r = np.array([math.cos(heading), -math.sin(heading)])
+    out = []
+    for a in (-0.5, 0.5):
+        for b in (-0.5, 0.5):
+            xy = center[:2] + a * length * f + b * width * r
+            for z in (z0, z1):
+                out.append([xy[0], xy[1], z])
+    return np.array(out)
+
+
+# -- objects -------------------------------------------------------------------------
+
+
+@dataclass
+class Thing:
+    """A moving object: a foot point moving in a straight line at constant speed plus articulated parts."""
+
+    label: str
+    source_label: str
+    start_xy: np.ndarray  # world ground point at t = 0
+    heading: float  # radians, from world +Y toward +X
+    speed: float  # m/s
+    phase: float = 0.0
+    params: dict = field(default_factory=dict)
+
+    def ground_xy(self, t: float) -> np.ndarray:
+        """Foot point (world X, Y) at time `t` seconds."""
+        d = np.array([math.sin(self.heading), math.cos(self.heading)])
+        return self.start_xy + self.speed * t * d
+
+    def _frame(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g = self.ground_xy(t)
+        f = np.array([math.sin(self.heading), math.cos(self.heading), 0.0])
+        r = np.array([math.cos(self.heading), -math.sin(self.heading), 0.0])
+        return np.array([g[0], g[1], 0.0]), f, r
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        raise NotImplementedError
+
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Draw at time `t`; returns the unclipped pixel extent (lo, hi) or None if behind the camera."""
+        lo, hi = np.array([np.inf, np.inf]), np.array([-np.inf, -np.inf])
+        any_part = False
+        for p in self.parts(t, cv.cond):
+            ext = draw_capsule(cv, p) if isinstance(p, Capsule) else draw_box(cv, p)
+            if ext is not None:
+                any_part = True
+                lo, hi = np.minimum(lo, ext[0]), np.maximum(hi, ext[1])
+        return (lo, hi) if any_part else None
+
+
+def clothing_c(cond: Conditions, insulation: float) -> float:
+    """Apparent temperature of clothing: between ambient and skin, warmed by the sun.
+
+    A clothed body's apparent temperature is well below skin and follows ambient
+    (THERMAL-FACTS); `insulation` 0..1 (1 = thick coat, close to ambient).
+    """
+    k = 0.55 - 0.35 * insulation
+    return float(cond.wet(cond.air_c + k * (SKIN_C - cond.air_c) + 6.0 * cond.sun))
+
+
+def skin_c(cond: Conditions) -> float:
+    """Exposed skin: 30-35 degC, cooler in cold air (THERMAL-FACTS)."""
+    return float(np.clip(SKIN_C - 0.15 * (20.0 - cond.air_c), 28.0, 35.0))
+
+
+class Person(Thing):
+    """A walking or running person: head, torso, two arms, two legs with a swinging gait."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        h = self.params["height_m"]
+        run = self.source_label == "person_running"
+        cadence = self.params.get("cadence_hz", 2.8 if run else 1.8)  # steps per second
+        swing = self.params.get("swing", 0.55 if run else 0.35)  # leg angle amplitude (rad)
+        ang = swing * math.sin(math.pi * cadence * t + self.phase)
+        base, f, r = self._frame(t)
+        lean = (0.12 if run else 0.03) * h * f
+        hip = base + np.array([0, 0, 0.52 * h])
+        neck = base + np.array([0, 0, 0.82 * h]) + lean
+        head_r = 0.065 * h
+        head = base + np.array([0, 0, h - head_r]) + lean
+        cloth = self.params["cloth_c"]
+        trousers = self.params["trousers_c"]
+        skin = skin_c(cond)
+        leg_r = 0.055 * h * (1.1 if not run else 1.0)
+        sh_w = 0.13 * h
+        parts = []
+        for side, sgn in ((-1, 1), (1, -1)):
+            a = sgn * ang
+            hip_s = hip + side * 0.05 * h * r
+            foot = hip_s + 0.52 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
+            foot[2] = max(foot[2], leg_r)
+            parts.append(Capsule(tuple(hip_s), tuple(foot), leg_r, trousers))
+        parts.append(Capsule(tuple(hip + np.array([0, 0, 0.06 * h])), tuple(neck - np.array([0, 0, 0.04 * h])),
+                             0.11 * h, cloth))  # fmt: skip
+        for side, sgn in ((-1, -1), (1, 1)):
+            a = sgn * ang * (1.2 if run else 0.8)
+            sh = neck + side * sh_w * r - np.array([0, 0, 0.02 * h])
+            hand = sh + 0.36 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
+            parts.append(Capsule(tuple(sh), tuple(hand), 0.03 * h, cloth))
+            parts.append(Capsule(tuple(hand), tuple(hand), 0.035 * h, 0.5 * (skin + cloth)))  # hand
+        parts.append(Capsule(tuple(head), tuple(head), head_r, skin))
+        return parts
+
+
+class Vehicle(Thing):
+    """A car, van or truck: body box, cabin with sky-reflecting glass, warm wheels, hot engine and exhaust."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        p = self.params
+        base, f, r = self._frame(t)
+        length, width, height = p["length_m"], p["width_m"], p["height_m"]
+        # Body panels: a little engine heat conducted through, plus sun loading on paint.
+        body_c = cond.wet(cond.air_c + 0.075 * (p["engine_c"] - cond.air_c) + 10.0 * cond.sun)
+        # Painted metal (emissivity ~0.9) reflects a little sky; glass reflects more (THERMAL-FACTS).
+        glass_c = 0.8 * cond.air_c + 0.2 * cond.sky_zenith_c + 3.0 * cond.sun
+        parts: list = [Box(box_corners(base, self.heading, length, width, 0.3, 0.55 * height), body_c)]
+        front = 1.0 if p["kind"] != "truck" else 1.2
+        cabin_len = 0.45 * length if p["kind"] == "car" else 0.3 * length
+        if p["kind"] == "car":
+            cabin_ctr = base - 0.05 * length * f
+        else:  # cab-over: the cabin sits right behind the engine
+            cabin_ctr = base + (0.5 * length - front - cabin_len / 2 - 0.2) * f
+        parts.append(Box(box_corners(cabin_ctr, self.heading, cabin_len, 0.92 * width, 0.55 * height, height), glass_c))
+        if p["kind"] != "car":  # cargo box behind the cabin
+            cargo = base - (0.5 * length - (length - cabin_len - front) / 2) * f + 0.0 * r
+            parts.append(Box(box_corners(cargo, self.heading, length - cabin_len - front - 0.3, width, 0.5, height),
+                             cond.wet(cond.air_c + 8.0 * cond.sun)))  # fmt: skip
+        # Engine compartment: 60-100+ degC inside after driving, the hood and grille show part of it.
+        hood = base + (0.5 * length - front / 2) * f
+        parts.append(Box(box_corners(hood, self.heading, front * 0.9, 0.8 * width, 0.35, 0.55 * height + 0.02),
+                         cond.air_c + 0.45 * (p["engine_c"] - cond.air_c)))  # fmt: skip
+        wheel_r = 0.33 if p["kind"] == "car" else 0.45
+        for a in (-0.35, 0.35):
+            for b in (-0.5, 0.5):
+                c = base + a * length * f + b * width * r + np.array([0, 0, wheel_r])
+                parts.append(Capsule(tuple(c - 0.1 * r), tuple(c + 0.1 * r), wheel_r, p["tyre_c"]))
+        ex = base - 0.5 * length * f + 0.3 * width * r + np.array([0, 0, 0.3])
+        parts.append(Capsule(tuple(ex), tuple(ex - 0.15 * f), 0.06, p["exhaust_c"]))
+        # Exhaust plume: warm gas, mostly transparent, behind the vehicle.
+        parts.append(Capsule(tuple(ex - 0.2 * f), tuple(ex - 1.2 * f + np.array([0, 0, 0.2])), 0.18,
+                             cond.air_c + 0.25 * (p["exhaust_c"] - cond.air_c)))  # fmt: skip
+        return parts
+
+
+class Animal(Thing):
+    """A quadruped: horizontal body, neck and head, four swinging legs, tail; fur near ambient."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        p = self.params
+        base, f, r = self._frame(t)
+        L, H = p["length_m"], p["shoulder_m"]
+        ang = 0.4 * math.sin(2 * math.pi * p["stride_hz"] * t + self.phase)
+        fur = cond.wet(cond.air_c + p["fur_k"] * (BODY_C - cond.air_c) + 4.0 * cond.sun)
+        warm = cond.air_c + 0.6 * (BODY_C - cond.air_c)  # eyes, nose, legs, belly run warmer
+        body_r = 0.22 * H
+        back = base - 0.4 * L * f + np.array([0, 0, H - body_r])
+        chest = base + 0.4 * L * f + np.array([0, 0, H - body_r])
+        parts: list = []
+        for end, sgn in ((back, 1), (chest, -1)):
+            for side in (-1, 1):
+                hip = end + side * 0.4 * body_r * r
+                a = sgn * side * ang
+                foot = hip + (H - body_r) * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
+                foot[2] = max(foot[2], 0.04 * H)
+                parts.append(Capsule(tuple(hip), tuple(foot), 0.06 * H, 0.5 * (fur + warm)))
+        parts.append(Capsule(tuple(back), tuple(chest), body_r, fur))
+        head = chest + 0.25 * L * f + np.array([0, 0, 0.35 * H])
+        parts.append(Capsule(tuple(chest), tuple(head), 0.1 * H, fur))
+        parts.append(Capsule(tuple(head), tuple(head + 0.12 * L * f), 0.09 * H, warm))
+        parts.append(Capsule(tuple(back), tuple(back - 0.25 * L * f + np.array([0, 0, 0.05 * H])), 0.04 * H, fur))
+        return parts
+
+
+class Vegetation(Thing):
+    """A bush or young tree swaying in the wind (static foot point, moving branches)."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        p = self.params
+        base, f, r = self._frame(0.0)
+        veg = cond.surface("vegetation") + p["offset_k"]
+        parts: list = []
+        for i, (dx, hgt, rad) in enumerate(p["branches"]):
+            sway = p["amp_m"] * math.sin(2 * math.pi * p["freq_hz"] * t + self.phase + 0.7 * i)
+            foot = base + dx * r
+            top = foot + np.array([0, 0, hgt]) + sway * r
+            parts.append(Capsule(tuple(foot + np.array([0, 0, rad])), tuple(top), rad, veg + 0.3 * i))
+        return parts
+
+
+class Bird(Thing):
+    """A bird close to the lens: large, fast, flapping; drawn out of focus by the caller's blur."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        p = self.params
+        d = np.array([math.sin(self.heading), math.cos(self.heading), 0.0])
+        c = np.array(p["start3"]) + self.speed * t * d + np.array([0, 0, p["climb"] * t])
+        r = np.array([math.cos(self.heading), -math.sin(self.heading), 0.0])
+        body = p["body_c"]
+        flap = math.sin(2 * math.pi * p["flap_hz"] * t + self.phase)
+        up = np.array([0, 0, 1.0])
+        span = p["span_m"]
+        return [
+            Capsule(tuple(c - 0.15 * d), tuple(c + 0.12 * d), 0.05, body),
+            Capsule(tuple(c), tuple(c + 0.5 * span * (r * math.cos(0.8 * flap) + up * math.sin(0.8 * flap))), 0.03,
+                    body - 3.0),  # fmt: skip
+            Capsule(tuple(c), tuple(c + 0.5 * span * (-r * math.cos(0.8 * flap) + up * math.sin(0.8 * flap))), 0.03,
+                    body - 3.0),  # fmt: skip
+        ]
+
+    def ground_xy(self, t: float) -> np.ndarray:
+        d = np.array([math.sin(self.heading), math.cos(self.heading)])
+        return np.array(self.params["start3"][:2]) + self.speed * t * d
+
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Draw, then defocus: the lens focuses far away, so a bird a few metres off is a soft blob."""
+        from thermops.camera.sensor import defocus
+
+        before = cv.field.copy()
+        ext = super().draw(cv, t)
+        sigma = self.params.get("blur_px", 0.0)
+        if ext is None or sigma <= 0:
+            return ext
+        pad = 3.0 * sigma + 1
+        win = _window(cv.camera, ext[0] - pad, ext[1] + pad)
+        if win is None:
+            return ext
+        u0, v0, u1, v1 = win
+        delta = cv.field[v0:v1, u0:u1] - before[v0:v1, u0:u1]
+        cv.field[v0:v1, u0:u1] = before[v0:v1, u0:u1] + defocus(delta, sigma)
+        return ext[0] - sigma, ext[1] + sigma
+
+
+class Reflection(Thing):
+    """A person's mirror image in a puddle or wet road: inverted, dim, blurred (the person is out of view)."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        return []
+
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        ghost = Person("person", "person_walking", self.start_xy, self.heading, self.speed, self.phase, self.params)
+        parts = ghost.parts(t, cv.cond)
+        rho = self.params["reflectivity"]
+        lo, hi = np.array([np.inf, np.inf]), np.array([-np.inf, -np.inf])
+        hit = False
+        bg = cv.cond.surface("asphalt")
+        for prt in parts:
+            mirrored = Capsule((prt.p0[0], prt.p0[1], -prt.p0[2]), (prt.p1[0], prt.p1[1], -prt.p1[2]), prt.radius,
+                               bg + rho * (prt.temp_c - bg))  # fmt: skip
+            ext = draw_capsule(cv, mirrored)
+            if ext is not None:
+                hit = True
+                lo, hi = np.minimum(lo, ext[0]), np.maximum(hi, ext[1])
+        return (lo, hi) if hit else None
+
+
+class HeatShimmer(Thing):
+    """Turbulent flicker over hot ground: a patch whose apparent temperature boils and drifts upward."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        return []
+
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        p = self.params
+        cam = cv.camera
+        g = self.ground_xy(t)
+        w, hgt = p["width_m"], p["height_m"]
+        rgt = np.array([math.cos(math.radians(cam.yaw_deg)), -math.sin(math.radians(cam.yaw_deg))])
+        pts = np.array([[*(g - w / 2 * rgt), 0.0], [*(g + w / 2 * rgt), 0.0], [*(g - w / 2 * rgt), hgt],
+                        [*(g + w / 2 * rgt), hgt]])  # fmt: skip
+        uv, z = cam.project(pts)
+        if np.any(z <= 0.5):
+            return None
+        lo, hi = uv.min(axis=0), uv.max(axis=0)
+        win = _window(cam, lo, hi)
+        if win is None:
+            return lo, hi
+        u0, v0, u1, v1 = win
+        vv, uu = np.mgrid[v0:v1, u0:u1].astype(np.float64)
+        cu, cvv = 0.5 * (lo + hi)
+        su, sv = max(0.5 * (hi[0] - lo[0]), 1.0), max(0.5 * (hi[1] - lo[1]), 1.0)
+        env = np.exp(-(((uu - cu) / su) ** 2 + ((vv - cvv) / sv) ** 2) * 2.0)
+        kx, ky = 2 * math.pi / max(su / 2, 1.5), 2 * math.pi / max(sv / 3, 1.5)
+        rise = p["rise_hz"] * t
+        boil = np.sin(kx * uu + 5.0 * rise + self.phase) * np.sin(ky * (vv + 20 * rise)) + 0.5 * np.sin(
+            1.7 * kx * uu - 3.1 * rise
+        ) * np.sin(1.3 * ky * vv + 7.0 * rise + self.phase)
+        cv.field[v0:v1, u0:u1] += p["amp_k"] * env * boil
+        return lo, hi
+
+
+class RainStreak(Thing):
+    """Water running off an edge close in front of the lens: a curtain of cold falling streaks."""
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        return []
+
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        p = self.params
+        cam = cv.camera
+        lo, hi = np.array(p["lo_px"], dtype=float), np.array(p["hi_px"], dtype=float)
+        win = _window(cam, lo, hi - 1)
+        if win is None:
+            return lo, hi
+        u0, v0, u1, v1 = win
+        rng = np.random.default_rng(p["seed"] + int(round(t * 1000)))
+        n = p["drops"]
+        us = rng.uniform(u0, u1, n)
+        vs = rng.uniform(v0, v1, n)
+        length = p["length_px"]
+        for u, v in zip(us, vs):
+            ui = int(u)
+            va, vb = int(v), min(v1, int(v + length))
+            if ui < u1 and vb > va:
+                seg = cv.field[va:vb, ui]
+                seg += 0.7 * (p["drop_c"] - seg)
+        return lo, hi
