@@ -24,9 +24,11 @@ import asyncio
 import base64
 import binascii
 import collections
+import dataclasses
 import json
 import os
 import threading
+import typing
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,46 +36,37 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, create_model
 
-from thermops.serve.cameras import CameraConflict, CameraRegistry, UnknownCamera
-from thermops.serve.requests import PackageParams, PayloadTooLarge, TubeletError, UnsupportedMedia, model_input, parse_json_tubelet, parse_upload, softmax_scores, validate_tubelet
 from thermops.model.card import radiometric_units
-
+from thermops.serve.cameras import CameraConflict, CameraRegistry, UnknownCamera
+from thermops.serve.requests import (
+    PackageParams,
+    PayloadTooLarge,
+    TubeletError,
+    UnsupportedMedia,
+    model_input,
+    parse_json_tubelet,
+    parse_upload,
+    softmax_scores,
+    validate_tubelet,
+)
 
 PROXY_RETRIES = 4
 
 
-class ServeArgs(BaseModel):
-    """Bento arguments (`bentoml build/serve --arg k=v`); the package step sets them from params."""
-
-    model_tag: str = "thermops-classifier:latest"
-    bento_name: str = "thermops"
-    input_frames: int = 8
-    input_size: int = 32
-    batching: bool = True
-    max_batch_size: int = 32
-    max_latency_ms: int = 2000
-    max_frames: int = 64
-    max_side: int = 256
-    max_elements: int = 1_048_576
-    max_upload_bytes: int = 8_388_608
-    max_request_bytes: int = 33_554_432
-    workers: int = 1
-    max_concurrency: int = 64
-    timeout_s: int = 30
+def _serve_args() -> type[BaseModel]:
+    """Bento arguments (`bentoml build/serve --arg k=v`): the packaged model's tag and input
+    size, plus every field of the `package` params section, taken from `PackageParams` itself
+    so that the two cannot disagree. The package step sets them all from params.yaml."""
+    hints = typing.get_type_hints(PackageParams)
+    package = {f.name: (hints[f.name], ...) for f in dataclasses.fields(PackageParams)}
+    return create_model("ServeArgs", model_tag=(str, ...), input_frames=(int, ...), input_size=(int, ...), **package)
 
 
+ServeArgs = _serve_args()
 ARGS = bentoml.use_arguments(ServeArgs)
-LIMITS = PackageParams(
-    model_name=ARGS.model_tag.split(":")[0],
-    bento_name=ARGS.bento_name,
-    batching=ARGS.batching,
-    **{k: getattr(ARGS, k) for k in (
-        "max_batch_size", "max_latency_ms", "max_frames", "max_side", "max_elements",
-        "max_upload_bytes", "max_request_bytes", "workers", "max_concurrency", "timeout_s",
-    )},
-)  # fmt: skip
+LIMITS = PackageParams(**{f.name: getattr(ARGS, f.name) for f in dataclasses.fields(PackageParams)})
 
 Tubelet = Annotated[list[list[list[float]]], Field(description="one tubelet (T, H, W): T >= 1, H, W >= 8")]
 
@@ -89,8 +82,10 @@ def _check_packed(value: Any) -> list[str]:
         except (binascii.Error, ValueError):
             raise ValueError(f"item {i} is not valid base64") from None
         if len(raw) != PACKED_BYTES:
-            raise ValueError(f"item {i} holds {len(raw)} bytes; a float32 (1, {ARGS.input_frames}, {ARGS.input_size}, "
-                             f"{ARGS.input_size}) tubelet is {PACKED_BYTES} bytes")  # fmt: skip
+            raise ValueError(
+                f"item {i} holds {len(raw)} bytes; a float32 (1, {ARGS.input_frames}, {ARGS.input_size}, "
+                f"{ARGS.input_size}) tubelet is {PACKED_BYTES} bytes"
+            )
     return value
 
 
@@ -147,8 +142,13 @@ class RequestGuard:
     @staticmethod
     async def _reply(send: Any, status: int, message: str) -> None:
         body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -200,7 +200,9 @@ class RequestGuard:
                 form = await Request(scope, probe).form()
                 await form.close()
             except Exception as err:  # starlette/python-multipart raise several kinds
-                return await self._reply(send, 400, f"malformed multipart body: {type(err).__name__}: {ascii(str(err))}")
+                return await self._reply(
+                    send, 400, f"malformed multipart body: {type(err).__name__}: {ascii(str(err))}"
+                )
         await self.app(scope, replay, send)
 
 
@@ -240,8 +242,10 @@ class ThermopsClassifier:
         self.model, self.card = load_model_dir(path)  # torch.load(..., weights_only=True)
         self.spec = input_spec_from_card(self.card)
         if (self.spec.frames, self.spec.size) != (ARGS.input_frames, ARGS.input_size):
-            raise RuntimeError(f"bento arguments say input {ARGS.input_frames}x{ARGS.input_size} "
-                               f"but the model card says {self.spec.frames}x{self.spec.size}")  # fmt: skip
+            raise RuntimeError(
+                f"bento arguments say input {ARGS.input_frames}x{ARGS.input_size} "
+                f"but the model card says {self.spec.frames}x{self.spec.size}"
+            )
         self.classes = list(self.card["classes"])
         self.radiometric = radiometric_units(self.card)
         self.cameras = CameraRegistry.from_dir(path / "calibration")
@@ -320,9 +324,13 @@ class ThermopsClassifier:
             logits = await asyncio.to_thread(self._forward, x)
         scores = softmax_scores(logits, self.classes)[0]
         return Prediction(
-            label=max(scores, key=scores.get), scores=scores, camera_id=camera_id,
-            calibration_version=cal.version, units=units, model_version=self.version,
-        )  # fmt: skip
+            label=max(scores, key=scores.get),
+            scores=scores,
+            camera_id=camera_id,
+            calibration_version=cal.version,
+            units=units,
+            model_version=self.version,
+        )
 
     @bentoml.api
     async def classify(self, tubelet: Tubelet, camera_id: str) -> Prediction:
@@ -358,8 +366,12 @@ class ThermopsClassifier:
             cal, replaced = self.cameras.register(calibration)
         except TubeletError as err:
             raise _client_error(err) from None
-        return {"camera_id": cal.camera_id, "calibration_version": cal.version, "units": cal.units,
-                "replaced": replaced}  # fmt: skip
+        return {
+            "camera_id": cal.camera_id,
+            "calibration_version": cal.version,
+            "units": cal.units,
+            "replaced": replaced,
+        }
 
     @bentoml.api
     def metadata(self) -> dict[str, Any]:
@@ -382,8 +394,10 @@ class ThermopsClassifier:
     def stats(self) -> dict[str, Any]:
         """Model calls by batch size since start: {batch_size: count}."""
         with self._stats_lock:
-            return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                    "proxy_retries": self.proxy_retries}  # fmt: skip
+            return {
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "proxy_retries": self.proxy_retries,
+            }
 
 
 ThermopsClassifier.add_asgi_middleware(RequestGuard, max_bytes=LIMITS.max_request_bytes)

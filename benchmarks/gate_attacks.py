@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thermops.model.card import input_spec_from_card, load_model_dir
 from thermops.config import load_params, section
+from thermops.data.prepared import load_prepared
+from thermops.model.card import input_spec_from_card, load_model_dir
 from thermops.model.preprocess import prepare_batch
 from thermops.robustness import attacks as A
 from thermops.robustness.params import GateParams
-from thermops.data.prepared import load_prepared
 
 SECTION = "## Gate attacks"
 
@@ -66,8 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     idx = data.indices(p.split)[: a.n]
     x = prepare_batch(np.asarray(data.tubelets[idx]), [data.rows[i]["units"] for i in idx], spec)
     y = torch.as_tensor(data.labels(list(card["classes"]))[idx])
-    clf = PyTorchClassifier(model, torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                            nb_classes=len(card["classes"]), clip_values=(float(x.min()) - 100, float(x.max()) + 100))  # fmt: skip
+    clf = PyTorchClassifier(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=len(card["classes"]),
+        clip_values=(float(x.min()) - 100, float(x.max()) + 100),
+    )
     clean = A.predict(model, x) == y
 
     def acc(adv, xs=x, ys=y, cl=clean) -> float:
@@ -76,28 +81,66 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for threat, norm in (("linf", np.inf), ("l2", 2)):
         eps = p.threat_models[threat].eps[len(p.threat_models[threat].eps) // 2]
-        art = ProjectedGradientDescent(clf, norm=norm, eps=eps, eps_step=p.pgd.step_size * eps, max_iter=p.pgd.steps,
-                                       num_random_init=1, batch_size=len(x), verbose=False)  # fmt: skip
-        t_a, adv_a = _best(lambda: art.generate(x.numpy(), y.numpy()), a.repeats)
+        art = ProjectedGradientDescent(
+            clf,
+            norm=norm,
+            eps=eps,
+            eps_step=p.pgd.step_size * eps,
+            max_iter=p.pgd.steps,
+            num_random_init=1,
+            batch_size=len(x),
+            verbose=False,
+        )
+        t_a, adv_a = _best(lambda art=art: art.generate(x.numpy(), y.numpy()), a.repeats)
         for early in (True, False):
-            ours = A.PGD(model, eps, threat, steps=p.pgd.steps, step_size=p.pgd.step_size, restarts=1, seed=0, early_stop=early)
-            t_o, adv_o = _best(lambda: ours(x, y), a.repeats)
+            ours = A.PGD(
+                model, eps, threat, steps=p.pgd.steps, step_size=p.pgd.step_size, restarts=1, seed=0, early_stop=early
+            )
+            t_o, adv_o = _best(lambda ours=ours: ours(x, y), a.repeats)
             how = "drops fooled tubelets" if early else "every tubelet every step"
-            rows.append((f"PGD {threat} ({how})", eps, f"{p.pgd.steps} steps, 1 random start", len(x), len(x) / t_o,
-                         len(x) / t_a, acc(adv_o), acc(adv_a)))  # fmt: skip
+            rows.append(
+                (
+                    f"PGD {threat} ({how})",
+                    eps,
+                    f"{p.pgd.steps} steps, 1 random start",
+                    len(x),
+                    len(x) / t_o,
+                    len(x) / t_a,
+                    acc(adv_o),
+                    acc(adv_a),
+                )
+            )
     n_cw = min(p.cw.subset, len(x))
     xc, yc, cc = x[:n_cw], y[:n_cw], clean[:n_cw]
     eps = p.threat_models["l2"].eps[len(p.threat_models["l2"].eps) // 2]
     cw = A.CarliniWagnerL2(model, eps, steps=p.cw.steps, search_steps=p.cw.search_steps, c_init=p.cw.c_init, lr=p.cw.lr)
     t_o, _ = _best(lambda: cw(xc, yc), a.repeats)
     acc_o = float((cc & ~(cw.best_norm <= eps)).float().mean())
-    art_cw = CarliniL2Method(clf, binary_search_steps=p.cw.search_steps, max_iter=p.cw.steps, learning_rate=p.cw.lr,
-                             initial_const=p.cw.c_init, batch_size=n_cw, verbose=False)  # fmt: skip
+    art_cw = CarliniL2Method(
+        clf,
+        binary_search_steps=p.cw.search_steps,
+        max_iter=p.cw.steps,
+        learning_rate=p.cw.lr,
+        initial_const=p.cw.c_init,
+        batch_size=n_cw,
+        verbose=False,
+    )
     t_a, adv_a = _best(lambda: art_cw.generate(xc.numpy(), yc.numpy()), a.repeats)
     norms = torch.as_tensor(np.sqrt(((adv_a - xc.numpy()) ** 2).reshape(n_cw, -1).sum(1)))
     fooled = A.predict(model, torch.as_tensor(adv_a)) != yc
     acc_a = float((cc & ~(fooled & (norms <= eps))).float().mean())
-    rows.append(("C&W L2", eps, f"{p.cw.search_steps} x {p.cw.steps} steps, lr {p.cw.lr}", n_cw, n_cw / t_o, n_cw / t_a, acc_o, acc_a))
+    rows.append(
+        (
+            "C&W L2",
+            eps,
+            f"{p.cw.search_steps} x {p.cw.steps} steps, lr {p.cw.lr}",
+            n_cw,
+            n_cw / t_o,
+            n_cw / t_a,
+            acc_o,
+            acc_a,
+        )
+    )
 
     lines = [
         SECTION,
@@ -112,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, eps, settings, n, so, sa, ao, aa in rows:
-        lines.append(f"| {name} | {eps:g} | {settings} | {n} | {so:.1f} | {sa:.1f} | {so / sa:.2f} | {ao:.3f} | {aa:.3f} |")
+        lines.append(
+            f"| {name} | {eps:g} | {settings} | {n} | {so:.1f} | {sa:.1f} | {so / sa:.2f} | {ao:.3f} | {aa:.3f} |"
+        )
     lines += [
         "",
         "The gate's PGD stops attacking a tubelet once it is misclassified (its speed-up grows with the model's",

@@ -20,6 +20,7 @@ and to --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import platform
@@ -40,17 +41,28 @@ sys.path.insert(0, str(ROOT))
 def percentiles(xs: list[float]) -> dict[str, float]:
     """p50/p95/p99 and mean of latencies (ms)."""
     a = np.asarray(xs) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": int(a.size)}  # fmt: skip
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "n": int(a.size),
+    }
 
 
-def inprocess(batch: int, seconds: float, device: str, threads: int | None, extra_batches: tuple[int, ...] = ()) -> dict:
+def inprocess(
+    batch: int, seconds: float, device: str, threads: int | None, extra_batches: tuple[int, ...] = ()
+) -> dict:
     """Model-only throughput at `batch` and at 1, on already-normalized inputs."""
+    from thermops.config import load_params, section
     from thermops.model.network import ModelConfig, TubeletClassifier
 
     if threads:
         torch.set_num_threads(threads)
-    model = TubeletClassifier(ModelConfig(size="tiny", embed_dim=32), 4).eval().to(device)
+    cfg = dataclasses.replace(
+        section(load_params(ROOT / "params.yaml"), "model", ModelConfig), size="tiny", embed_dim=32
+    )
+    model = TubeletClassifier(cfg, 4).eval().to(device)
     out = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
     for b in sorted({batch, 1, *extra_batches}, reverse=True):
         x = torch.randn(b, 1, 8, 32, 32, device=device)
@@ -89,8 +101,9 @@ def load(url: str, clients: int, requests_per_client: int, payload: bytes) -> di
         s = requests.Session()
         for _ in range(requests_per_client):
             t0 = time.perf_counter()
-            r = s.post(url + "/classify_upload", files={"file": ("t.npy", payload)}, data={"camera_id": "cam-lin"},
-                       timeout=120)  # fmt: skip
+            r = s.post(
+                url + "/classify_upload", files={"file": ("t.npy", payload)}, data={"camera_id": "cam-lin"}, timeout=120
+            )
             dt = time.perf_counter() - t0
             with lock:
                 if r.status_code == 200:
@@ -102,8 +115,15 @@ def load(url: str, clients: int, requests_per_client: int, payload: bytes) -> di
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     wall = time.perf_counter() - t0
-    return {"clients": clients, "requests": clients * requests_per_client, "ok": len(lat), "errors": errors,
-            "wall_s": wall, "tubelets_per_s": len(lat) / wall, **percentiles(lat)}  # fmt: skip
+    return {
+        "clients": clients,
+        "requests": clients * requests_per_client,
+        "ok": len(lat),
+        "errors": errors,
+        "wall_s": wall,
+        "tubelets_per_s": len(lat) / wall,
+        **percentiles(lat),
+    }
 
 
 def sequential(url: str, route: str, n: int, **kw) -> dict:
@@ -147,8 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sequential", type=int, default=60)
     ap.add_argument("--seconds", type=float, default=3.0, help="per in-process measurement")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads in-process; 1 matches the served worker (OMP_NUM_THREADS=1)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in-process; 1 matches the served worker (OMP_NUM_THREADS=1)",
+    )
     ap.add_argument("--inprocess-only", action="store_true")
     ap.add_argument("--extra-batches", type=int, nargs="*", default=[], help="more in-process batch sizes")
     a = ap.parse_args(argv)
@@ -163,17 +187,27 @@ def main(argv: list[str] | None = None) -> None:
 
         params = section(load_params(ROOT / "params.yaml"), "package", PackageParams)
         max_batch = params.max_batch_size
-    result: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                                "cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-                    "command": " ".join(["benchmarks/serve_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
-                    "max_batch_size": max_batch}  # fmt: skip
+    result: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+        },
+        "command": " ".join(["benchmarks/serve_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+        "max_batch_size": max_batch,
+    }
     if a.device.startswith("cuda"):
         result["machine"]["gpu"] = torch.cuda.get_device_name(0)
     result["inprocess"] = inprocess(max_batch, a.seconds, a.device, a.threads, tuple(a.extra_batches))
     if not a.inprocess_only:
         from tests.serving_helpers import (
-            Server, counts_tubelet, make_gated_model, package_in_subprocess, write_params,
-        )  # fmt: skip
+            Server,
+            counts_tubelet,
+            make_gated_model,
+            package_in_subprocess,
+            write_params,
+        )
         from thermops.io import read_json
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -196,8 +230,13 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 server.wait_ready()
                 on = served_figures(server, a, payload, body)
-                on["single_npy"] = sequential(server.url, "/classify_upload", a.sequential,
-                                              files={"file": ("t.npy", payload)}, data={"camera_id": "cam-lin"})  # fmt: skip
+                on["single_npy"] = sequential(
+                    server.url,
+                    "/classify_upload",
+                    a.sequential,
+                    files={"file": ("t.npy", payload)},
+                    data={"camera_id": "cam-lin"},
+                )
                 on["single_json"] = sequential(server.url, "/classify", a.sequential, json=body)
                 on["no_model_json"] = sequential(server.url, "/parse_only", a.sequential, json=body)
                 result["batching_on"] = on
@@ -206,14 +245,20 @@ def main(argv: list[str] | None = None) -> None:
 
             # Batching off: the same service and model, from the source tree, with batching=false.
             bento_args = __import__("yaml").safe_load(
-                (home / "bentos" / tags["bento_tag"].replace(":", "/") / "bento.yaml").read_text())["args"]
+                (home / "bentos" / tags["bento_tag"].replace(":", "/") / "bento.yaml").read_text()
+            )["args"]
             extra = [x for k, v in {**bento_args, "batching": False}.items() for x in ("--arg", f"{k}={v}")]
             server = Server("service:ThermopsClassifier", home, ROOT, root / "serve-off.log", extra=extra)
             try:
                 server.wait_ready()
                 off = served_figures(server, a, payload, body)
-                off["single_npy"] = sequential(server.url, "/classify_upload", a.sequential,
-                                               files={"file": ("t.npy", payload)}, data={"camera_id": "cam-lin"})  # fmt: skip
+                off["single_npy"] = sequential(
+                    server.url,
+                    "/classify_upload",
+                    a.sequential,
+                    files={"file": ("t.npy", payload)},
+                    data={"camera_id": "cam-lin"},
+                )
                 result["batching_off"] = off
             finally:
                 server.stop()

@@ -15,6 +15,7 @@ Results are written down in benchmarks/RESULTS.md (## Training throughput).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -24,12 +25,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from thermops.learn.augment import AugmentConfig  # noqa: E402
-from thermops.learn.engine import amp_context, make_optimizer, OptimConfig, to_device  # noqa: E402
-from thermops.model.network import ModelConfig, TubeletClassifier, TubeletEncoder  # noqa: E402
+from thermops.config import load_params, section, section_from_mapping  # noqa: E402
+from thermops.learn.engine import OptimConfig, amp_context, make_optimizer, to_device  # noqa: E402
 from thermops.learn.ssl import SimCLR, SSLConfig, simclr_loss  # noqa: E402
+from thermops.model.network import ModelConfig, TubeletClassifier, TubeletEncoder  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -55,9 +57,10 @@ def matmul_flops(device: torch.device, n: int, reps: int) -> float:
 def bench(size: str, mode: str, batch: int, steps: int, device: torch.device, frames: int, px: int) -> dict:
     """Time `steps` training steps of `mode` (finetune: cross-entropy; pretrain: SimCLR, two views)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(size=size)
+    params = load_params(ROOT / "params.yaml")
+    cfg = dataclasses.replace(section(params, "model", ModelConfig), size=size)
     if mode == "pretrain":
-        ssl = SSLConfig(augment=AugmentConfig())
+        ssl = section_from_mapping(SSLConfig, params["pretrain"]["ssl"], "pretrain.ssl")
         model: torch.nn.Module = SimCLR(TubeletEncoder(cfg), ssl)
         loss_fn = simclr_loss(ssl)
     else:
@@ -66,7 +69,8 @@ def bench(size: str, mode: str, batch: int, steps: int, device: torch.device, fr
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last_3d)
-    opt = make_optimizer(model, OptimConfig(epochs=1, batch_size=batch, lr=1e-3))
+    optim = section_from_mapping(OptimConfig, params[mode]["optim"], f"{mode}.optim")
+    opt = make_optimizer(model, dataclasses.replace(optim, epochs=1, batch_size=batch, lr=1e-3))
     x = to_device(torch.randn(batch, 1, frames, px, px), device)
     y = torch.randint(0, 4, (batch,), device=device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -90,10 +94,15 @@ def bench(size: str, mode: str, batch: int, steps: int, device: torch.device, fr
     sync(device)
     dt = time.perf_counter() - t
     return {
-        "size": size, "mode": mode, "batch": batch, "steps": steps, "params": sum(p.numel() for p in model.parameters()),
-        "gflop_per_tubelet": flops_step / batch / 1e9, "tubelets_per_s": batch * steps / dt,
+        "size": size,
+        "mode": mode,
+        "batch": batch,
+        "steps": steps,
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflop_per_tubelet": flops_step / batch / 1e9,
+        "tubelets_per_s": batch * steps / dt,
         "achieved_tflops": flops_step * steps / dt / 1e12,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,27 +117,44 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--matmul-n", type=int, default=0, help="matmul size (default 8192 on CUDA, 1024 on CPU)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     n = args.matmul_n or (8192 if device.type == "cuda" else 1024)
     peak = matmul_flops(device, n, 20 if device.type == "cuda" else 5)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    )
     rows = [bench(s, m, args.batch, args.steps, device, args.frames, args.px) for s in args.sizes for m in args.modes]
     peak_after = matmul_flops(device, n, 20 if device.type == "cuda" else 5)  # bracket the run: shared machines drift
     ref = max(peak, peak_after)
     for r in rows:
         r["matmul_tflops"] = ref / 1e12
         r["ratio"] = r["achieved_tflops"] * 1e12 / ref
-    result = {"device": name, "torch": torch.__version__, "dtype": "bf16 autocast + channels_last_3d" if device.type == "cuda"
-              else "float32", "matmul_n": n, "matmul_tflops_before_after": [peak / 1e12, peak_after / 1e12], "rows": rows}  # fmt: skip
-    print(f"device: {name}; torch {torch.__version__}; matmul {n}^3: {peak / 1e12:.3f} / {peak_after / 1e12:.3f} TFLOP/s (before/after)")
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "dtype": "bf16 autocast + channels_last_3d" if device.type == "cuda" else "float32",
+        "matmul_n": n,
+        "matmul_tflops_before_after": [peak / 1e12, peak_after / 1e12],
+        "rows": rows,
+    }
+    print(
+        f"device: {name}; torch {torch.__version__}; matmul {n}^3: {peak / 1e12:.3f} / {peak_after / 1e12:.3f} TFLOP/s (before/after)"
+    )
     print("| size | step | batch | GFLOP/tubelet | tubelets/s | achieved TFLOP/s | / matmul |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['mode']} | {r['batch']} | {r['gflop_per_tubelet']:.3f} | {r['tubelets_per_s']:.0f} | "
-              f"{r['achieved_tflops']:.4f} | {r['ratio']:.3f} |")  # fmt: skip
+        print(
+            f"| {r['size']} | {r['mode']} | {r['batch']} | {r['gflop_per_tubelet']:.3f} | {r['tubelets_per_s']:.0f} | "
+            f"{r['achieved_tflops']:.4f} | {r['ratio']:.3f} |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -22,19 +22,27 @@ from typing import Any
 
 import numpy as np
 
-from thermops.model.card import ModelCardError, input_spec_from_card, load_model_dir
 from thermops.config import ParamsError, load_params, section, seed_everything
-from thermops.io import atomic_dir, write_json
-from thermops.robustness.params import GateParams
 from thermops.data.prepared import PreparedDataError, load_prepared
+from thermops.io import atomic_dir, write_json
+from thermops.model.card import ModelCardError, input_spec_from_card, load_model_dir
+from thermops.robustness.params import GateParams
 
 
 class GateFailed(RuntimeError):
     """The model did not pass the gate (raised by `main` only when `gate.enforce` is true)."""
 
 
-def _blessed_metrics(blessed_dir: Path, tubelets: np.ndarray, units: list[str], labels: np.ndarray,
-                     p: GateParams, seed: int, d_hash: str, p_hash: str) -> tuple[dict | None, dict | None]:  # fmt: skip
+def _blessed_metrics(
+    blessed_dir: Path,
+    tubelets: np.ndarray,
+    units: list[str],
+    labels: np.ndarray,
+    p: GateParams,
+    seed: int,
+    d_hash: str,
+    p_hash: str,
+) -> tuple[dict | None, dict | None]:
     """The blessed model's metrics: stored in its card when data and protocol match, else re-measured."""
     from thermops.robustness.evaluate import evaluate
 
@@ -52,8 +60,16 @@ def _blessed_metrics(blessed_dir: Path, tubelets: np.ndarray, units: list[str], 
     return m, info
 
 
-def run(params: GateParams, seed: int, model_dir: Path, data_dir: Path, blessed_dir: Path, out_dir: Path,
-        report_dir: Path, metrics_path: Path) -> dict[str, Any]:  # fmt: skip
+def run(
+    params: GateParams,
+    seed: int,
+    model_dir: Path,
+    data_dir: Path,
+    blessed_dir: Path,
+    out_dir: Path,
+    report_dir: Path,
+    metrics_path: Path,
+) -> dict[str, Any]:
     """Evaluate, decide, report, write the gated model and update the blessed one.
 
     Args:
@@ -63,13 +79,13 @@ def run(params: GateParams, seed: int, model_dir: Path, data_dir: Path, blessed_
         out_dir: gated model dir; report_dir: HTML + PNG report; metrics_path: gate.json.
     Returns: the gate record written to `metrics_path` (`passed`, `reasons`, figures).
     """
+    import torch
+
     from thermops.robustness import decision as D
     from thermops.robustness import envelope as E
     from thermops.robustness import report as R
     from thermops.robustness.attacks import predict
     from thermops.robustness.evaluate import corruption_ce, data_hash, evaluate, params_hash
-
-    import torch
 
     t_start = time.perf_counter()
     if params.threads > 0:
@@ -96,32 +112,46 @@ def run(params: GateParams, seed: int, model_dir: Path, data_dir: Path, blessed_
     m["corruption_ce"], m["mean_ce"] = corruption_ce(m["corruption_errors"], normalizer)
     m["mean_ce_note"] = (
         "CE_c = sum over 5 severities of this model's error / the blessed model's (ImageNet-C); mean CE averages CE_c"
-        if blessed else "first model, no blessed baseline: the normalizer is the model itself, so every CE is 1.0"
+        if blessed
+        else "first model, no blessed baseline: the normalizer is the model itself, so every CE is 1.0"
     )
     th = params.thresholds
     clean_ok = m["clean_accuracy"] >= th.clean_accuracy
-    m["envelope"] = E.envelope(m["perspective"]["sweep"], m["radiometric"]["sweep"], min_accuracy=th.clean_accuracy,
-                               max_flip_rate=th.max_flip_rate, spec=spec,
-                               window_px=E.median_window_px([data.rows[i] for i in idx]), clean_ok=clean_ok)  # fmt: skip
+    m["envelope"] = E.envelope(
+        m["perspective"]["sweep"],
+        m["radiometric"]["sweep"],
+        min_accuracy=th.clean_accuracy,
+        max_flip_rate=th.max_flip_rate,
+        spec=spec,
+        window_px=E.median_window_px([data.rows[i] for i in idx]),
+        clean_ok=clean_ok,
+    )
     m["envelope"]["geometric"]["tubelet_frames"] = spec.frames
     dec = D.decide(m, th, blessed, params.regression)
     gate = {
         **m,
-        "passed": dec["passed"], "reasons": dec["reasons"], "checks": dec["checks"],
+        "passed": dec["passed"],
+        "reasons": dec["reasons"],
+        "checks": dec["checks"],
         "enforce": params.enforce,
         "model": {"path": str(model_dir), "git_revision": card.get("git_revision"), "data": card.get("data")},
         "blessed": blessed_info,
-        "units_note": (f"eps in model-input units (after normalization), per tubelet; for celsius tubelets 1 unit = "
-                       f"{spec.celsius_scale_k} K (InputSpec.celsius_scale_k); L2 norms over all T*H*W = "
-                       f"{spec.frames}x{spec.size}x{spec.size} values; pixel figures are model-input pixels "
-                       f"({spec.size} px across the tubelet window)"),
-    }  # fmt: skip
+        "units_note": (
+            f"eps in model-input units (after normalization), per tubelet; for celsius tubelets 1 unit = "
+            f"{spec.celsius_scale_k} K (InputSpec.celsius_scale_k); L2 norms over all T*H*W = "
+            f"{spec.frames}x{spec.size}x{spec.size} values; pixel figures are model-input pixels "
+            f"({spec.size} px across the tubelet window)"
+        ),
+    }
 
     # Report: plots and captum maps on the PGD examples of the first threat model.
     t0 = time.perf_counter()
     with atomic_dir(report_dir) as rd:
-        images = [("Accuracy vs epsilon", "accuracy_vs_eps.png"), ("Corruption severity curves", "corruptions.png"),
-                  ("Perspective and radiometric stability", "stability.png")]  # fmt: skip
+        images = [
+            ("Accuracy vs epsilon", "accuracy_vs_eps.png"),
+            ("Corruption severity curves", "corruptions.png"),
+            ("Perspective and radiometric stability", "stability.png"),
+        ]
         R.plot_robust_accuracy(gate, rd / images[0][1], spec.celsius_scale_k)
         R.plot_corruptions(gate, rd / images[1][1])
         R.plot_stability(gate, rd / images[2][1])
@@ -135,26 +165,59 @@ def run(params: GateParams, seed: int, model_dir: Path, data_dir: Path, blessed_
             x, y, xa = art["x"][pick], art["y"][pick], adv[pick]
             pa = predict(model, xa)
             name = f"adversarial_{threat}.png"
-            R.plot_adversarial(x, xa, y, pa, classes, rd / name, spec.celsius_scale_k,
-                               f"PGD {threat}, eps {params.threat_models[threat].eps[len(params.threat_models[threat].eps) // 2]}")  # fmt: skip
+            R.plot_adversarial(
+                x,
+                xa,
+                y,
+                pa,
+                classes,
+                rd / name,
+                spec.celsius_scale_k,
+                f"PGD {threat}, eps {params.threat_models[threat].eps[len(params.threat_models[threat].eps) // 2]}",
+            )
             images.append((f"Adversarial frames ({threat})", name))
             picks = pick if picks is None else picks  # the attribution maps use the first threat's picks
         if art["examples"]:
             threat, adv = next(iter(art["examples"].items()))
-            R.plot_attributions(model, art["x"][picks], adv[picks], art["y"][picks], rd / "attributions.png",
-                                list(params.report.occlusion_window))  # fmt: skip
-            images.append((f"Saliency / Grad-CAM / occlusion (captum), clean and PGD-{threat} attacked", "attributions.png"))
+            R.plot_attributions(
+                model,
+                art["x"][picks],
+                adv[picks],
+                art["y"][picks],
+                rd / "attributions.png",
+                list(params.report.occlusion_window),
+            )
+            images.append(
+                (f"Saliency / Grad-CAM / occlusion (captum), clean and PGD-{threat} attacked", "attributions.png")
+            )
         gate["timing_s"]["report"] = time.perf_counter() - t0
         gate["timing_s"]["total"] = time.perf_counter() - t_start
         R.write_html(rd, gate, images)
 
     # The gated model: same weights, card with the decision and the envelope.
-    summary = {k: gate[k] for k in ("passed", "reasons", "clean_accuracy", "mean_ce", "flip_rate", "stability_slope",
-                                    "sanity_passed", "data_hash", "params_hash")}  # fmt: skip
+    summary = {
+        k: gate[k]
+        for k in (
+            "passed",
+            "reasons",
+            "clean_accuracy",
+            "mean_ce",
+            "flip_rate",
+            "stability_slope",
+            "sanity_passed",
+            "data_hash",
+            "params_hash",
+        )
+    }
     summary["robust_accuracy_worst"] = {t: v["worst"] for t, v in gate["robust_accuracy"].items()}
     stored = {k: v for k, v in gate.items() if k not in ("checks", "reasons", "passed", "blessed", "model")}
     new_card = dict(card)
-    new_card["gate"] = {**summary, "decision": "pass" if gate["passed"] else "fail", "blessed_baseline": blessed_info, "metrics": stored}
+    new_card["gate"] = {
+        **summary,
+        "decision": "pass" if gate["passed"] else "fail",
+        "blessed_baseline": blessed_info,
+        "metrics": stored,
+    }
     new_card["envelope"] = {**gate["envelope"], "input_size": spec.size}
     with atomic_dir(out_dir) as od:
         shutil.copyfile(Path(model_dir) / "model.pt", od / "model.pt")
@@ -167,7 +230,9 @@ def run(params: GateParams, seed: int, model_dir: Path, data_dir: Path, blessed_
     elif not Path(blessed_dir).exists():
         # DVC declares models/blessed as an output: leave an empty baseline, not a missing path.
         with atomic_dir(blessed_dir) as bd:
-            (bd / "README.txt").write_text("No model has passed the gate yet; the first passing model is blessed here.\n")
+            (bd / "README.txt").write_text(
+                "No model has passed the gate yet; the first passing model is blessed here.\n"
+            )
     return gate
 
 
@@ -192,14 +257,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     status = "passed" if gate["passed"] else "FAILED"
-    print(f"gate {status}: clean {gate['clean_accuracy']:.3f}, mean CE {gate['mean_ce']:.3f}, "
-          f"flip rate {gate['flip_rate']:.3f}, slope {gate['stability_slope']:.3f}, "
-          f"{gate['timing_s']['total']:.1f} s")  # fmt: skip
+    print(
+        f"gate {status}: clean {gate['clean_accuracy']:.3f}, mean CE {gate['mean_ce']:.3f}, "
+        f"flip rate {gate['flip_rate']:.3f}, slope {gate['stability_slope']:.3f}, "
+        f"{gate['timing_s']['total']:.1f} s"
+    )
     if not gate["passed"]:
         for r in gate["reasons"]:
             print(f"  - {r}", file=sys.stderr)
         if p.enforce:
-            print(f"error: gate failed with {len(gate['reasons'])} reason(s) (gate.enforce is true; see {a.metrics})", file=sys.stderr)
+            print(
+                f"error: gate failed with {len(gate['reasons'])} reason(s) (gate.enforce is true; see {a.metrics})",
+                file=sys.stderr,
+            )
             sys.exit(1)
 
 

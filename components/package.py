@@ -25,12 +25,14 @@ from typing import Any
 import yaml
 
 from thermops.camera.calibration import CalibrationError, load_calibration
-from thermops.model.card import ModelCardError, git_revision, load_card, load_model_dir
 from thermops.config import ParamsError, load_params, section
 from thermops.io import hash_files, read_json, write_json
+from thermops.model.card import ModelCardError, git_revision, load_card, load_model_dir
 from thermops.serve.requests import PackageParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 class PackageError(ValueError):
     """The model cannot be packaged: failed gate, missing files, calibration mismatch."""
 
@@ -42,7 +44,8 @@ def gate_summary(gate: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
     summary = {
         "passed": bool(gate.get("passed")),
         "decision": section_.get("decision", "pass" if gate.get("passed") else "fail"),
-        "metrics": metrics or {k: v for k, v in section_.get("metrics", {}).items() if isinstance(v, (int, float, str))},
+        "metrics": metrics
+        or {k: v for k, v in section_.get("metrics", {}).items() if isinstance(v, (int, float, str))},
         "reasons": section_.get("reasons", gate.get("reasons", [])),
     }
     if isinstance(section_.get("robust_accuracy_worst"), dict):  # per threat model, from the gate's card summary
@@ -193,7 +196,7 @@ def run(
         "model_tag": str(tag),
         "input_frames": int(card["input"]["frames"]),
         "input_size": int(card["input"]["size"]),
-        **{k: v for k, v in params.to_dict().items() if k != "model_name"},
+        **params.to_dict(),
     }
     build_ctx = bentofile.resolve().parent
     bento_version = _content_version(service_files(bentofile), str(tag) + repr(sorted(args.items())))

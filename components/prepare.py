@@ -16,8 +16,8 @@ from components._cli import run_cli
 from thermops.camera.calibration import load_calibrations
 from thermops.config import load_params, section
 from thermops.data.extract import PrepareParams, extract_all, raw_folders
-from thermops.io import atomic_dir, hash_files, write_csv, write_json
 from thermops.data.prepared import MANIFEST_COLUMNS
+from thermops.io import atomic_dir, hash_files, write_csv, write_json
 
 
 def run(
@@ -49,8 +49,10 @@ def run(
         "n_tubelets": len(rows),
         "shape": list(tubelets.shape[1:]),
         "by_split": dict(sorted(Counter(r["split"] for r in rows).items())),
-        "by_label": {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items()))
-                     for s in ("train", "val", "test")},  # fmt: skip
+        "by_label": {
+            s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items()))
+            for s in ("train", "val", "test")
+        },
         "by_camera": dict(sorted(Counter(r["camera_id"] for r in rows).items())),
         "by_source": dict(sorted(Counter(r["source"] for r in rows).items())),
         "n_tracks": len({r["track_id"] for r in rows}),

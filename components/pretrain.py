@@ -19,30 +19,31 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from thermops.config import ParamsError, load_params, section, seed_everything
-from thermops.learn.datasets import load_unlabeled
-from thermops.learn.engine import OptimConfig, fit, run_fingerprint
-from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
+from thermops.data.prepared import PreparedDataError
 from thermops.io import atomic_dir, write_csv, write_json
+from thermops.learn.datasets import load_unlabeled
+from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
+from thermops.learn.engine import OptimConfig, fit, run_fingerprint
+from thermops.learn.ssl import SimCLR, SSLConfig, simclr_loss
 from thermops.model.card import PRETRAINED_FORMAT
 from thermops.model.network import ModelConfig, TubeletEncoder
 from thermops.model.preprocess import InputSpec
-from thermops.learn.ssl import SimCLR, SSLConfig, simclr_loss
-from thermops.data.prepared import PreparedDataError
+
 
 @dataclass(frozen=True)
 class PretrainParams:
     """params `pretrain`."""
 
     optim: OptimConfig
-    ssl: SSLConfig = field(default_factory=SSLConfig)
-    device: str = "auto"
-    resume: bool = True
+    ssl: SSLConfig
+    device: str
+    resume: bool
 
 
 def run(
@@ -76,8 +77,20 @@ def run(
     model = SimCLR(encoder, cfg.ssl)
     fp = run_fingerprint(asdict(cfg.ssl), model_cfg.to_dict(), spec.to_dict(), info["prepared_hash"], seed)
     log = (lambda s: print(s, file=sys.stderr)) if is_main() else None
-    result = fit(model, simclr_loss(cfg.ssl), dataset, cfg.optim, seed=seed, device=device, ckpt_dir=checkpoints,
-                 resume=cfg.resume, fingerprint=fp, stop_after=stop_after, desc="pretrain", log=log)  # fmt: skip
+    result = fit(
+        model,
+        simclr_loss(cfg.ssl),
+        dataset,
+        cfg.optim,
+        seed=seed,
+        device=device,
+        ckpt_dir=checkpoints,
+        resume=cfg.resume,
+        fingerprint=fp,
+        stop_after=stop_after,
+        desc="pretrain",
+        log=log,
+    )
     summary = {
         "method": "simclr",
         "epochs": len(result.history),
@@ -93,13 +106,25 @@ def run(
     with atomic_dir(out) as tmp:
         state = {k: v.detach().cpu() for k, v in unwrap(model).encoder.state_dict().items()}
         torch.save(state, tmp / "encoder.pt")
-        write_json(tmp / "card.json", {
-            "format": PRETRAINED_FORMAT, "method": "simclr", "model": model_cfg.to_dict(), "input": spec.to_dict(),
-            "ssl": asdict(cfg.ssl), "optim": asdict(cfg.optim), "seed": seed,
-            "data": {"prepared_hash": info["prepared_hash"], "sources": info["sources"], "n_train": info["n"]},
-            "metrics": {k: summary[k] for k in ("final_loss", "first_loss", "epochs")},
-        })  # fmt: skip
-    write_csv(curve, [{"epoch": r["epoch"], "loss": r["loss"], "lr": r["lr"]} for r in result.history], ["epoch", "loss", "lr"])
+        write_json(
+            tmp / "card.json",
+            {
+                "format": PRETRAINED_FORMAT,
+                "method": "simclr",
+                "model": model_cfg.to_dict(),
+                "input": spec.to_dict(),
+                "ssl": asdict(cfg.ssl),
+                "optim": asdict(cfg.optim),
+                "seed": seed,
+                "data": {"prepared_hash": info["prepared_hash"], "sources": info["sources"], "n_train": info["n"]},
+                "metrics": {k: summary[k] for k in ("final_loss", "first_loss", "epochs")},
+            },
+        )
+    write_csv(
+        curve,
+        [{"epoch": r["epoch"], "loss": r["loss"], "lr": r["lr"]} for r in result.history],
+        ["epoch", "loss", "lr"],
+    )
     write_json(metrics, summary)
     barrier()
     return summary
@@ -121,7 +146,17 @@ def main(argv: list[str] | None = None) -> None:
         model_cfg = section(params, "model", ModelConfig)
         spec = section(params, "input", InputSpec)
         model_cfg.resolved_widths()
-        run(cfg, model_cfg, spec, int(params.get("seed", 0)), args.data, args.out, args.metrics, args.curve, args.checkpoints)
+        run(
+            cfg,
+            model_cfg,
+            spec,
+            int(params.get("seed", 0)),
+            args.data,
+            args.out,
+            args.metrics,
+            args.curve,
+            args.checkpoints,
+        )
     except (ParamsError, PreparedDataError, FloatingPointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from thermops.camera.calibration import Calibration, CalibrationError, load_calibration
 from thermops.config import ParamsError, load_params, section
-from thermops.io import atomic_dir
 from thermops.data.raw import write_raw
+from thermops.io import atomic_dir
 from thermops.world.synth import LABELS, SynthParams, camera_seed, synthesize_camera
 
 

@@ -16,16 +16,33 @@ from pathlib import Path
 
 from thermops.camera.calibration import CalibrationError, load_calibrations
 from thermops.config import ParamsError, load_params, section
-from thermops.io import atomic_dir, write_json
 from thermops.data.prepared import PreparedDataError, load_prepared
 from thermops.data.validation import (
-    BALANCE_SUITE, SUITE, ValidateParams, ValidationFailed, balance_expectations, balance_table, run_suites,
-    summarize, summary_markdown, tubelet_expectations, tubelet_table,
-)  # fmt: skip
+    BALANCE_SUITE,
+    SUITE,
+    ValidateParams,
+    ValidationFailed,
+    balance_expectations,
+    balance_table,
+    run_suites,
+    summarize,
+    summary_markdown,
+    tubelet_expectations,
+    tubelet_table,
+)
+from thermops.io import atomic_dir, write_json
 
 
-def run(p: ValidateParams, classes: list[str], frames: int, size: int, data_dir: Path, calibration_dir: Path,
-        out_dir: Path, metrics_path: Path) -> dict:  # fmt: skip
+def run(
+    p: ValidateParams,
+    classes: list[str],
+    frames: int,
+    size: int,
+    data_dir: Path,
+    calibration_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+) -> dict:
     """Validate a prepared dataset; write Data Docs, summaries and the metric.
 
     Args:
@@ -55,10 +72,15 @@ def run(p: ValidateParams, classes: list[str], frames: int, size: int, data_dir:
         summary = summarize(results, len(table), p.examples)
         write_json(tmp / "summary.json", summary)
         (tmp / "summary.md").write_text(summary_markdown(summary))
-    write_json(metrics_path, {
-        "success": int(summary["success"]), "expectations": summary["expectations"],
-        "failed": len(summary["failed"]), "tubelets": summary["tubelets"],
-    })  # fmt: skip
+    write_json(
+        metrics_path,
+        {
+            "success": int(summary["success"]),
+            "expectations": summary["expectations"],
+            "failed": len(summary["failed"]),
+            "tubelets": summary["tubelets"],
+        },
+    )
     return summary
 
 
@@ -75,20 +97,34 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(args.params)
         p = section(params, "validate", ValidateParams)
         prep = params.get("prepare", {})
-        summary = run(p, list(params["classes"]), int(prep["frames"]), int(prep["size"]), args.data,
-                      args.calibration, args.out, args.metrics)  # fmt: skip
+        summary = run(
+            p,
+            list(params["classes"]),
+            int(prep["frames"]),
+            int(prep["size"]),
+            args.data,
+            args.calibration,
+            args.out,
+            args.metrics,
+        )
         if not summary["success"]:
-            fails = "; ".join(f"{f['check']} ({f['expectation']} on {f['column'] or 'table'}"
-                              + (f" where {f['condition']}" if f["condition"] else "")
-                              + (f", e.g. {f['examples'][:3]}" if f["examples"] else "") + ")"
-                              for f in summary["failed"])  # fmt: skip
-            raise ValidationFailed(f"validation failed: {len(summary['failed'])} expectation(s): {fails}; "
-                                   f"see {args.out / 'summary.md'}")  # fmt: skip
+            fails = "; ".join(
+                f"{f['check']} ({f['expectation']} on {f['column'] or 'table'}"
+                + (f" where {f['condition']}" if f["condition"] else "")
+                + (f", e.g. {f['examples'][:3]}" if f["examples"] else "")
+                + ")"
+                for f in summary["failed"]
+            )
+            raise ValidationFailed(
+                f"validation failed: {len(summary['failed'])} expectation(s): {fails}; see {args.out / 'summary.md'}"
+            )
     except (ParamsError, PreparedDataError, CalibrationError, ValidationFailed, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    print(f"validate: passed {summary['passed']}/{summary['expectations']} expectations on "
-          f"{summary['tubelets']} tubelets; report {args.out / 'index.html'}")  # fmt: skip
+    print(
+        f"validate: passed {summary['passed']}/{summary['expectations']} expectations on "
+        f"{summary['tubelets']} tubelets; report {args.out / 'index.html'}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,12 @@ def _compile(args: argparse.Namespace) -> int:
     source = args.data_source or kubeflow_params(params).data_source
     rev = datahash.resolve(args.root, params, data_source=source, rev=args.data_rev)
     out = compile_pipeline(
-        args.out, root=args.root, data_source=source, image=args.image,
-        git_rev=rev.git_rev, data_hash=rev.data_hash,
+        args.out,
+        root=args.root,
+        data_source=source,
+        image=args.image,
+        git_rev=rev.git_rev,
+        data_hash=rev.data_hash,
     )
     print(out)
     return 0

@@ -113,8 +113,14 @@ def _register_source(name: str, source: str) -> dict[str, Any]:
     from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
     namespace.update(
-        Input=Input, Output=Output, Dataset=Dataset, Model=Model, Metrics=Metrics,
-        ClassificationMetrics=ClassificationMetrics, HTML=HTML, Markdown=Markdown,
+        Input=Input,
+        Output=Output,
+        Dataset=Dataset,
+        Model=Model,
+        Metrics=Metrics,
+        ClassificationMetrics=ClassificationMetrics,
+        HTML=HTML,
+        Markdown=Markdown,
     )
     exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 (our own generated text)
     return namespace

@@ -173,8 +173,7 @@ def load_stages(root: str | Path) -> list[Stage]:
                 if keys is not None or type(d).__name__ == "ParamsDependency":
                     if _rel(root, d.fs_path) != PARAMS_FILE:
                         raise GraphError(
-                            f"dvc.yaml: stage {st.name} reads params from {d.def_path}; "
-                            f"only {PARAMS_FILE} is supported"
+                            f"dvc.yaml: stage {st.name} reads params from {d.def_path}; only {PARAMS_FILE} is supported"
                         )
                     params.extend(keys or [])
                 else:
@@ -188,9 +187,7 @@ def load_stages(root: str | Path) -> list[Stage]:
             # of the root dvc.yaml is named by its name alone, as `dvc repro <name>` takes it
             here = _rel(root, st.path)
             name = st.name if here == "dvc.yaml" else f"{here}:{st.name}"
-            stages.append(
-                Stage(name, cmd, _rel(root, st.wdir), tuple(deps), tuple(outs), tuple(params))
-            )
+            stages.append(Stage(name, cmd, _rel(root, st.wdir), tuple(deps), tuple(outs), tuple(params)))
     return stages
 
 
@@ -270,7 +267,9 @@ def build_graph(root: str | Path, params: dict[str, Any] | None = None) -> Graph
             try:
                 get_key(params, k)
             except KeyError:
-                raise GraphError(f"dvc.yaml: stage {s.name} reads params key {k!r}, absent from {PARAMS_FILE}") from None
+                raise GraphError(
+                    f"dvc.yaml: stage {s.name} reads params key {k!r}, absent from {PARAMS_FILE}"
+                ) from None
             all_keys.add(k)
     leaves = _leaves(all_keys, params)
     stage_leaves = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 class GpuParams:
     """GPU placement of the training and gate tasks (fixed at compile time: KFP cannot take it at run time)."""
 
-    stages: list[str] = field(default_factory=list)  # steps that request GPUs
-    accelerator: str = "nvidia.com/gpu"  # set_accelerator_type
-    gpus_per_node: int = 1  # set_accelerator_limit, and torchrun --nproc_per_node for ddp_stages
-    ddp_stages: list[str] = field(default_factory=list)
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, str]] = field(default_factory=list)
+    stages: list[str]  # steps that request GPUs
+    accelerator: str  # set_accelerator_type
+    gpus_per_node: int  # set_accelerator_limit, and torchrun --nproc_per_node for ddp_stages
+    ddp_stages: list[str]
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ class SecretParams:
 class GateParams:
     """Which stage decides, and where its verdict is: `dsl.If` on this guards what follows."""
 
-    stage: str = "gate"
-    metrics: str = "metrics/gate.json"
-    key: str = "passed"
+    stage: str
+    metrics: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,16 @@ class KubeflowParams:
 
     image: str
     project_root: str  # where the image holds the repository
-    pipeline_name: str = "thermops"
-    data_source: Literal["embedded", "dvc"] = "embedded"
-    data_repo: str = ""
-    dvc_remote: str = ""
-    caching: bool = True
-    retries: int = 0
-    resources: dict[str, dict[str, str]] = field(default_factory=dict)  # step or "default" -> cpu/memory
-    gpu: GpuParams = field(default_factory=GpuParams)
-    gate: GateParams = field(default_factory=GateParams)
-    secrets: dict[str, SecretParams] = field(default_factory=dict)
+    pipeline_name: str
+    data_source: Literal["embedded", "dvc"]
+    data_repo: str
+    dvc_remote: str
+    caching: bool
+    retries: int
+    resources: dict[str, dict[str, str]]  # step or "default" -> cpu/memory
+    gpu: GpuParams
+    gate: GateParams
+    secrets: dict[str, SecretParams]
 
 
 def kubeflow_params(params: dict[str, Any]) -> KubeflowParams:
@@ -111,8 +111,9 @@ def _configure(task: Any, step: str, kf: KubeflowParams) -> None:
     task.set_caching_options(enable_caching=kf.caching)
     for sec in kf.secrets.values():
         if step in sec.stages:
-            kubernetes.use_secret_as_env(task, secret_name=sec.secret, secret_key_to_env=dict(
-                (key, env) for env, key in sec.env.items()))
+            kubernetes.use_secret_as_env(
+                task, secret_name=sec.secret, secret_key_to_env=dict((key, env) for env, key in sec.env.items())
+            )
 
 
 def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_rev: str) -> list[tuple[str, Any, Any]]:
@@ -168,8 +169,7 @@ def build_pipeline(
     """
     from kfp import dsl
 
-    from pipeline import codegen
-    from pipeline import datahash
+    from pipeline import codegen, datahash
 
     root = Path(root).resolve()
     params = params if params is not None else load_params(root / "params.yaml")
@@ -198,7 +198,9 @@ def build_pipeline(
         kw.update(zip([n for n, _, _ in plist], pos))  # KFP passes placeholders by position
         tasks: dict[str, Any] = {}  # stage name -> task producing its outs
         if fetch is not None:
-            t = fetch(data_hash=kw["data_hash"], git_rev=kw["git_rev"], data_repo=kw["data_repo"], dvc_remote=kw["dvc_remote"])
+            t = fetch(
+                data_hash=kw["data_hash"], git_rev=kw["git_rev"], data_repo=kw["data_repo"], dvc_remote=kw["dvc_remote"]
+            )
             t.set_display_name("fetch_task")
             _configure(t, "fetch", kf)
             for name in fetched:
@@ -211,7 +213,7 @@ def build_pipeline(
                 args.update(data_hash=kw["data_hash"], git_rev=kw["git_rev"])
             for up, out in graph.inputs[stage.name]:
                 args[out.ident] = tasks[up].outputs[out.ident]
-            for leaf, pname in spec["params"].items():
+            for pname in spec["params"].values():
                 args[pname] = kw[pname]
             t = made[stage.name](**args)
             t.set_display_name(stage.task_name)

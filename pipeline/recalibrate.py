@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.watch import Deployed, TriggerState, cameras_in_use, deployed_calibration, load_deployed, scan
 from thermops.camera.calibration import CalibrationError
 from thermops.camera.change import ChangeReport, Envelope, TriggerParams, compare
-from pipeline.watch import Deployed, TriggerState, cameras_in_use, deployed_calibration, load_deployed, scan
-from thermops.config import ParamsError, load_params, section
 from thermops.camera.registry import (
     DEFAULT_DIR,
     add_camera,
@@ -43,6 +42,7 @@ from thermops.camera.registry import (
     parse_assignment,
     record_calibration,
 )
+from thermops.config import ParamsError, load_params, section
 
 log = logging.getLogger("thermops.trigger")
 
@@ -84,8 +84,14 @@ def _declared_inputs(pipeline_yaml: str) -> set[str]:
     return set(((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {})
 
 
-def kubeflow_submitter(root: Path, host: str | None, *, namespace: str | None = None,
-                       experiment: str | None = None, token: str | None = None) -> Submitter:  # fmt: skip
+def kubeflow_submitter(
+    root: Path,
+    host: str | None,
+    *,
+    namespace: str | None = None,
+    experiment: str | None = None,
+    token: str | None = None,
+) -> Submitter:
     """Submit one run of the project's pipeline through `pipeline.submit` (H6's submit path).
 
     The run is named after the cameras and versions (`recalibration fence_mid=2026-11-22.1`);
@@ -168,14 +174,25 @@ def watch_once(
         log.info("no deployed model (%s, %s): nothing to compare against; `dvc repro` trains one", card, bento_json)
         return result
     with TriggerState(resolve(Path(trigger.state_file))).locked() as state:
-        found = scan(resolve(calibration_dir), deployed, state, trigger=trigger, window_m=window_m, input_size=size,
-                     in_use=cameras_in_use(params))  # fmt: skip
+        found = scan(
+            resolve(calibration_dir),
+            deployed,
+            state,
+            trigger=trigger,
+            window_m=window_m,
+            input_size=size,
+            in_use=cameras_in_use(params),
+        )
         result.already_handled, result.unchanged, result.unused = found.already_handled, found.unchanged, found.unused
         result.gave_up = found.gave_up
         for cam in found.gave_up:
-            log.error("%s: retraining for its current calibration failed %d times; not retried (see %s, fix the "
-                      "cause, then record a new calibration or run the retrain by hand)", cam, trigger.max_attempts,
-                      trigger.state_file)  # fmt: skip
+            log.error(
+                "%s: retraining for its current calibration failed %d times; not retried (see %s, fix the "
+                "cause, then record a new calibration or run the retrain by hand)",
+                cam,
+                trigger.max_attempts,
+                trigger.state_file,
+            )
         for cam in found.already_handled:
             log.info("%s: its current calibration was already handled; nothing to do", cam)
         for cam in found.unchanged:
@@ -190,8 +207,9 @@ def watch_once(
         if result.material:
             for rep in result.material:
                 log.warning("%s", rep.summary())
-            submitter = submitter or kubeflow_submitter(root, kfp_host, namespace=namespace, experiment=experiment,
-                                                        token=os.environ.get("KFP_TOKEN"))  # fmt: skip
+            submitter = submitter or kubeflow_submitter(
+                root, kfp_host, namespace=namespace, experiment=experiment, token=os.environ.get("KFP_TOKEN")
+            )
             try:
                 result.action = retrain(mode, result.material, root, runner=runner, submitter=submitter)
             except TriggerError as err:
@@ -208,8 +226,7 @@ def watch_once(
     return result
 
 
-def retrain(mode: str, reports: list[ChangeReport], root: Path, *, runner: Runner | None,
-            submitter: Submitter) -> str:  # fmt: skip
+def retrain(mode: str, reports: list[ChangeReport], root: Path, *, runner: Runner | None, submitter: Submitter) -> str:
     """Start one retrain for all material changes; returns what was done, raises TriggerError."""
     if mode == "local":
         cmd = local_command()
@@ -240,8 +257,15 @@ def watch(*, interval_s: float | None, **kwargs: Any) -> WatchResult:
 # -- diff ------------------------------------------------------------------------------------
 
 
-def diff(camera_id: str, *, params_path: Path, calibration_dir: Path, card: Path, bento_json: Path,
-         against: str | None = None) -> ChangeReport:  # fmt: skip
+def diff(
+    camera_id: str,
+    *,
+    params_path: Path,
+    calibration_dir: Path,
+    card: Path,
+    bento_json: Path,
+    against: str | None = None,
+) -> ChangeReport:
     """Compare a camera's current calibration with `against` (default: the deployed version)."""
     from thermops.camera.calibration import load_calibration
     from thermops.camera.registry import camera_path
@@ -293,8 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("record", help="record a new calibration of a registered camera")
     r.add_argument("camera_id")
-    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a field, e.g. geometry.pitch_deg=8.0 (repeatable)")  # fmt: skip
+    r.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a field, e.g. geometry.pitch_deg=8.0 (repeatable)",
+    )
     r.add_argument("--from", dest="from_file", type=Path, help="the new calibration as a YAML file")
     r.add_argument("--version")
     r.add_argument("--valid-from", type=_date)
@@ -303,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", help="committed calibrations of a camera (git)")
     h.add_argument("camera_id")
 
-    for name, helptext in (("diff", "compare a camera's calibration with the deployed one"),
-                           ("watch", "retrain on material calibration changes")):  # fmt: skip
+    for name, helptext in (
+        ("diff", "compare a camera's calibration with the deployed one"),
+        ("watch", "retrain on material calibration changes"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--params", type=Path, default=Path("params.yaml"))
         p.add_argument("--card", type=Path, default=DEFAULT_CARD, help="the gated model card")
@@ -331,31 +363,59 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         if args.command == "add":
-            cal = add_camera(args.calibrations, args.camera_id, from_file=args.from_file, width=args.width,
-                             height=args.height, version=args.version, valid_from=args.valid_from,
-                             description=args.description, source=args.source, agc_mode=args.agc_mode)  # fmt: skip
+            cal = add_camera(
+                args.calibrations,
+                args.camera_id,
+                from_file=args.from_file,
+                width=args.width,
+                height=args.height,
+                version=args.version,
+                valid_from=args.valid_from,
+                description=args.description,
+                source=args.source,
+                agc_mode=args.agc_mode,
+            )
             print(f"added {cal.camera_id} version {cal.version} (valid from {cal.valid_from}, {cal.units})")
         elif args.command == "record":
-            old, new = record_calibration(args.calibrations, args.camera_id,
-                                          assignments=[parse_assignment(s) for s in args.sets],
-                                          from_file=args.from_file, version=args.version,
-                                          valid_from=args.valid_from, description=args.description)  # fmt: skip
+            old, new = record_calibration(
+                args.calibrations,
+                args.camera_id,
+                assignments=[parse_assignment(s) for s in args.sets],
+                from_file=args.from_file,
+                version=args.version,
+                valid_from=args.valid_from,
+                description=args.description,
+            )
             print(f"recorded {new.camera_id} version {new.version} (was {old.version}), valid from {new.valid_from}")
         elif args.command == "history":
             for e in calibration_history(args.calibrations, args.camera_id):
                 what = f"{e.calibration.version} valid from {e.calibration.valid_from}" if e.calibration else e.error
                 print(f"{e.commit[:10]} {e.committed} {what}")
         elif args.command == "diff":
-            rep = diff(args.camera_id, params_path=args.params, calibration_dir=args.calibrations,
-                       card=args.card, bento_json=args.bento_json, against=args.against)  # fmt: skip
+            rep = diff(
+                args.camera_id,
+                params_path=args.params,
+                calibration_dir=args.calibrations,
+                card=args.card,
+                bento_json=args.bento_json,
+                against=args.against,
+            )
             print(json.dumps(rep.to_dict(), indent=2, default=float) if args.json else rep.summary())
         elif args.command == "watch":
             interval = args.interval
             if args.poll:
                 interval = section(load_params(args.params), "trigger", TriggerParams).poll_interval_s
-            res = watch(interval_s=interval, params_path=args.params, calibration_dir=args.calibrations,
-                        card=args.card, bento_json=args.bento_json, mode=args.mode, kfp_host=args.kfp_host,
-                        namespace=args.namespace, experiment=args.experiment)  # fmt: skip
+            res = watch(
+                interval_s=interval,
+                params_path=args.params,
+                calibration_dir=args.calibrations,
+                card=args.card,
+                bento_json=args.bento_json,
+                mode=args.mode,
+                kfp_host=args.kfp_host,
+                namespace=args.namespace,
+                experiment=args.experiment,
+            )
             print(f"triggered: {res.action}" if res.triggered else "no retrain triggered")
     except (CalibrationError, ParamsError, TriggerError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

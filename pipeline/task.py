@@ -26,6 +26,7 @@ import yaml
 from pipeline.codegen import decode_param
 from pipeline.graph import nest
 
+
 def _hash_value(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -228,7 +229,9 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
             art.metadata.update({"stage": spec["stage"], "path": o["path"], **prov})
         if spec.get("gate"):
             if verdict is None:
-                raise FileNotFoundError(f"stage {spec['stage']}: no verdict {spec['gate']['key']} in {spec['gate']['metrics']}")
+                raise FileNotFoundError(
+                    f"stage {spec['stage']}: no verdict {spec['gate']['key']} in {spec['gate']['metrics']}"
+                )
             return verdict
         return None
     finally:
@@ -270,7 +273,7 @@ def run_fetch_task(spec_json: str, args: dict[str, Any]) -> None:
         url = args["data_repo"]
         token = os.environ.get("GIT_TOKEN")  # from the dvc_remote secret, for a private repo
         if token and url.startswith("https://"):
-            url = "https://x-access-token:" + token + "@" + url[len("https://"):]
+            url = "https://x-access-token:" + token + "@" + url[len("https://") :]
         subprocess.run(["git", "clone", "--quiet", url, str(work)], check=True)
         subprocess.run(["git", "-C", str(work), "checkout", "--quiet", commit], check=True)
         pull = [sys.executable, "-m", "dvc", "pull", *spec["stages"]]
@@ -280,6 +283,8 @@ def run_fetch_task(spec_json: str, args: dict[str, Any]) -> None:
         for o in spec["outputs"]:
             art = args[o["name"]]
             _copy_out(work / o["path"], Path(art.path))
-            art.metadata.update({"stage": "fetch", "path": o["path"], "data_hash": args["data_hash"], "git_rev": commit})
+            art.metadata.update(
+                {"stage": "fetch", "path": o["path"], "data_hash": args["data_hash"], "git_rev": commit}
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)

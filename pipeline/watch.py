@@ -132,7 +132,7 @@ class TriggerState:
             "action": action,
             "deployed_version": report.old_version,
             "summary": report.summary(),
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         self.failed.get(report.camera_id, {}).pop(report.new_version, None)
 
@@ -145,7 +145,7 @@ class TriggerState:
         self.failed.setdefault(report.camera_id, {})[report.new_version] = {
             "attempts": self.attempts(report.camera_id, report.new_version) + 1,
             "last_error": error,
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
 
     def save(self) -> None:
@@ -158,7 +158,7 @@ class TriggerState:
         write_json(self.path, {"format": STATE_FORMAT, "handled": self.handled, "failed": failed})
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator["TriggerState"]:
+    def locked(self) -> Iterator[TriggerState]:
         """Hold an exclusive lock so two watchers never handle the same change at once."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "w") as fh:
@@ -205,8 +205,16 @@ def cameras_in_use(params: dict[str, Any]) -> set[str] | None:
         return None
 
 
-def scan(calibration_dir: str | Path, deployed: Deployed, state: TriggerState, *, trigger: TriggerParams,
-         window_m: float, input_size: int, in_use: set[str] | None = None) -> Scan:  # fmt: skip
+def scan(
+    calibration_dir: str | Path,
+    deployed: Deployed,
+    state: TriggerState,
+    *,
+    trigger: TriggerParams,
+    window_m: float,
+    input_size: int,
+    in_use: set[str] | None = None,
+) -> Scan:
     """Compare each camera's current calibration with the deployed one; skip handled versions.
 
     A camera the deployed model never saw is material if the pipeline would train on
@@ -255,8 +263,9 @@ def scan(calibration_dir: str | Path, deployed: Deployed, state: TriggerState, *
                     f"keeps its version {version!r}; record a new calibration (python -m pipeline.recalibrate record)"
                 )
             else:
-                rep = compare(old, cal, trigger=trigger, envelope=deployed.envelope, window_m=window_m,
-                              input_size=input_size)  # fmt: skip
+                rep = compare(
+                    old, cal, trigger=trigger, envelope=deployed.envelope, window_m=window_m, input_size=input_size
+                )
         out.reports.append(rep)
         out.fingerprints[camera_id] = fp
     return out

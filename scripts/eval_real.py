@@ -67,7 +67,9 @@ class RealEvalParams:
             raise ValueError("train_sources must name at least one source")
         both = sorted(set(self.train_sources) & set(self.heldout_sources))
         if both:
-            raise ValueError(f"sources {both} are both in train_sources and heldout_sources (held-out means never trained on)")
+            raise ValueError(
+                f"sources {both} are both in train_sources and heldout_sources (held-out means never trained on)"
+            )
         for name, lst in (("train_sources", self.train_sources), ("heldout_sources", self.heldout_sources)):
             if len(set(lst)) != len(lst):
                 raise ValueError(f"{name} lists a source twice: {lst}")
@@ -121,16 +123,23 @@ def score(preds: torch.Tensor, target: torch.Tensor, classes: list[str], positiv
     }
 
 
-def evaluate_prepared(model: torch.nn.Module, card: dict, prepared: Path, positive: str, split: str | None,
-                      device: torch.device, by: str = "source") -> dict:  # fmt: skip
+def evaluate_prepared(
+    model: torch.nn.Module,
+    card: dict,
+    prepared: Path,
+    positive: str,
+    split: str | None,
+    device: torch.device,
+    by: str = "source",
+) -> dict:
     """Figures of `model` on a prepared folder: the rows of `split` (None: all rows), per `by` value and overall.
 
     Returns {"all": score, "<source>": score, ...}.
     """
-    from thermops.model.card import input_spec_from_card
+    from thermops.data.prepared import load_prepared
     from thermops.learn.datasets import model_inputs
     from thermops.learn.engine import predict
-    from thermops.data.prepared import load_prepared
+    from thermops.model.card import input_spec_from_card
 
     classes = list(card["classes"])
     if positive not in classes:
@@ -192,29 +201,39 @@ def markdown(result: dict) -> str:
     for name, res in result["heldout"].items():
         rows.append((f"{name}, all tubelets (held out)", res["all"]))
     for name, s in rows:
-        lines.append(f"| {name} | {s['n']} | {s[f'n_{pos}']} | {_f(s[f'{pos}_vs_rest_accuracy'])} | "
-                     f"{_f(s[f'{pos}_recall'])} / {_f(s[f'{pos}_precision'])} | {_f(s['accuracy'])} | {_f(s['macro_f1'])} |")  # fmt: skip
-    lines += ["", "Test tubelets cut from a clip (for still images: an image) that also gave train tubelets "
-              "(splits are by track, not by clip): " + ", ".join(
-                  f"{k} {v['clip_also_in_train']} of {v['n']}" for k, v in result["test_clip_overlap"].items())]  # fmt: skip
+        lines.append(
+            f"| {name} | {s['n']} | {s[f'n_{pos}']} | {_f(s[f'{pos}_vs_rest_accuracy'])} | "
+            f"{_f(s[f'{pos}_recall'])} / {_f(s[f'{pos}_precision'])} | {_f(s['accuracy'])} | {_f(s['macro_f1'])} |"
+        )
+    lines += [
+        "",
+        "Test tubelets cut from a clip (for still images: an image) that also gave train tubelets "
+        "(splits are by track, not by clip): "
+        + ", ".join(f"{k} {v['clip_also_in_train']} of {v['n']}" for k, v in result["test_clip_overlap"].items()),
+    ]
     lines += ["", "Step times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()), ""]
-    lines += ["Prepared data: " + ", ".join(f"{k}: {v['n_tubelets']} tubelets {v['by_source']}"
-                                            for k, v in result["prepared"].items()), ""]  # fmt: skip
+    lines += [
+        "Prepared data: "
+        + ", ".join(f"{k}: {v['n_tubelets']} tubelets {v['by_source']}" for k, v in result["prepared"].items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
 # -- the run --------------------------------------------------------------------------------
 
 
-def run(params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibration_dir: Path, command: str = "") -> dict:
+def run(
+    params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibration_dir: Path, command: str = ""
+) -> dict:
     """Ingest, prepare, pretrain, fine-tune and evaluate; write OUT/real_eval.{json,md}; return the result."""
     from components import finetune, ingest, prepare, pretrain
-    from thermops.model.card import load_model_dir
     from thermops.data.extract import PrepareParams
+    from thermops.data.prepared import load_prepared
     from thermops.io import write_json
+    from thermops.model.card import load_model_dir
     from thermops.model.network import ModelConfig
     from thermops.model.preprocess import InputSpec
-    from thermops.data.prepared import load_prepared
 
     t_start = time.perf_counter()
     params = load_params(params_path)
@@ -259,12 +278,29 @@ def run(params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibrati
     # 2. prepared data: training sources and held-out sources separately
     prepared: dict[str, dict] = {}
     prep_cfg = section(p_train, "prepare", PrepareParams)
-    prepared["train"] = timed("prepare_train", prepare.run, prep_cfg, cfg.train_sources, classes, seed, raw,
-                              calibration_dir, work / "prepared" / "train")  # fmt: skip
+    prepared["train"] = timed(
+        "prepare_train",
+        prepare.run,
+        prep_cfg,
+        cfg.train_sources,
+        classes,
+        seed,
+        raw,
+        calibration_dir,
+        work / "prepared" / "train",
+    )
     if cfg.heldout_sources:
-        prepared["heldout"] = timed("prepare_heldout", prepare.run, section(p_held, "prepare", PrepareParams),
-                                    cfg.heldout_sources, classes, seed, raw, calibration_dir,
-                                    work / "prepared" / "heldout")  # fmt: skip
+        prepared["heldout"] = timed(
+            "prepare_heldout",
+            prepare.run,
+            section(p_held, "prepare", PrepareParams),
+            cfg.heldout_sources,
+            classes,
+            seed,
+            raw,
+            calibration_dir,
+            work / "prepared" / "heldout",
+        )
 
     # 3. pretrain and fine-tune on the training data
     model_cfg = section(p_train, "model", ModelConfig)
@@ -272,14 +308,41 @@ def run(params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibrati
     spec = section(p_train, "input", InputSpec)
     pre_cfg = section(p_train, "pretrain", pretrain.PretrainParams)
     ft_cfg = section(p_train, "finetune", finetune.FinetuneParams)
-    pre = timed("pretrain", pretrain.run, pre_cfg, model_cfg, spec, seed, work / "prepared" / "train",
-                work / "pretrained", work / "metrics" / "pretrain.json", work / "metrics" / "pretrain_loss.csv",
-                work / "checkpoints" / "pretrain")  # fmt: skip
-    used = {k: p_train[k] for k in ("seed", "classes", "data", "model", "input", "pretrain", "finetune") if k in p_train}
-    ft = timed("finetune", finetune.run, ft_cfg, model_cfg, spec, classes, seed, work / "prepared" / "train",
-               work / "pretrained", work / "finetuned", work / "metrics" / "finetune.json",
-               work / "metrics" / "confusion.csv", work / "metrics" / "finetune_curve.csv", work / "figures",
-               work / "checkpoints" / "finetune", params_used=used, compare=False)  # fmt: skip
+    pre = timed(
+        "pretrain",
+        pretrain.run,
+        pre_cfg,
+        model_cfg,
+        spec,
+        seed,
+        work / "prepared" / "train",
+        work / "pretrained",
+        work / "metrics" / "pretrain.json",
+        work / "metrics" / "pretrain_loss.csv",
+        work / "checkpoints" / "pretrain",
+    )
+    used = {
+        k: p_train[k] for k in ("seed", "classes", "data", "model", "input", "pretrain", "finetune") if k in p_train
+    }
+    ft = timed(
+        "finetune",
+        finetune.run,
+        ft_cfg,
+        model_cfg,
+        spec,
+        classes,
+        seed,
+        work / "prepared" / "train",
+        work / "pretrained",
+        work / "finetuned",
+        work / "metrics" / "finetune.json",
+        work / "metrics" / "confusion.csv",
+        work / "metrics" / "finetune_curve.csv",
+        work / "figures",
+        work / "checkpoints" / "finetune",
+        params_used=used,
+        compare=False,
+    )
 
     # 4. evaluation of the fine-tuned model
     device = torch.device("cuda" if ft_cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -291,8 +354,14 @@ def run(params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibrati
     if cfg.heldout_sources:
         per = evaluate_prepared(model, card, work / "prepared" / "heldout", cfg.positive, None, device)
         held_rows = load_prepared(work / "prepared" / "heldout").rows
-        heldout = {s: {"all": per[s], "by_split": dict(sorted(Counter(r["split"] for r in held_rows if r["source"] == s).items()))}
-                   for s in per if s != "all"}  # fmt: skip
+        heldout = {
+            s: {
+                "all": per[s],
+                "by_split": dict(sorted(Counter(r["split"] for r in held_rows if r["source"] == s).items())),
+            }
+            for s in per
+            if s != "all"
+        }
         missing = sorted(set(cfg.heldout_sources) - set(heldout))
         if missing:
             raise ValueError(f"held-out sources {missing} gave no tubelets")
@@ -300,9 +369,9 @@ def run(params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibrati
     wall = time.perf_counter() - t_start
     result = {
         "command": command,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__} on {device}, "
-                   f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end",
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end",
         "git_revision": card.get("git_revision"),
         "seed": seed,
         "positive": cfg.positive,
@@ -311,11 +380,18 @@ def run(params_path: Path, raw_synthetic: Path, work: Path, out: Path, calibrati
         "heldout_sources": cfg.heldout_sources,
         "overrides": cfg.overrides,
         "epochs": {"pretrain": pre["epochs"], "finetune": ft["epochs"]},
-        "ingest": {s: {k: v.get(k) for k in ("clips", "frames", "boxes", "boxes_per_class")} for s, v in index["sources"].items()},
-        "prepared": {k: {kk: v[kk] for kk in ("n_tubelets", "by_split", "by_source", "by_label", "data_hash")}
-                     for k, v in prepared.items()},  # fmt: skip
+        "ingest": {
+            s: {k: v.get(k) for k in ("clips", "frames", "boxes", "boxes_per_class")}
+            for s, v in index["sources"].items()
+        },
+        "prepared": {
+            k: {kk: v[kk] for kk in ("n_tubelets", "by_split", "by_source", "by_label", "data_hash")}
+            for k, v in prepared.items()
+        },
         "pretrain": {k: pre[k] for k in ("first_loss", "final_loss", "n_tubelets", "seconds")},
-        "finetune": {k: ft[k] for k in ("accuracy", "macro_f1", "val_accuracy", "val_macro_f1", "best_epoch", "seconds")},
+        "finetune": {
+            k: ft[k] for k in ("accuracy", "macro_f1", "val_accuracy", "val_macro_f1", "best_epoch", "seconds")
+        },
         "train_test": train_test,
         "test_clip_overlap": clip_overlap(work / "prepared" / "train"),
         "heldout": heldout,

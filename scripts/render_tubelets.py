@@ -1,6 +1,6 @@
 """Render a grid of prepared tubelets (first and last frame) per class to a PNG.
 
-    python scripts/render_tubelets.py data/prepared docs/img/tubelets.png
+python scripts/render_tubelets.py data/prepared docs/img/tubelets.png
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from thermops.camera.calibration import load_calibration
-from thermops.config import load_params, section
 from thermops.camera.sensor import agc_linear, agc_plateau
+from thermops.config import load_params, section
 from thermops.world.synth import SynthParams, synthesize_camera
 
 COLOURS = {"person": "#ff3b30", "vehicle": "#34c759", "animal": "#ffcc00", "nuisance": "#0a84ff"}
@@ -26,9 +26,11 @@ COLOURS = {"person": "#ff3b30", "vehicle": "#34c759", "animal": "#ffcc00", "nuis
 
 def _pick(results, day: bool):
     """The clip closest to mid-day (or to midnight) for a camera."""
+
     def key(r):
         h = float(r.row["time_of_day_h"])
         return abs(h - 13.0) if day else min(abs(h - 0.0), abs(h - 24.0), abs(h - 2.0))
+
     return min(results, key=key)
 
 
@@ -38,8 +40,12 @@ def _real_frames(real: Path) -> list[tuple[str, np.ndarray]]:
     out = []
     tno = sorted((real / "tno-fel-sequences").glob("*/*.bmp"))
     if tno:
-        out.append((f"real: TNO {tno[len(tno) // 2].parent.name} (night, fixed camera)",
-                    np.asarray(Image.open(tno[len(tno) // 2]).convert("L"))))  # fmt: skip
+        out.append(
+            (
+                f"real: TNO {tno[len(tno) // 2].parent.name} (night, fixed camera)",
+                np.asarray(Image.open(tno[len(tno) // 2]).convert("L")),
+            )
+        )
     hit = sorted((real / "hit-uav" / "images").glob("0_*.jpg"))
     if hit:
         out.append(("real: HIT-UAV (day, UAV)", np.asarray(Image.open(hit[len(hit) // 3]).convert("L"))))
@@ -82,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 img = agc_linear(raw, cal.agc.clip_percent)
             boxes = [a for a in r.annotations if a["frame"] == fi]
-            title = (f"{cam} {cal.geometry.image_width}x{cal.geometry.image_height}, "
-                     f"{r.row['time_of_day_h']:.1f} h {r.row['weather']}, {r.row['ambient_c']:.0f} C")  # fmt: skip
+            title = (
+                f"{cam} {cal.geometry.image_width}x{cal.geometry.image_height}, "
+                f"{r.row['time_of_day_h']:.1f} h {r.row['weather']}, {r.row['ambient_c']:.0f} C"
+            )
             panels.append((title, img, boxes))
     for title, img in _real_frames(args.real):
         panels.append((title, img, []))
@@ -96,10 +104,19 @@ def main(argv: list[str] | None = None) -> None:
         ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         for a in boxes:
             c = COLOURS.get(a["label"], "white")
-            ax.add_patch(patches.Rectangle((a["x0"] - 0.5, a["y0"] - 0.5), a["x1"] - a["x0"], a["y1"] - a["y0"],
-                                           fill=False, edgecolor=c, linewidth=0.8))  # fmt: skip
-            ax.text(a["x0"], a["y0"] - 1, f"{a['source_label']} {a['distance_m']:.0f}m", color=c, fontsize=5,
-                    va="bottom")  # fmt: skip
+            ax.add_patch(
+                patches.Rectangle(
+                    (a["x0"] - 0.5, a["y0"] - 0.5),
+                    a["x1"] - a["x0"],
+                    a["y1"] - a["y0"],
+                    fill=False,
+                    edgecolor=c,
+                    linewidth=0.8,
+                )
+            )
+            ax.text(
+                a["x0"], a["y0"] - 1, f"{a['source_label']} {a['distance_m']:.0f}m", color=c, fontsize=5, va="bottom"
+            )
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = ("fence_mid", "gate_wide", "perimeter_long")
 GIT_ENV = {
-    "GIT_AUTHOR_NAME": "thermops-test", "GIT_AUTHOR_EMAIL": "test@thermops.invalid",
-    "GIT_COMMITTER_NAME": "thermops-test", "GIT_COMMITTER_EMAIL": "test@thermops.invalid",
-}  # fmt: skip
+    "GIT_AUTHOR_NAME": "thermops-test",
+    "GIT_AUTHOR_EMAIL": "test@thermops.invalid",
+    "GIT_COMMITTER_NAME": "thermops-test",
+    "GIT_COMMITTER_EMAIL": "test@thermops.invalid",
+}
 
 # A validated envelope as the gate writes it (model-input pixels of a 32-pixel window).
 ENVELOPE = {

@@ -68,10 +68,14 @@ def raw_root(small_params, small_params_file, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("raw")
     for cam in small_params["synth"]["cameras"]:
         run_step(
-            "components.synthesize", "--params", str(small_params_file),
-            "--calibration", str(ROOT / "data" / "calibration" / f"{cam}.yaml"),
-            "--out", str(root / "synthetic" / cam),
-        )  # fmt: skip
+            "components.synthesize",
+            "--params",
+            str(small_params_file),
+            "--calibration",
+            str(ROOT / "data" / "calibration" / f"{cam}.yaml"),
+            "--out",
+            str(root / "synthetic" / cam),
+        )
     return root
 
 

@@ -38,7 +38,7 @@ class KfpStandIn:
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def __enter__(self) -> "KfpStandIn":
+    def __enter__(self) -> KfpStandIn:
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,7 +86,11 @@ class KfpStandIn:
                     if standin.fail_runs_with:
                         return self._reply(
                             standin.fail_runs_with,
-                            {"error": "stand-in failure", "code": 13, "message": "internal error: stand-in refused the run"},
+                            {
+                                "error": "stand-in failure",
+                                "code": 13,
+                                "message": "internal error: stand-in refused the run",
+                            },
                         )
                     run = {**rec.body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
                     standin.runs[run["run_id"]] = run

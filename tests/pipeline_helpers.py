@@ -149,7 +149,9 @@ def git(root: Path, *args: str) -> str:
     """Run git in `root` and return its stdout."""
     return subprocess.run(
         ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -193,7 +195,9 @@ def copy_repo(src: Path, dst: Path, params: dict) -> Path:
 
     files = subprocess.run(
         ["git", "-C", str(src), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split("\0")
     from pipeline.graph import load_stages
 
@@ -217,7 +221,9 @@ def copy_repo(src: Path, dst: Path, params: dict) -> Path:
 # -- reading a compiled pipeline spec ------------------------------------------------------
 
 
-def _walk_tasks(spec: dict[str, Any], dag: dict[str, Any], out: dict[str, dict[str, Any]], parent_inputs: dict[str, Any]) -> None:
+def _walk_tasks(
+    spec: dict[str, Any], dag: dict[str, Any], out: dict[str, dict[str, Any]], parent_inputs: dict[str, Any]
+) -> None:
     for key, task in dag.get("tasks", {}).items():
         comp = spec["components"][task["componentRef"]["name"]]
         ins = task.get("inputs", {})
@@ -261,7 +267,9 @@ def resolved_inputs(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[str
     This is what KFP's cache key covers besides the component: two runs whose digests
     agree for a task would hit the cache for it; a changed digest means a re-run.
     """
-    defaults = {k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()}
+    defaults = {
+        k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()
+    }
     values = {**defaults, **arguments}
     tasks = task_inputs(spec)
     digests: dict[str, str] = {}
@@ -275,7 +283,9 @@ def resolved_inputs(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[str
         parts: dict[str, Any] = {"component": json.dumps(executor, sort_keys=True)}
         for name, src in sorted(t["params"].items()):
             kind, ref = src
-            parts[name] = values.get(ref) if kind == "param" else digest(ref) if kind == "task" and ref in tasks else ref
+            parts[name] = (
+                values.get(ref) if kind == "param" else digest(ref) if kind == "task" and ref in tasks else ref
+            )
         for name, producer in sorted(t["artifacts"].items()):
             parts[name] = digest(producer) if isinstance(producer, str) and producer in tasks else str(producer)
         digests[key] = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -286,7 +296,9 @@ def resolved_inputs(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[str
 
 def directly_changed(spec: dict[str, Any], args_a: dict[str, Any], args_b: dict[str, Any]) -> set[str]:
     """Tasks whose own parameter inputs differ between two argument sets (what `dvc status` reports)."""
-    defaults = {k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()}
+    defaults = {
+        k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()
+    }
     a, b = {**defaults, **args_a}, {**defaults, **args_b}
     out = set()
     for key, t in task_inputs(spec).items():
@@ -298,7 +310,11 @@ def directly_changed(spec: dict[str, Any], args_a: dict[str, Any], args_b: dict[
 
 def load_spec(text_or_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pipeline spec, Kubernetes platform spec) of a compiled pipeline YAML."""
-    text = Path(text_or_path).read_text() if isinstance(text_or_path, Path) or "\n" not in str(text_or_path) else str(text_or_path)
+    text = (
+        Path(text_or_path).read_text()
+        if isinstance(text_or_path, Path) or "\n" not in str(text_or_path)
+        else str(text_or_path)
+    )
     docs = [d for d in yaml.safe_load_all(text) if d]
     spec = next(d for d in docs if "root" in d)
     platform = next((d for d in docs if "platforms" in d), {})

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from params_helpers import from_params
 from torch import nn
 
-from thermops.model.card import make_card, save_model_dir
 from thermops.config import merge_params
+from thermops.data.prepared import load_prepared
+from thermops.model.card import make_card, save_model_dir
 from thermops.model.network import ModelConfig, TubeletClassifier
 from thermops.model.preprocess import InputSpec, prepare_batch
-from thermops.data.prepared import load_prepared
 
 CLASSES = ["person", "vehicle", "animal", "nuisance"]
-SPEC = InputSpec(frames=4, size=16, celsius_scale_k=5.0)
-CFG = ModelConfig(widths=(8, 16), embed_dim=16, dropout=0.0)
+SPEC = from_params(InputSpec, "input", frames=4, size=16, celsius_scale_k=5.0, robust_floor=1.0)
+CFG = from_params(ModelConfig, "model", widths=(8, 16), embed_dim=16, dropout=0.0, size="tiny", blocks_per_stage=1)
 
 
 def split_xy(prepared: Path, split: str, spec: InputSpec = SPEC) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +62,13 @@ def train_tiny(prepared: Path, epochs: int = 12, adv_eps: float = 0.0, seed: int
 
 def save_tiny(directory: Path, model: nn.Module) -> Path:
     """Write a model dir (model.pt + card.json) for the tiny model."""
-    card = make_card(classes=CLASSES, model_cfg=CFG, input_spec=SPEC, calibrations={"cam0": "cam0-v1"},
-                     data={"source": "tests/training_helpers"})  # fmt: skip
+    card = make_card(
+        classes=CLASSES,
+        model_cfg=CFG,
+        input_spec=SPEC,
+        calibrations={"cam0": "cam0-v1"},
+        data={"source": "tests/training_helpers"},
+    )
     save_model_dir(directory, model, card)
     return directory
 
@@ -103,17 +109,33 @@ def gate_params(**over) -> dict:
         "pgd": {"steps": 8, "restarts": 1, "step_size": 0.3},
         "apgd": {"steps": 8},
         "cw": {"subset": 8, "steps": 30, "search_steps": 3, "c_init": 1.0, "lr": 0.02},
-        "sanity": {"monotone_tol": 0.05, "large_eps_max_accuracy": 0.05, "more_steps_factor": 2,
-                   "more_steps_tol": 0.05, "max_zero_grad_fraction": 0.0, "black_box_tol": 0.05, "random_draws": 2},
-        "corruptions": {"subset": 24},
-        "perspective": {"subset": 24, "magnitudes_px": [0.5, 1.0, 2.0], "decision_px": 1.0,
-                        "worst_case": {"subset": 8, "budget_px": 1.0, "steps": 3}},
+        "sanity": {
+            "monotone_tol": 0.05,
+            "large_eps_max_accuracy": 0.05,
+            "more_steps_factor": 2,
+            "more_steps_tol": 0.05,
+            "max_zero_grad_fraction": 0.0,
+            "black_box_tol": 0.05,
+            "random_draws": 2,
+        },
+        "corruptions": {"subset": 24, "names": [], "severities": {}},
+        "perspective": {
+            "subset": 24,
+            "magnitudes_px": [0.5, 1.0, 2.0],
+            "decision_px": 1.0,
+            "worst_case": {"subset": 8, "budget_px": 1.0, "steps": 3},
+        },
         "radiometric": {"gain_changes": [0.1, 0.3], "offset_k": [0.5, 2.0]},
-        "thresholds": {"clean_accuracy": 0.4, "robust_accuracy": {"linf": {0.05: 0.0}, "l2": {0.5: 0.0}},
-                       "max_mean_ce": 1.5, "max_flip_rate": 0.5, "max_stability_slope": 10.0},
+        "thresholds": {
+            "clean_accuracy": 0.4,
+            "robust_accuracy": {"linf": {0.05: 0.0}, "l2": {0.5: 0.0}},
+            "max_mean_ce": 1.5,
+            "max_flip_rate": 0.5,
+            "max_stability_slope": 10.0,
+        },
         "regression": {"accuracy_tol": 0.03, "relative_tol": 0.1, "z": 1.0},
         "report": {"examples": 2, "occlusion_window": [2, 8, 8]},
-    }  # fmt: skip
+    }
     return merge_params(p, over)
 
 

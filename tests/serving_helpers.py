@@ -18,57 +18,80 @@ from typing import Any
 
 import numpy as np
 import torch
+from params_helpers import from_params
 
 from thermops.camera.calibration import Agc, Calibration, Geometry, Radiometry, write_calibration
-from thermops.model.card import make_card, save_model_dir
 from thermops.io import write_json
+from thermops.model.card import make_card, save_model_dir
 from thermops.model.network import ModelConfig, TubeletClassifier
 from thermops.model.preprocess import InputSpec
 from thermops.serve.requests import PackageParams
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["person", "vehicle", "animal", "nuisance"]
-SPEC = InputSpec(frames=8, size=32)
+SPEC = from_params(InputSpec, "input", frames=8, size=32)
 
 
 def radiometric_calibration(camera_id: str = "cam-lin", version: str = "v1") -> Calibration:
     """A 14-bit linear radiometric camera with known geometry."""
     return Calibration(
-        camera_id=camera_id, version=version, valid_from=dt.date(2026, 1, 1),
-        geometry=Geometry(image_width=384, image_height=288, fx=600.0, fy=600.0, cx=192.0, cy=144.0,
-                          height_m=6.0, pitch_deg=12.0, min_range_m=10.0, max_range_m=200.0),
-        radiometry=Radiometry(mode="linear", bit_depth=14, gain_counts_per_k=40.0, offset_counts=7000.0,
-                              netd_mk=50.0),
-    )  # fmt: skip
+        camera_id=camera_id,
+        version=version,
+        valid_from=dt.date(2026, 1, 1),
+        geometry=Geometry(
+            image_width=384,
+            image_height=288,
+            fx=600.0,
+            fy=600.0,
+            cx=192.0,
+            cy=144.0,
+            height_m=6.0,
+            pitch_deg=12.0,
+            min_range_m=10.0,
+            max_range_m=200.0,
+        ),
+        radiometry=Radiometry(mode="linear", bit_depth=14, gain_counts_per_k=40.0, offset_counts=7000.0, netd_mk=50.0),
+    )
 
 
 def display8_calibration(camera_id: str = "cam-d8", version: str = "d1") -> Calibration:
     """An 8-bit AGC camera with unknown geometry."""
     return Calibration(
-        camera_id=camera_id, version=version, valid_from=dt.date(2026, 1, 1),
+        camera_id=camera_id,
+        version=version,
+        valid_from=dt.date(2026, 1, 1),
         geometry=Geometry(known=False, image_width=320, image_height=240),
-        radiometry=Radiometry(mode="display8", bit_depth=8), agc=Agc(mode="unknown"),
+        radiometry=Radiometry(mode="display8", bit_depth=8),
+        agc=Agc(mode="unknown"),
     )
 
 
 def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str, Path]:
     """Write models/gated, metrics/gate.json and data/calibration under `root`."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(size="tiny", embed_dim=32)
+    cfg = from_params(ModelConfig, "model", size="tiny", embed_dim=32)
     model = TubeletClassifier(cfg, len(CLASSES)).eval()
     cals = [radiometric_calibration(), display8_calibration()]
     cal_dir = root / "data" / "calibration"
     for c in cals:
         write_calibration(c, cal_dir)
     card = make_card(
-        classes=CLASSES, model_cfg=cfg, input_spec=SPEC,
+        classes=CLASSES,
+        model_cfg=cfg,
+        input_spec=SPEC,
         calibrations={c.camera_id: c.version for c in cals},
-        data={"hash": "0123456789abcdef" * 2, "n_train": 10}, metrics={"val_macro_f1": 0.5},
-        params={"prepare": {"radiometric": True}}, units=["celsius", "display8"],
-        gate={"passed": passed, "decision": "pass" if passed else "fail", "reasons": [] if passed else ["too weak"],
-              "metrics": {"clean_macro_f1": 0.5}},
+        data={"hash": "0123456789abcdef" * 2, "n_train": 10},
+        metrics={"val_macro_f1": 0.5},
+        params={"prepare": {"radiometric": True}},
+        units=["celsius", "display8"],
+        gate={
+            "passed": passed,
+            "decision": "pass" if passed else "fail",
+            "reasons": [] if passed else ["too weak"],
+            "metrics": {"clean_macro_f1": 0.5},
+        },
         envelope={"pitch_deg": [-3.0, 3.0], "gain_rel": [0.9, 1.1]},
-    )  # fmt: skip
+    )
     model_dir = root / "models" / "gated"
     save_model_dir(model_dir, model, card)
     gate_json = root / "metrics" / "gate.json"
@@ -78,18 +101,34 @@ def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str
 
 def small_package_params() -> PackageParams:
     """Package params for tests: small batches, small limits (so oversize tests stay cheap)."""
-    return PackageParams(
-        model_name="thermops-test", bento_name="thermops-test", max_batch_size=16, max_latency_ms=5000,
-        max_frames=32, max_side=128, max_elements=200_000, max_upload_bytes=2_000_000,
-        max_request_bytes=8_000_000, workers=1, max_concurrency=64, timeout_s=30,
-    )  # fmt: skip
+    return from_params(
+        PackageParams,
+        "package",
+        model_name="thermops-test",
+        bento_name="thermops-test",
+        max_batch_size=16,
+        max_latency_ms=5000,
+        max_frames=32,
+        max_side=128,
+        max_elements=200_000,
+        max_upload_bytes=2_000_000,
+        max_request_bytes=8_000_000,
+        workers=1,
+        max_concurrency=64,
+        timeout_s=30,
+    )
 
 
 def bento_env(home: Path) -> dict[str, str]:
     """Environment for a BentoML subprocess with its own store."""
     env = dict(os.environ)
-    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # fmt: skip
+    env.update(
+        BENTOML_HOME=str(home),
+        BENTOML_DO_NOT_TRACK="true",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
     return env
 
 
@@ -107,10 +146,21 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._fh = open(log, "wb")
-        cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port),
-               *(extra or [])]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=bento_env(home), stdout=self._fh, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *(extra or []),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env=bento_env(home), stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         import requests
@@ -163,9 +213,8 @@ def display8_tubelet(t: int = 5, h: int = 40, w: int = 48, seed: int = 1) -> np.
 
 def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> dict[str, float]:
     """The prediction the service must give, computed in-process with the shared functions."""
-    from thermops.model.card import input_spec_from_card, load_model_dir
+    from thermops.model.card import input_spec_from_card, load_model_dir, radiometric_units
     from thermops.serve.requests import model_input, softmax_scores
-    from thermops.model.card import radiometric_units
 
     model, card = load_model_dir(model_dir)
     x, _ = model_input(arr.astype(np.float64), camera, radiometric_units(card), input_spec_from_card(card))
@@ -174,10 +223,25 @@ def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> 
     return softmax_scores(logits, card["classes"])[0]
 
 
-def package_in_subprocess(paths: dict[str, Path], home: Path, out: Path, params_yaml: Path) -> subprocess.CompletedProcess:
+def package_in_subprocess(
+    paths: dict[str, Path], home: Path, out: Path, params_yaml: Path
+) -> subprocess.CompletedProcess:
     """Run the package CLI as dvc would, with its own BENTOML_HOME."""
-    cmd = [sys.executable, "-m", "components.package", "--params", str(params_yaml), "--model", str(paths["model"]),
-           "--gate", str(paths["gate"]), "--calibration", str(paths["calibration"]), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "components.package",
+        "--params",
+        str(params_yaml),
+        "--model",
+        str(paths["model"]),
+        "--gate",
+        str(paths["gate"]),
+        "--calibration",
+        str(paths["calibration"]),
+        "--out",
+        str(out),
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=bento_env(home), capture_output=True, text=True, timeout=180)
 
 

@@ -78,7 +78,9 @@ def library_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path in sorted((ROOT / "thermops").rglob("*.py")):
         name = module_name(path)
-        graph[name] = {m for m in direct_imports(path) if m.startswith("thermops") and module_file(m).name != "__init__.py"}
+        graph[name] = {
+            m for m in direct_imports(path) if m.startswith("thermops") and module_file(m).name != "__init__.py"
+        }
     return graph
 
 

@@ -46,9 +46,15 @@ def test_bento_metadata_and_snapshot_stand_in_for_a_missing_card(tmp_path):
     (root / "models" / "gated" / "card.json").unlink()
     # The deployed calibration: the current one, 0.05 degrees lower, under a version git never saw.
     cal = (root / "data" / "calibration" / "fence_mid.yaml").read_text()
-    (root / "deployed.yaml").write_text(cal.replace("pitch_deg: 5.0", "pitch_deg: 4.95").replace("2026-11-01.1", "2026-10-01.1"))
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PYTHONPATH": str(REPO)}  # fmt: skip
+    (root / "deployed.yaml").write_text(
+        cal.replace("pitch_deg: 5.0", "pitch_deg: 4.95").replace("2026-11-01.1", "2026-10-01.1")
+    )
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONPATH": str(REPO),
+    }
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root)], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from params_helpers import from_params
 
 from thermops.camera.calibration import Calibration, load_calibration
 from thermops.camera.change import Envelope, TriggerParams, compare, geometric_figures, radiometric_figures
 from thermops.camera.geometry import PinholeCamera
 
-TRIGGER = TriggerParams()
+TRIGGER = from_params(TriggerParams, "trigger", p95_px=2.0)
 
 
 def _cal(name: str) -> Calibration:
@@ -28,7 +29,8 @@ def _edit(cal: Calibration, **sets) -> Calibration:
     return Calibration.model_validate(d)
 
 
-def _compare(old, new, envelope=Envelope()):
+def _compare(old, new, envelope=None):
+    envelope = Envelope() if envelope is None else envelope
     return compare(old, new, trigger=TRIGGER, envelope=envelope, window_m=4.0, input_size=32)
 
 
@@ -77,9 +79,16 @@ def test_model_pixels_are_camera_pixels_scaled_by_the_window_at_each_range():
 
 
 def test_planck_radiometry_error_against_a_linear_fit():
-    old = _edit(_cal("fence_mid"), radiometry__mode="planck", radiometry__gain_counts_per_k=None,
-                radiometry__offset_counts=None, radiometry__planck_r=400000.0, radiometry__planck_b=1430.0,
-                radiometry__planck_f=1.0, radiometry__planck_o=-7000.0)  # fmt: skip
+    old = _edit(
+        _cal("fence_mid"),
+        radiometry__mode="planck",
+        radiometry__gain_counts_per_k=None,
+        radiometry__offset_counts=None,
+        radiometry__planck_r=400000.0,
+        radiometry__planck_b=1430.0,
+        radiometry__planck_f=1.0,
+        radiometry__planck_o=-7000.0,
+    )
     same = radiometric_figures(old, old, (-20.0, 60.0))
     assert same["max_temp_error_k"] < 1e-6 and same["gain_change"] < 1e-9
     shifted = _edit(old, radiometry__planck_o=-6900.0)
@@ -91,7 +100,7 @@ def test_planck_radiometry_error_against_a_linear_fit():
 def test_uniform_offset_against_the_envelope():
     old = _cal("gate_wide")
     new = _edit(old, radiometry__offset_counts=old.radiometry.offset_counts + 45.0)  # +1 K at 45 counts/K
-    loose = TriggerParams(max_temp_error_k=5.0)
+    loose = from_params(TriggerParams, "trigger", p95_px=2.0, max_temp_error_k=5.0)
     rep = compare(old, new, trigger=loose, envelope=Envelope(max_offset_k=0.5), window_m=4.0, input_size=32)
     assert rep.figures["radiometric"]["offset_k"] == pytest.approx(1.0)
     assert rep.material_reasons == ["offset 1 K > envelope.radiometric.max_offset_k 0.5 K"]
@@ -99,13 +108,18 @@ def test_uniform_offset_against_the_envelope():
     invariant = Envelope(max_offset_k=0.5, uniform_offset_invariant=True)
     assert not compare(old, new, trigger=loose, envelope=invariant, window_m=4.0, input_size=32).material
     assert compare(old, new, trigger=TRIGGER, envelope=invariant, window_m=4.0, input_size=32).material_reasons == [
-        "temperature error over -20..60 degC 1 K > trigger.max_temp_error_k 0.5 K"]
+        "temperature error over -20..60 degC 1 K > trigger.max_temp_error_k 0.5 K"
+    ]
 
 
 def test_envelope_from_a_gate_card():
-    card = {"input": {"size": 32}, "envelope": {
-        "geometric": {"max_corner_px": 1.5, "max_scale_change": 0.08, "input_size_px": 24},
-        "radiometric": {"max_gain_change": 0.1, "max_offset_k": 2.0, "uniform_offset_invariant": True}}}  # fmt: skip
+    card = {
+        "input": {"size": 32},
+        "envelope": {
+            "geometric": {"max_corner_px": 1.5, "max_scale_change": 0.08, "input_size_px": 24},
+            "radiometric": {"max_gain_change": 0.1, "max_offset_k": 2.0, "uniform_offset_invariant": True},
+        },
+    }
     env = Envelope.from_card(card)
     assert env == Envelope(1.5, 0.08, 0.1, 2.0, 24, True)
     assert Envelope.from_card({"input": {"size": 32}}) == Envelope(input_size=32)
@@ -135,7 +149,9 @@ def test_routine_ffc_and_description_are_immaterial():
 def test_display8_cameras_compare_by_size_and_agc():
     old = _cal("hit-uav")
     assert not _compare(old, _edit(old, description="same camera")).material
-    assert _compare(old, _edit(old, agc__clip_percent=3.0)).material_reasons == ["agc settings changed on a display8 camera"]
+    assert _compare(old, _edit(old, agc__clip_percent=3.0)).material_reasons == [
+        "agc settings changed on a display8 camera"
+    ]
     assert "resolution changed" in _compare(old, _edit(old, geometry__image_height=480)).material_reasons[0]
     to_linear = _edit(_cal("fence_mid"), radiometry__mode="display8", radiometry__bit_depth=8)
     assert "tubelet units change" in _compare(_cal("fence_mid"), to_linear).material_reasons[0]

@@ -18,8 +18,10 @@ from thermops.camera.registry import record_calibration
 def project(tmp_path):
     """The pipeline tests' toy DVC project, plus a camera registry, a deployed card and the trigger section."""
     real = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = toy_params() | {"prepare": {"window_m": real["prepare"]["window_m"], "size": real["prepare"]["size"]},
-                             "trigger": real["trigger"]}  # fmt: skip
+    params = toy_params() | {
+        "prepare": {"window_m": real["prepare"]["window_m"], "size": real["prepare"]["size"]},
+        "trigger": real["trigger"],
+    }
     root = make_toy_repo(tmp_path / "toy", params)
     (root / "data" / "calibration").mkdir(parents=True)
     shutil.copy(REPO / "data" / "calibration" / "fence_mid.yaml", root / "data" / "calibration")
@@ -53,14 +55,17 @@ def test_material_change_submits_one_run_with_camera_and_version(project):
 
 
 def test_refused_submission_is_not_recorded_and_is_retried(project):
-    record_calibration(project / "data" / "calibration", "fence_mid", assignments=[("radiometry.gain_counts_per_k", 56.0)])
+    record_calibration(
+        project / "data" / "calibration", "fence_mid", assignments=[("radiometry.gain_counts_per_k", 56.0)]
+    )
     git(project, "commit", "-q", "-am", "fence_mid gain")
     with KfpStandIn(fail_runs_with=500) as kfp:
         with pytest.raises(TriggerError, match="stand-in refused the run"):
             watch_once(params_path=project / "params.yaml", mode="cluster", submitter=_submitter(project, kfp.url))
     with KfpStandIn() as kfp:
-        assert watch_once(params_path=project / "params.yaml", mode="cluster",
-                          submitter=_submitter(project, kfp.url)).triggered  # fmt: skip
+        assert watch_once(
+            params_path=project / "params.yaml", mode="cluster", submitter=_submitter(project, kfp.url)
+        ).triggered
         assert len(kfp.posted("/apis/v2beta1/runs")) == 1
 
 
@@ -71,4 +76,7 @@ def test_camera_and_version_go_to_declared_run_parameters_only():
     spec = "root:\n  inputDefinitions:\n    parameters:\n      camera_id: {parameterType: STRING}\n---\nplatforms: {}\n"
     assert _declared_inputs(spec) == {"camera_id"}
     reports = [ChangeReport("fence_mid", "a", "2026-11-22.1"), ChangeReport("gate_wide", "b", "2026-11-22.2")]
-    assert run_parameters(reports) == {"camera_id": "fence_mid,gate_wide", "calibration_version": "2026-11-22.1,2026-11-22.2"}
+    assert run_parameters(reports) == {
+        "camera_id": "fence_mid,gate_wide",
+        "calibration_version": "2026-11-22.1,2026-11-22.2",
+    }

@@ -65,7 +65,9 @@ def test_cronjob_runs_one_cluster_pass_with_persistent_state(docs):
     args = build_parser().parse_args(argv)  # the command line the CLI really accepts
     assert (args.command, args.once, args.mode) == ("watch", True, "cluster")
     # The state file's folder is the persistent volume, under the checkout the watcher runs in.
-    state_dir = Path(section(load_params(MANIFEST.parents[2] / "params.yaml"), "trigger", TriggerParams).state_file).parent
+    state_dir = Path(
+        section(load_params(MANIFEST.parents[2] / "params.yaml"), "trigger", TriggerParams).state_file
+    ).parent
     mounts = {m["name"]: m["mountPath"] for m in watcher["volumeMounts"]}
     assert mounts["state"] == f"{watcher['workingDir']}/{state_dir}"
     volumes = {v["name"]: v for v in pod["volumes"]}

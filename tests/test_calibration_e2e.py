@@ -40,17 +40,32 @@ TINY = {
         "pgd": {"steps": 2},
         "apgd": {"steps": 2},
         "cw": {"subset": 2, "steps": 2, "search_steps": 1},
-        "sanity": {"monotone_tol": 1.0, "large_eps_max_accuracy": 1.0, "more_steps_tol": 1.0,
-                   "max_zero_grad_fraction": 1.0, "black_box_tol": 1.0, "random_draws": 1},
+        "sanity": {
+            "monotone_tol": 1.0,
+            "large_eps_max_accuracy": 1.0,
+            "more_steps_tol": 1.0,
+            "max_zero_grad_fraction": 1.0,
+            "black_box_tol": 1.0,
+            "random_draws": 1,
+        },
         "corruptions": {"subset": 8},
-        "perspective": {"subset": 8, "magnitudes_px": [1.0, 2.0], "decision_px": 1.0,
-                        "worst_case": {"subset": 4, "budget_px": 1.0, "steps": 1}},
+        "perspective": {
+            "subset": 8,
+            "magnitudes_px": [1.0, 2.0],
+            "decision_px": 1.0,
+            "worst_case": {"subset": 4, "budget_px": 1.0, "steps": 1},
+        },
         "radiometric": {"gain_changes": [0.1], "offset_k": [0.5]},
-        "thresholds": {"clean_accuracy": 0.0, "robust_accuracy": {"linf": {0.01: 0.0}, "l2": {0.25: 0.0}},
-                       "max_mean_ce": 1000.0, "max_flip_rate": 1.0, "max_stability_slope": 1000.0},
+        "thresholds": {
+            "clean_accuracy": 0.0,
+            "robust_accuracy": {"linf": {0.01: 0.0}, "l2": {0.25: 0.0}},
+            "max_mean_ce": 1000.0,
+            "max_flip_rate": 1.0,
+            "max_stability_slope": 1000.0,
+        },
         "regression": {"accuracy_tol": 1.0, "relative_tol": 1000.0},
     },
-}  # fmt: skip
+}
 
 # What the scratch copy leaves out: pipeline outputs and the lock, so the first run starts clean.
 SKIP = re.compile(r"^(dvc\.lock|models/|metrics/|reports/|checkpoints/|data/(?!calibration/|\.gitignore$))")
@@ -111,8 +126,9 @@ def _bento_calibrations(root: Path, env: dict[str, str]) -> dict:
 @pytest.mark.timeout(900)
 def test_reaimed_camera_retrains_through_dvc_and_new_bento_carries_the_version(tmp_path):
     root = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
         if SKIP.match(rel) or not src.is_file():
@@ -133,8 +149,21 @@ def test_reaimed_camera_retrains_through_dvc_and_new_bento_carries_the_version(t
     assert first["metadata"]["fence_mid"] == "2026-11-01.1"
 
     # 2. Re-aim fence_mid by 3 degrees through the registry CLI, commit it.
-    out = _run([sys.executable, "-m", "pipeline.recalibrate", "record", "fence_mid",
-                "--set", "geometry.pitch_deg=8.0", "--valid-from", "2026-11-22"], root, env)  # fmt: skip
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.recalibrate",
+            "record",
+            "fence_mid",
+            "--set",
+            "geometry.pitch_deg=8.0",
+            "--valid-from",
+            "2026-11-22",
+        ],
+        root,
+        env,
+    )
     assert "recorded fence_mid version 2026-11-22.1" in out
     git(root, "add", "data/calibration/fence_mid.yaml")
     git(root, "commit", "-q", "-m", "fence_mid re-aimed")

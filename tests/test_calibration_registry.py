@@ -115,16 +115,20 @@ def test_cli_add_record_history_and_clear_errors(tmp_path, capsys):
     reg = str(root / "data" / "calibration")
     main(["--calibrations", reg, "add", "yard-east", "--width", "640", "--height", "512", "--valid-from", "2026-11-22"])
     assert "added yard-east version 2026-11-22.1" in capsys.readouterr().out
-    main(["--calibrations", reg, "record", "fence_mid", "--set", "geometry.pitch_deg=8.0", "--valid-from", "2026-11-22"])
+    main(
+        ["--calibrations", reg, "record", "fence_mid", "--set", "geometry.pitch_deg=8.0", "--valid-from", "2026-11-22"]
+    )
     assert "recorded fence_mid version 2026-11-22.1 (was 2026-11-01.1)" in capsys.readouterr().out
     commit_all(root, "cli edits")
     main(["--calibrations", reg, "history", "fence_mid"])
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[2] for line in out] == ["2026-11-22.1", "2026-11-01.1"]
     before = _snapshot(root / "data" / "calibration")
-    for argv in (["record", "fence_mid", "--set", "geometry.pitch_deg=abc"],
-                 ["record", "nope", "--set", "geometry.pitch_deg=3"],
-                 ["add", "fence_mid", "--width", "1", "--height", "1"]):  # fmt: skip
+    for argv in (
+        ["record", "fence_mid", "--set", "geometry.pitch_deg=abc"],
+        ["record", "nope", "--set", "geometry.pitch_deg=3"],
+        ["add", "fence_mid", "--width", "1", "--height", "1"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(["--calibrations", reg, *argv])
         assert exc.value.code == 1

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import yaml
 
-from thermops.camera.calibration import CalibrationError, load_calibration, load_calibrations, parse_calibration, write_calibration
+from thermops.camera.calibration import (
+    CalibrationError,
+    load_calibration,
+    load_calibrations,
+    parse_calibration,
+    write_calibration,
+)
 
 
 def _good(calibration_dir):
@@ -67,11 +73,13 @@ def test_known_geometry_must_be_complete(calibration_dir):
 
 def test_display8_needs_no_temperatures_but_states_agc():
     data = {
-        "camera_id": "uav", "version": "1", "valid_from": "2026-01-01",
+        "camera_id": "uav",
+        "version": "1",
+        "valid_from": "2026-01-01",
         "geometry": {"known": False, "image_width": 640, "image_height": 512},
         "radiometry": {"mode": "display8", "bit_depth": 8},
         "agc": {"mode": "unknown"},
-    }  # fmt: skip
+    }
     cal = parse_calibration(data)
     assert cal.units == "display8"
     with pytest.raises(CalibrationError, match="no temperature model"):
@@ -107,11 +115,20 @@ def test_write_roundtrip_and_counts_conversion(calibration_dir, tmp_path):
 
 def test_planck_model_inverts_and_is_monotonic():
     data = {
-        "camera_id": "planck", "version": "1", "valid_from": "2026-01-01",
+        "camera_id": "planck",
+        "version": "1",
+        "valid_from": "2026-01-01",
         "geometry": {"known": False, "image_width": 64, "image_height": 64},
-        "radiometry": {"mode": "planck", "bit_depth": 16, "planck_r": 366545.0, "planck_b": 1428.0,
-                       "planck_f": 1.0, "planck_o": -342.0, "netd_mk": 40.0},
-    }  # fmt: skip
+        "radiometry": {
+            "mode": "planck",
+            "bit_depth": 16,
+            "planck_r": 366545.0,
+            "planck_b": 1428.0,
+            "planck_f": 1.0,
+            "planck_o": -342.0,
+            "netd_mk": 40.0,
+        },
+    }
     rad = parse_calibration(data).radiometry
     t = np.linspace(-30, 120, 16)
     counts = rad.celsius_to_counts(t)

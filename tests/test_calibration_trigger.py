@@ -18,8 +18,7 @@ DAY = dt.date(2026, 11, 22)
 
 
 def _record(root, cam, **sets):
-    _, new = record_calibration(root / "data" / "calibration", cam, valid_from=DAY,
-                                assignments=list(sets.items()))  # fmt: skip
+    _, new = record_calibration(root / "data" / "calibration", cam, valid_from=DAY, assignments=list(sets.items()))
     return new
 
 
@@ -108,8 +107,18 @@ def test_malformed_file_is_rejected_without_trigger_or_state_change(tmp_path, ca
     assert runner.calls == []
     assert (root / ".thermops" / "trigger-state.json").read_bytes() == before
     with pytest.raises(SystemExit) as exc:
-        main(["--calibrations", str(root / "data" / "calibration"), "watch", "--once",
-              "--params", str(root / "params.yaml"), "--card", str(root / "models/gated/card.json")])  # fmt: skip
+        main(
+            [
+                "--calibrations",
+                str(root / "data" / "calibration"),
+                "watch",
+                "--once",
+                "--params",
+                str(root / "params.yaml"),
+                "--card",
+                str(root / "models/gated/card.json"),
+            ]
+        )
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "pitch_deg" in err[-1] and "Traceback" not in "\n".join(err)
@@ -161,9 +170,13 @@ def test_unchanged_and_new_camera(tmp_path):
     runner = CountingRunner()
     res = _watch(root, runner)
     assert res.unchanged == ["fence_mid"] and runner.calls == []
-    (root / "data" / "calibration" / "gate_wide.yaml").write_text((REPO / "data/calibration/gate_wide.yaml").read_text())
+    (root / "data" / "calibration" / "gate_wide.yaml").write_text(
+        (REPO / "data/calibration/gate_wide.yaml").read_text()
+    )
     res = _watch(root, runner)
-    assert len(runner.calls) == 1 and res.material[0].material_reasons == ["camera not in the deployed model's calibrations"]
+    assert len(runner.calls) == 1 and res.material[0].material_reasons == [
+        "camera not in the deployed model's calibrations"
+    ]
 
 
 def test_deployed_version_missing_from_history_is_material(tmp_path):
@@ -220,9 +233,14 @@ def test_diff_cli_reports_figures_against_the_deployed_version(tmp_path, capsys)
     rep = json.loads(capsys.readouterr().out)
     assert rep["material"] and rep["old_version"] == "2026-11-01.1" and rep["new_version"] == "2026-11-22.1"
     assert rep["figures"]["geometric"]["max_px"] > 40 and rep["figures"]["changed_fields"] == [
-        "geometry.pitch_deg", "valid_from", "version"]  # fmt: skip
+        "geometry.pitch_deg",
+        "valid_from",
+        "version",
+    ]
     with pytest.raises(SystemExit):
-        main(["--calibrations", str(root / "data" / "calibration"), "diff", "fence_mid", "--against", "1999.1", *common])
+        main(
+            ["--calibrations", str(root / "data" / "calibration"), "diff", "fence_mid", "--against", "1999.1", *common]
+        )
     assert "version '1999.1' not found" in capsys.readouterr().err
 
 

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from tests.training_helpers import CLASSES, make_prepared
-from thermops.io import read_csv, write_csv
 from thermops.data.prepared import MANIFEST_COLUMNS
+from thermops.io import read_csv, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_real", ROOT / "scripts" / "eval_real.py")
@@ -101,7 +101,10 @@ def test_step_params_overrides_sources_and_roots(tmp_path):
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"train_sources": ["synthetic", "tno-fel"], "heldout_sources": ["tno-fel"]}, "both in train_sources and heldout_sources"),
+        (
+            {"train_sources": ["synthetic", "tno-fel"], "heldout_sources": ["tno-fel"]},
+            "both in train_sources and heldout_sources",
+        ),
         ({"positive": "dragon"}, "real_eval.positive: 'dragon'"),
         ({"epochs": 3}, "real_eval: unknown key(s) epochs"),
     ],

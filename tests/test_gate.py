@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from robustness_helpers import gate_params, one_thread, save_tiny, train_tiny  # noqa: F401 (autouse fixture)
-from thermops.model.card import load_card
-from thermops.config import section
-from thermops.robustness.params import GateParams
 from training_helpers import make_prepared
+
+from thermops.config import section
+from thermops.model.card import load_card
+from thermops.robustness.params import GateParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,8 +56,19 @@ def test_a_passing_model_is_gated_blessed_and_reported(passed):
     res, out, blessed = passed
     assert res["passed"], res["reasons"]
     gate = json.loads((out / "gate.json").read_text())
-    for key in ("passed", "reasons", "clean_accuracy", "robust_accuracy", "mean_ce", "corruption_ce", "flip_rate",
-                "stability_slope", "envelope", "sanity", "checks"):  # fmt: skip
+    for key in (
+        "passed",
+        "reasons",
+        "clean_accuracy",
+        "robust_accuracy",
+        "mean_ce",
+        "corruption_ce",
+        "flip_rate",
+        "stability_slope",
+        "envelope",
+        "sanity",
+        "checks",
+    ):
         assert key in gate, key
     assert set(gate["robust_accuracy"]) == {"linf", "l2"}
     assert set(gate["robust_accuracy"]["linf"]) >= {"fgsm", "pgd", "apgd_ce", "apgd_dlr", "worst", "random_noise"}
@@ -65,8 +76,12 @@ def test_a_passing_model_is_gated_blessed_and_reported(passed):
     assert "normalizer is the model itself" in gate["mean_ce_note"]
     card = load_card(out / "gated")
     env = card["envelope"]
-    for part, key in (("geometric", "max_corner_px"), ("geometric", "max_scale_change"),
-                      ("radiometric", "max_gain_change"), ("radiometric", "max_offset_k")):  # fmt: skip
+    for part, key in (
+        ("geometric", "max_corner_px"),
+        ("geometric", "max_scale_change"),
+        ("radiometric", "max_gain_change"),
+        ("radiometric", "max_offset_k"),
+    ):
         assert isinstance(env[part][key], float) and env[part][key] >= 0.0
     assert env["geometric"]["input_size_px"] == 16 and env["geometric"]["window_px_median"] == 32.0
     assert card["gate"]["passed"] is True and card["gate"]["decision"] == "pass"
@@ -89,8 +104,14 @@ def test_the_envelope_is_readable_by_the_calibration_watcher(passed):
 def test_a_fragile_model_fails_and_keeps_the_blessed_model(world, passed):
     _, _, blessed = passed
     before = (blessed / "model.pt").read_bytes()
-    res, out = _run(world, world["plain"], "fragile", blessed,
-                    thresholds={"robust_accuracy": {"linf": {0.1: 0.25}}}, regression={"accuracy_tol": 1.0, "relative_tol": 10.0})  # fmt: skip
+    res, out = _run(
+        world,
+        world["plain"],
+        "fragile",
+        blessed,
+        thresholds={"robust_accuracy": {"linf": {0.1: 0.25}}},
+        regression={"accuracy_tol": 1.0, "relative_tol": 10.0},
+    )
     assert not res["passed"]
     assert any(r.startswith("robust_accuracy[linf][0.1]") for r in res["reasons"]), res["reasons"]
     assert (blessed / "model.pt").read_bytes() == before
@@ -99,8 +120,13 @@ def test_a_fragile_model_fails_and_keeps_the_blessed_model(world, passed):
 
 def test_a_regression_against_the_blessed_model_is_caught(world, passed):
     _, _, blessed = passed
-    loose = {"clean_accuracy": 0.0, "robust_accuracy": {"linf": {0.05: 0.0}}, "max_mean_ce": 100.0,
-             "max_flip_rate": 1.0, "max_stability_slope": 100.0}  # fmt: skip
+    loose = {
+        "clean_accuracy": 0.0,
+        "robust_accuracy": {"linf": {0.05: 0.0}},
+        "max_mean_ce": 100.0,
+        "max_flip_rate": 1.0,
+        "max_stability_slope": 100.0,
+    }
     res, _ = _run(world, world["plain"], "regress", blessed, thresholds=loose)
     assert not res["passed"]
     assert res["blessed"]["metrics_source"].startswith("stored")
@@ -112,16 +138,36 @@ def test_a_regression_against_the_blessed_model_is_caught(world, passed):
 def _cli(world, tmp_path, model: Path, **over) -> subprocess.CompletedProcess:
     params = {"seed": 7, "gate": gate_params(**over)}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args = ["--params", str(tmp_path / "params.yaml"), "--model", str(model), "--data", str(world["prepared"]),
-            "--blessed", str(tmp_path / "blessed"), "--out", str(tmp_path / "gated"),
-            "--report", str(tmp_path / "report"), "--metrics", str(tmp_path / "gate.json")]  # fmt: skip
+    args = [
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--model",
+        str(model),
+        "--data",
+        str(world["prepared"]),
+        "--blessed",
+        str(tmp_path / "blessed"),
+        "--out",
+        str(tmp_path / "gated"),
+        "--report",
+        str(tmp_path / "report"),
+        "--metrics",
+        str(tmp_path / "gate.json"),
+    ]
     return subprocess.run([sys.executable, "-m", "components.gate", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_enforce_makes_a_failing_gate_exit_nonzero(world, tmp_path):
     # A deliberately fragile model: nothing survives eps 0.2 of a plain model.
-    proc = _cli(world, tmp_path, world["plain"], thresholds={"robust_accuracy": {"linf": {0.2: 0.5}}},
-                attack_subset=16, corruptions={"subset": 8}, perspective={"subset": 8})  # fmt: skip
+    proc = _cli(
+        world,
+        tmp_path,
+        world["plain"],
+        thresholds={"robust_accuracy": {"linf": {0.2: 0.5}}},
+        attack_subset=16,
+        corruptions={"subset": 8},
+        perspective={"subset": 8},
+    )
     assert proc.returncode == 1, proc.stderr
     assert "error: gate failed" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False
@@ -136,8 +182,20 @@ def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
     bad = gate_params()
     bad["threat_models"]["linf"]["eps"] = "big"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "gate": bad}))
-    proc = subprocess.run([sys.executable, "-m", "components.gate", "--params", str(tmp_path / "params.yaml"),
-                           "--model", str(world["robust"])], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.gate",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--model",
+            str(world["robust"]),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "gate.threat_models.linf.eps" in proc.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
 
@@ -151,8 +209,13 @@ def test_the_blessed_model_is_re_measured_when_the_data_changed(world, passed):
     card = read_json(copy / "card.json")
     card["gate"]["metrics"]["data_hash"] = "another-dataset"
     write_json(copy / "card.json", card)
-    loose = {"clean_accuracy": 0.0, "robust_accuracy": {"linf": {0.05: 0.0}}, "max_mean_ce": 100.0,
-             "max_flip_rate": 1.0, "max_stability_slope": 100.0}  # fmt: skip
+    loose = {
+        "clean_accuracy": 0.0,
+        "robust_accuracy": {"linf": {0.05: 0.0}},
+        "max_mean_ce": 100.0,
+        "max_flip_rate": 1.0,
+        "max_stability_slope": 100.0,
+    }
     res, _ = _run(world, world["plain"], "remeasure", copy, thresholds=loose)
     assert res["blessed"]["metrics_source"].startswith("re-measured")
     assert any(r.startswith("regression:robust_accuracy[linf][0.05]") for r in res["reasons"]), res["reasons"]

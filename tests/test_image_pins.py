@@ -96,14 +96,15 @@ def test_dockerfile_installs_project_deps_under_constraints():
 
 
 def test_dockerignore_keeps_data_out():
-    lines = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")}
+    lines = {
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    }
     for excluded in (".git", ".venv", ".dvc/cache", "models/", "reports/", "metrics/"):
         assert excluded in lines, f"{excluded} not excluded from the build context"
     assert "data/*" in lines and "!data/calibration" in lines  # data out, calibration configs in
 
 
-TINY = '''
+TINY = """
 from kfp import dsl, compiler
 from kfp.dsl import Input, Output, Dataset, Model, Metrics
 
@@ -125,7 +126,7 @@ def p(n: int = 3):
         use(data=a.outputs["out"])
 
 compiler.Compiler().compile(p, sys.argv[1])
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +188,20 @@ def test_compiled_steps_run_and_chain_on_host(tiny_pipeline, tmp_path):
 
 def test_cli_reports_a_missing_input_clearly(tiny_pipeline, tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/image/run_step.py"), "--pipeline", str(tiny_pipeline),
-         "--task", "use", "--work", str(tmp_path), "--runtime", "host"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(ROOT / "scripts/image/run_step.py"),
+            "--pipeline",
+            str(tiny_pipeline),
+            "--task",
+            "use",
+            "--work",
+            str(tmp_path),
+            "--runtime",
+            "host",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: task 'use': input artifact 'data' needed: pass --artifact data=PATH"

@@ -45,15 +45,20 @@ def container():
 
 def in_image(container: str, *cmd: str) -> subprocess.CompletedProcess:
     """Run a command in the module's working container of IMAGE; capture its output."""
-    return subprocess.run(["buildah", *STORAGE, "run", "--isolation", "chroot", container, "--", *cmd],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["buildah", *STORAGE, "run", "--isolation", "chroot", container, "--", *cmd], capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
-    subprocess.run([sys.executable, "-m", "pipeline", "compile", "--out", str(out), "--image", IMAGE],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "compile", "--out", str(out), "--image", IMAGE],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -102,8 +107,7 @@ def test_image_holds_the_pinned_project_and_no_data(container):
 
 
 def _run(compiled: Path, task: str, work: Path, overrides: dict, artifacts: dict, container: str) -> dict:
-    summary = run_step.run_step(compiled, task, work / task, params=overrides, artifacts=artifacts,
-                                container=container)
+    summary = run_step.run_step(compiled, task, work / task, params=overrides, artifacts=artifacts, container=container)
     assert summary["image"] == IMAGE and summary["compiled_image"] == IMAGE
     (work / f"{task}.summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
@@ -163,7 +167,7 @@ def test_finetune_runs_in_the_image(finetuned):
     assert sum(map(sum, rows)) > 0
 
 
-MISSING = '''
+MISSING = """
 import sys
 from kfp import dsl, compiler
 from kfp.dsl import Output, Dataset
@@ -178,7 +182,7 @@ def p():
     needs_schemathesis()
 
 compiler.Compiler().compile(p, sys.argv[1])
-'''
+"""
 
 
 def test_a_step_importing_what_the_image_lacks_fails(tmp_path):
@@ -192,9 +196,18 @@ def test_a_step_importing_what_the_image_lacks_fails(tmp_path):
     assert host["ok"], host
     # ... in the image it fails, and the runner's CLI says so
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/image/run_step.py"), "--pipeline", str(yaml_path),
-         "--task", "needs-schemathesis", "--work", str(tmp_path / "img")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(ROOT / "scripts/image/run_step.py"),
+            "--pipeline",
+            str(yaml_path),
+            "--task",
+            "needs-schemathesis",
+            "--work",
+            str(tmp_path / "img"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1
     assert "No module named 'schemathesis'" in proc.stdout + proc.stderr

@@ -154,20 +154,42 @@ def test_tno_sequences_import_as_frame_folders(tmp_path):
 
 
 def _radiometric_cal(directory: Path, camera: str, w: int, h: int) -> None:
-    write_calibration(parse_calibration({
-        "camera_id": camera, "version": "lab-1", "valid_from": "2026-11-01", "source": "test",
-        "geometry": {"known": False, "image_width": w, "image_height": h},
-        "radiometry": {"mode": "linear", "bit_depth": 14, "gain_counts_per_k": 50.0, "offset_counts": 7000.0,
-                       "netd_mk": 50.0},
-    }), directory)  # fmt: skip
+    write_calibration(
+        parse_calibration(
+            {
+                "camera_id": camera,
+                "version": "lab-1",
+                "valid_from": "2026-11-01",
+                "source": "test",
+                "geometry": {"known": False, "image_width": w, "image_height": h},
+                "radiometry": {
+                    "mode": "linear",
+                    "bit_depth": 14,
+                    "gain_counts_per_k": 50.0,
+                    "offset_counts": 7000.0,
+                    "netd_mk": 50.0,
+                },
+            }
+        ),
+        directory,
+    )
 
 
 def _display_cal(directory: Path, camera: str, w: int, h: int) -> None:
-    write_calibration(parse_calibration({
-        "camera_id": camera, "version": "v1", "valid_from": "2026-11-01", "source": "test",
-        "geometry": {"known": False, "image_width": w, "image_height": h},
-        "radiometry": {"mode": "display8", "bit_depth": 8}, "agc": {"mode": "unknown"},
-    }), directory)  # fmt: skip
+    write_calibration(
+        parse_calibration(
+            {
+                "camera_id": camera,
+                "version": "v1",
+                "valid_from": "2026-11-01",
+                "source": "test",
+                "geometry": {"known": False, "image_width": w, "image_height": h},
+                "radiometry": {"mode": "display8", "bit_depth": 8},
+                "agc": {"mode": "unknown"},
+            }
+        ),
+        directory,
+    )
 
 
 def _moving_square(t: int, h: int, w: int, base: int, hot: int, dtype) -> np.ndarray:
@@ -189,8 +211,15 @@ def test_sixteen_bit_tiff_sequence_keeps_counts(tmp_path):
     for k in range(4):  # four single-page files, then one multi-page file with the rest
         tifffile.imwrite(seq / f"f{k + 1}.tif", frames[k])
     tifffile.imwrite(seq / "f10.tif", frames[4:])  # natural order: f10 after f4
-    spec = SourceParams(format="frames", root=str(tmp_path / "src"), items=["seq"], camera_id="lab", fps=9.0,
-                        autolabel="bgsub", autolabel_class="person")  # fmt: skip
+    spec = SourceParams(
+        format="frames",
+        root=str(tmp_path / "src"),
+        items=["seq"],
+        camera_id="lab",
+        fps=9.0,
+        autolabel="bgsub",
+        autolabel_class="person",
+    )
     out = tmp_path / "out"
     import_source("lab", spec, _params(bgsub_threshold=200.0), CLASSES, cal, out)
     (clip,) = read_clips(out)
@@ -215,8 +244,9 @@ def test_video_decoded_with_pyav(tmp_path):
         container.mux(stream.encode())
     cal = tmp_path / "cal"
     _display_cal(cal, "cam-v", 64, 48)
-    spec = SourceParams(format="video", root=str(src), items=["walk.mkv"], camera_id="cam-v",
-                        autolabel="bgsub", absent_frames=[0])  # fmt: skip
+    spec = SourceParams(
+        format="video", root=str(src), items=["walk.mkv"], camera_id="cam-v", autolabel="bgsub", absent_frames=[0]
+    )
     out = tmp_path / "out"
     import_source("vid", spec, _params(bgsub_threshold=60.0), CLASSES, cal, out)
     (clip,) = read_clips(out)
@@ -265,9 +295,15 @@ def _run_ingest(tmp_path: Path, sources: dict, cal_dir: Path = CAL, names: list[
 
 
 def _voc_source(root: Path, **over) -> dict:
-    return {"format": "voc", "root": str(root), "camera_id": "hit-uav", "items": ["images"],
-            "annotations": "annotations/voc", "class_map": PARAMS["ingest"]["sources"]["hit-uav"]["class_map"],
-            **over}  # fmt: skip
+    return {
+        "format": "voc",
+        "root": str(root),
+        "camera_id": "hit-uav",
+        "items": ["images"],
+        "annotations": "annotations/voc",
+        "class_map": PARAMS["ingest"]["sources"]["hit-uav"]["class_map"],
+        **over,
+    }
 
 
 def _edit_xml(root: Path, old: str, new: str) -> None:
@@ -363,10 +399,21 @@ def test_cli_reports_one_error_line_and_exit_1(tmp_path):
     params["ingest"] = {**PARAMS["ingest"], "sources": {"hit-uav": _voc_source(root)}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
-        [sys.executable, "-m", "components.ingest", "--params", str(tmp_path / "params.yaml"),
-         "--calibration", str(CAL), "--out", str(tmp_path / "imported")],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "components.ingest",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--calibration",
+            str(CAL),
+            "--out",
+            str(tmp_path / "imported"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: source hit-uav, clip ") and "class 'Tank' is not mapped" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "imported").exists()
@@ -374,9 +421,19 @@ def test_cli_reports_one_error_line_and_exit_1(tmp_path):
     params["data"] = {"sources": ["synthetic", "flir-adas"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
-        [sys.executable, "-m", "components.ingest", "--params", str(tmp_path / "params.yaml"),
-         "--out", str(tmp_path / "imported")], cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "components.ingest",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "imported"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "['flir-adas'] have no entry in ingest.sources" in proc.stderr
 
 
@@ -394,9 +451,16 @@ def test_labelled_image_sequence_is_linked_into_tracks(tmp_path):
         (tmp_path / "seq" / "labels" / f"frame{k}.txt").write_text(label)
     cal = tmp_path / "cal"
     _display_cal(cal, "cam-s", 64, 48)
-    spec = SourceParams(format="yolo", root=str(tmp_path), items=["seq/images"], camera_id="cam-s", sequence=True,
-                        fps=9.0, names=["walker", "sign"],
-                        class_map={"walker": "person", "sign": "nuisance"})  # fmt: skip
+    spec = SourceParams(
+        format="yolo",
+        root=str(tmp_path),
+        items=["seq/images"],
+        camera_id="cam-s",
+        sequence=True,
+        fps=9.0,
+        names=["walker", "sign"],
+        class_map={"walker": "person", "sign": "nuisance"},
+    )
     out = tmp_path / "out"
     import_source("seq", spec, _params(), CLASSES, cal, out)
     (clip,) = read_clips(out)

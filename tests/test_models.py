@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from params_helpers import from_params
 
+from thermops.learn.ssl import SimCLR, SSLConfig, nt_xent
 from thermops.model.card import load_model_dir, make_card, save_model_dir
 from thermops.model.network import SIZES, ModelConfig, TubeletClassifier
 from thermops.model.preprocess import InputSpec
-from thermops.learn.ssl import SimCLR, SSLConfig, nt_xent
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_shapes_per_named_size(size):
-    cfg = ModelConfig(size=size, embed_dim=32)
+    cfg = from_params(ModelConfig, "model", size=size, embed_dim=32)
     m = TubeletClassifier(cfg, 4).eval()
     x = torch.randn(2, 1, 8, 32, 32)
     with torch.no_grad():
@@ -25,12 +26,12 @@ def test_shapes_per_named_size(size):
 
 def test_unknown_size_is_rejected():
     with pytest.raises(ValueError, match="model.size"):
-        TubeletClassifier(ModelConfig(size="huge"), 4)
+        TubeletClassifier(from_params(ModelConfig, "model", size="huge"), 4)
 
 
 def test_pretrained_encoder_loads_into_classifier_without_missing_keys():
-    cfg = ModelConfig()
-    ssl = SimCLR(TubeletClassifier(cfg, 4).encoder, SSLConfig())
+    cfg = from_params(ModelConfig, "model")
+    ssl = SimCLR(TubeletClassifier(cfg, 4).encoder, from_params(SSLConfig, "pretrain.ssl"))
     clf = TubeletClassifier(cfg, 4)
     missing, unexpected = clf.encoder.load_state_dict(ssl.encoder.state_dict(), strict=False)
     assert missing == [] and unexpected == []
@@ -39,10 +40,15 @@ def test_pretrained_encoder_loads_into_classifier_without_missing_keys():
 
 
 def test_card_round_trip_keeps_predictions(tmp_path):
-    cfg = ModelConfig(size="tiny")
+    cfg = from_params(ModelConfig, "model", size="tiny")
     m = TubeletClassifier(cfg, 3).eval()
-    card = make_card(classes=["a", "b", "c"], model_cfg=cfg, input_spec=InputSpec(), calibrations={"cam": "v1"},
-                     data={"prepared_hash": "x"})  # fmt: skip
+    card = make_card(
+        classes=["a", "b", "c"],
+        model_cfg=cfg,
+        input_spec=from_params(InputSpec, "input"),
+        calibrations={"cam": "v1"},
+        data={"prepared_hash": "x"},
+    )
     save_model_dir(tmp_path / "m", m, card)
     m2, card2 = load_model_dir(tmp_path / "m")
     x = torch.randn(3, 1, 8, 32, 32)

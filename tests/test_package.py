@@ -24,8 +24,8 @@ from tests.serving_helpers import (
     write_params,
 )
 from thermops.camera.calibration import write_calibration
-from thermops.model.card import input_spec_from_card, model_config_from_card
 from thermops.io import read_json
+from thermops.model.card import input_spec_from_card, model_config_from_card
 from thermops.model.network import TubeletClassifier
 
 
@@ -57,8 +57,9 @@ def test_refuses_a_calibration_the_model_was_not_gated_on(tmp_path):
     paths = make_gated_model(tmp_path)
     write_calibration(radiometric_calibration(version="v2"), paths["calibration"])  # recalibrated since
     out = tmp_path / "models" / "bento.json"
-    proc = package_in_subprocess(paths, tmp_path / "bentoml", out,
-                                 write_params(tmp_path / "params.yaml", small_package_params()))  # fmt: skip
+    proc = package_in_subprocess(
+        paths, tmp_path / "bentoml", out, write_params(tmp_path / "params.yaml", small_package_params())
+    )
     assert proc.returncode == 1
     assert "cam-lin" in proc.stderr and "'v2'" in proc.stderr and "'v1'" in proc.stderr
     assert not out.exists()
@@ -129,7 +130,9 @@ def test_bentofile_pins_agree_with_the_project_pins():
     pins = dict(p.split("==") for p in bentofile["python"]["packages"])
     assert len(pins) == len(bentofile["python"]["packages"]), "every bento package needs an explicit pin"
     for pkg, version in pins.items():
-        assert constraints.get(pkg.lower()) == version, f"{pkg}=={version} vs constraints {constraints.get(pkg.lower())}"
+        assert constraints.get(pkg.lower()) == version, (
+            f"{pkg}=={version} vs constraints {constraints.get(pkg.lower())}"
+        )
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"torch==2.14.1"' in pyproject and pins["torch"] == "2.14.1"
 

@@ -75,7 +75,7 @@ def test_every_stage_of_dvc_yaml_is_a_task(toy_spec_embedded):
     displays = {t["display"] for t in task_inputs(spec).values()}
     assert displays == {f"{s.replace('@', '_')}_task" for s in TOY_STAGES}
     # each component runs its stage's own command
-    for key, t in task_inputs(spec).items():
+    for key in task_inputs(spec):
         cmd = json.dumps(spec["deploymentSpec"]["executors"][_executor(spec, key)]["container"])
         assert "run_stage_task" in cmd and "step.py" in cmd
 
@@ -106,13 +106,18 @@ def test_secrets_retries_caching_and_image(toy_spec):
     fetch = k8s[_executor(spec, "fetch")]["secretAsEnv"][0]
     assert fetch["secretName"] == "toy-dvc-remote"
     assert {e["envVar"]: e["secretKey"] for e in fetch["keyToEnv"]} == {
-        "AWS_ACCESS_KEY_ID": "access_key_id", "AWS_SECRET_ACCESS_KEY": "secret_access_key"}
+        "AWS_ACCESS_KEY_ID": "access_key_id",
+        "AWS_SECRET_ACCESS_KEY": "secret_access_key",
+    }
     reg = k8s[_executor(spec, "package")]["secretAsEnv"][0]
     assert reg["secretName"] == "toy-registry"
     # credentials only as secret references in the platform spec, never in containers
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(spec)
-    for key, t in task_inputs(spec).items():
-        assert spec["deploymentSpec"]["executors"][_executor(spec, key)]["container"]["image"] == "ghcr.io/thermops/thermops:test"
+    for key in task_inputs(spec):
+        assert (
+            spec["deploymentSpec"]["executors"][_executor(spec, key)]["container"]["image"]
+            == "ghcr.io/thermops/thermops:test"
+        )
     tasks = dict(spec["root"]["dag"]["tasks"])
     for comp in spec["components"].values():
         tasks.update(comp.get("dag", {}).get("tasks", {}))
@@ -221,10 +226,13 @@ def test_dvc_data_revision_resolves_branch_to_commit(tmp_path):
     params = toy_params()
     with pytest.raises(DataRevisionError, match="no dvc.lock"):
         resolve(repo, params, data_source="dvc")
-    lock = {"schema": "2.0", "stages": {
-        "gen@cam_a": {"cmd": "x", "outs": [{"path": "data/raw/cam_a", "hash": "md5", "md5": "1" * 32 + ".dir"}]},
-        "gen@cam_b": {"cmd": "x", "outs": [{"path": "data/raw/cam_b", "hash": "md5", "md5": "2" * 32 + ".dir"}]},
-    }}
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "gen@cam_a": {"cmd": "x", "outs": [{"path": "data/raw/cam_a", "hash": "md5", "md5": "1" * 32 + ".dir"}]},
+            "gen@cam_b": {"cmd": "x", "outs": [{"path": "data/raw/cam_b", "hash": "md5", "md5": "2" * 32 + ".dir"}]},
+        },
+    }
     (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
     git(repo, "add", "dvc.lock")
     git(repo, "commit", "-q", "-m", "lock")
@@ -311,16 +319,20 @@ def test_parity_dvc_repro_and_local_kfp(tmp_path):
             assert _tree_hash(repo / o.path) == _tree_hash(run / task_dirs[s.name] / o.ident), o.path
     # a deliberate change of one key: DVC re-runs the stages whose inputs KFP says changed
     spec, _ = load_spec(compile_pipeline(tmp_path / "p.yaml", root=repo))
-    for key, pname, value in (("prep.scale", "prep", {"scale": 3.0, "offset": 0}),
-                              ("train.lr", "train__lr", 0.3), ("gen.n", "gen__n", 4)):
+    for key, pname, value in (
+        ("prep.scale", "prep", {"scale": 3.0, "offset": 0}),
+        ("train.lr", "train__lr", 0.3),
+        ("gen.n", "gen__n", 4),
+    ):
         params = yaml.safe_load((repo / "params.yaml").read_text())
         old = json.loads(json.dumps(params))
         section, leaf = key.split(".")
         params[section][leaf] = value[leaf] if isinstance(value, dict) else value
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         try:
-            status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo,
-                                    check=True, capture_output=True, text=True).stdout
+            status = subprocess.run(
+                [sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, check=True, capture_output=True, text=True
+            ).stdout
             dvc_changed = set(json.loads(status))
         finally:
             (repo / "params.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
@@ -337,8 +349,9 @@ def test_submit_to_standin_sends_spec_parameters_experiment(toy):
     from pipeline.submit import submit_run
 
     with KfpStandIn() as server:
-        run_id, url = submit_run(server.url, {"prep.scale": 3, "train.lr": 0.2}, experiment="nightly",
-                                 token="t0ken", root=toy)
+        run_id, url = submit_run(
+            server.url, {"prep.scale": 3, "train.lr": 0.2}, experiment="nightly", token="t0ken", root=toy
+        )
         (exp,) = server.posted("/apis/v2beta1/experiments")
         (run,) = server.posted("/apis/v2beta1/runs")
     assert exp.body["display_name"] == "nightly"

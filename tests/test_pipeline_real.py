@@ -27,11 +27,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_helpers import TINY_OVERRIDES, copy_repo, directly_changed, load_spec, task_inputs  # noqa: E402
-from thermops.config import merge_params as merge  # noqa: E402
 
 from pipeline.codegen import decode_param, encode_param, is_encoded  # noqa: E402
 from pipeline.graph import build_graph, get_key, param_ident, set_key  # noqa: E402
 from pipeline.pipeline import build_pipeline, compile_pipeline  # noqa: E402
+from thermops.config import merge_params as merge  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = {"synthesize", "ingest", "prepare", "validate", "pretrain", "finetune", "gate", "package"}
@@ -42,11 +42,19 @@ METRIC_TOL = 1e-6
 GATE_PASS = {
     "gate": {
         "thresholds": {
-            "clean_accuracy": 0.0, "max_mean_ce": 1.0e6, "max_flip_rate": 1.0, "max_stability_slope": 1.0e9,
+            "clean_accuracy": 0.0,
+            "max_mean_ce": 1.0e6,
+            "max_flip_rate": 1.0,
+            "max_stability_slope": 1.0e9,
             "robust_accuracy": {"linf": {0.01: 0.0}, "l2": {0.25: 0.0}},
         },
-        "sanity": {"monotone_tol": 1.0, "large_eps_max_accuracy": 1.0, "more_steps_tol": 1.0,
-                   "max_zero_grad_fraction": 1.0, "black_box_tol": 1.0},
+        "sanity": {
+            "monotone_tol": 1.0,
+            "large_eps_max_accuracy": 1.0,
+            "more_steps_tol": 1.0,
+            "max_zero_grad_fraction": 1.0,
+            "black_box_tol": 1.0,
+        },
     }
 }
 
@@ -63,8 +71,9 @@ def real_spec(tmp_path_factory):
     """Compiled specs of the project's own dvc.yaml: embedded data, and DVC data (fetch task)."""
     out = tmp_path_factory.mktemp("real") / "pipeline.yaml"
     emb, _ = load_spec(compile_pipeline(out.with_name("emb.yaml"), root=ROOT, data_hash="0" * 64, git_rev="1" * 40))
-    dvc = load_spec(compile_pipeline(out.with_name("dvc.yaml"), root=ROOT, data_source="dvc",
-                                     data_hash="0" * 64, git_rev="1" * 40))
+    dvc = load_spec(
+        compile_pipeline(out.with_name("dvc.yaml"), root=ROOT, data_source="dvc", data_hash="0" * 64, git_rev="1" * 40)
+    )
     return emb, dvc
 
 
@@ -91,14 +100,19 @@ def test_real_spec_gpu_secrets_condition_artifacts(real_spec):
     for step in ("pretrain", "finetune", "gate"):
         label = spec["components"][tasks[by_display[f"{step}_task"]]["component"]]["executorLabel"]
         acc = ex[label]["container"]["resources"]["accelerator"]
-        assert acc["resourceType"] == kf["gpu"]["accelerator"] and acc["resourceCount"] == str(kf["gpu"]["gpus_per_node"])
+        assert acc["resourceType"] == kf["gpu"]["accelerator"] and acc["resourceCount"] == str(
+            kf["gpu"]["gpus_per_node"]
+        )
         assert k8s[label]["nodeSelector"]["labels"] == kf["gpu"]["node_selector"]
         assert k8s[label]["tolerations"] == kf["gpu"]["tolerations"]
     for step in ("prepare", "validate", "package", "fetch"):
         label = spec["components"][tasks[by_display[f"{step}_task"]]["component"]]["executorLabel"]
         assert "accelerator" not in ex[label]["container"].get("resources", {})
     secret_of = lambda step: [  # noqa: E731
-        s["secretName"] for s in k8s[spec["components"][tasks[by_display[f"{step}_task"]]["component"]]["executorLabel"]].get("secretAsEnv", [])
+        s["secretName"]
+        for s in k8s[spec["components"][tasks[by_display[f"{step}_task"]]["component"]]["executorLabel"]].get(
+            "secretAsEnv", []
+        )
     ]
     assert secret_of("fetch") == [kf["secrets"]["dvc_remote"]["secret"]]
     assert secret_of("package") == [kf["secrets"]["registry"]["secret"]]
@@ -107,7 +121,9 @@ def test_real_spec_gpu_secrets_condition_artifacts(real_spec):
     assert list(spec["components"][cond[0]["componentRef"]["name"]]["dag"]["tasks"]) == ["package"]
     out_types = lambda step: {  # noqa: E731
         n: a["artifactType"]["schemaTitle"]
-        for n, a in spec["components"][tasks[by_display[f"{step}_task"]]["component"]]["outputDefinitions"]["artifacts"].items()
+        for n, a in spec["components"][tasks[by_display[f"{step}_task"]]["component"]]["outputDefinitions"][
+            "artifacts"
+        ].items()
     }
     assert out_types("finetune")["metrics_confusion_csv"] == "system.ClassificationMetrics"
     assert out_types("finetune")["models_finetuned"] == "system.Model"
@@ -214,26 +230,38 @@ def test_parity_dvc_repro_vs_kfp_local(engines):
     assert json.loads((run / "gate" / "executor_output.json").read_text())["parameterValues"]["Output"] is True
     assert (repo / "models/bento.json").is_file() and (run / "package" / "models_bento_json").is_file()
     # provenance: the data hash given to the generator reaches the packaged model's artifact
-    meta = lambda task, art: json.loads((run / task / "executor_output.json").read_text())["artifacts"][art]["artifacts"][0]["metadata"]  # noqa: E731
+    meta = lambda task, art: json.loads((run / task / "executor_output.json").read_text())["artifacts"][art][
+        "artifacts"
+    ][0]["metadata"]  # noqa: E731
     first = graph.source_stages()[0]
     h = meta(_task(first.name), first.outs[0].ident)["data_hash"]
     assert len(h) == 64 and meta("package", "models_bento_json")["data_hash"] == h
     cm = meta("finetune", "metrics_confusion_csv")["confusionMatrix"]
-    assert [a["displayName"] for a in cm["annotationSpecs"]] == list(yaml.safe_load((repo / "params.yaml").read_text())["classes"])
+    assert [a["displayName"] for a in cm["annotationSpecs"]] == list(
+        yaml.safe_load((repo / "params.yaml").read_text())["classes"]
+    )
 
 
 def test_param_change_reruns_same_stages_in_both_engines(engines, tmp_path):
     repo, _, _ = engines
-    status = lambda: json.loads(subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, check=True, capture_output=True, text=True).stdout)
+    status = lambda: json.loads(
+        subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, check=True, capture_output=True, text=True
+        ).stdout
+    )
     assert status() == {}, "dvc status is not clean after dvc repro"
     spec, _ = load_spec(compile_pipeline(tmp_path / "p.yaml", root=repo))
     tasks = task_inputs(spec)
     graph = build_graph(repo)
     original = (repo / "params.yaml").read_text()
     base = yaml.safe_load(original)
-    for key, value in (("prepare.size", 24), ("finetune.optim.epochs", 2), ("seed", 1), ("gate.attack_subset", 4),
-                       ("package.max_batch_size", 8)):
+    for key, value in (
+        ("prepare.size", 24),
+        ("finetune.optim.epochs", 2),
+        ("seed", 1),
+        ("gate.attack_subset", 4),
+        ("package.max_batch_size", 8),
+    ):
         params = yaml.safe_load(original)
         set_key(params, key, value)
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -271,14 +299,21 @@ def test_real_gate_failing_skips_package(engines, tmp_path):
         for _, o in graph.inputs["gate"]:
             if o.ident not in ins:
                 cls = dsl.Model if o.path.startswith("models/") else dsl.Dataset
-                ins[o.ident] = dsl.importer(artifact_uri=str(run / _producer(graph, o.path) / o.ident),
-                                            artifact_class=cls, reimport=True).output
-        g = gate_c(**{i: ins[i] for i in (o.ident for _, o in graph.inputs["gate"])},
-                   seed=params["seed"], gate=encode_param(impossible))
+                ins[o.ident] = dsl.importer(
+                    artifact_uri=str(run / _producer(graph, o.path) / o.ident), artifact_class=cls, reimport=True
+                ).output
+        g = gate_c(
+            **{i: ins[i] for i in (o.ident for _, o in graph.inputs["gate"])},
+            seed=params["seed"],
+            gate=encode_param(impossible),
+        )
         _configure(g, "gate", kf)
         with dsl.If(g.outputs["Output"] == True):  # noqa: E712
-            pkg_c(models_gated=g.outputs["models_gated"], metrics_gate_json=g.outputs["metrics_gate_json"],
-                  package=encode_param(params["package"]))
+            pkg_c(
+                models_gated=g.outputs["models_gated"],
+                metrics_gate_json=g.outputs["metrics_gate_json"],
+                package=encode_param(params["package"]),
+            )
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"), raise_on_error=True)
     os.environ["OMP_NUM_THREADS"] = "1"

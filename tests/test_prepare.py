@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from params_helpers import from_params
 
 from components import prepare
 from thermops.camera.calibration import load_calibrations
-from thermops.data.extract import PrepareError, PrepareParams, window_frames
 from thermops.camera.geometry import PinholeCamera
-from thermops.data.raw import write_raw
+from thermops.data.extract import PrepareError, PrepareParams, window_frames
 from thermops.data.prepared import load_prepared, row_boxes
+from thermops.data.raw import write_raw
 
 CAM = "fence_mid"
 CLASSES = ["person", "vehicle", "animal", "nuisance"]
@@ -32,13 +33,38 @@ def _make_raw(root: Path, cal, objects: list[tuple[str, str, float, float]], n_f
             x0, x1 = uv[0, 0] - 0.2 * hpx, uv[0, 0] + 0.2 * hpx
             y0, y1 = uv[1, 1], uv[0, 1]
             temp[f, int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))] = 30.0
-            anns.append({"clip_id": "c0", "frame": f, "track_id": track, "label": label, "source_label": label,
-                         "x0": x0, "y0": y0, "x1": x1, "y1": y1, "ground_x": g[0], "ground_y": g[1],
-                         "distance_m": float(np.hypot(*g))})  # fmt: skip
+            anns.append(
+                {
+                    "clip_id": "c0",
+                    "frame": f,
+                    "track_id": track,
+                    "label": label,
+                    "source_label": label,
+                    "x0": x0,
+                    "y0": y0,
+                    "x1": x1,
+                    "y1": y1,
+                    "ground_x": g[0],
+                    "ground_y": g[1],
+                    "distance_m": float(np.hypot(*g)),
+                }
+            )
     counts = np.round(cal.radiometry.celsius_to_counts(temp)).astype(np.uint16)
-    clip = {"clip_id": "c0", "camera_id": CAM, "calibration_version": cal.version, "source": "synthetic",
-            "n_frames": n_frames, "height": h, "width": w, "dtype": "uint16", "units": "counts", "fps": 9.0,
-            "time_of_day_h": 22.0, "weather": "clear", "ambient_c": 15.0}  # fmt: skip
+    clip = {
+        "clip_id": "c0",
+        "camera_id": CAM,
+        "calibration_version": cal.version,
+        "source": "synthetic",
+        "n_frames": n_frames,
+        "height": h,
+        "width": w,
+        "dtype": "uint16",
+        "units": "counts",
+        "fps": 9.0,
+        "time_of_day_h": 22.0,
+        "weather": "clear",
+        "ambient_c": 15.0,
+    }
     write_raw(root / "synthetic" / CAM, [clip], anns, {"c0": counts})
 
 
@@ -47,8 +73,11 @@ def cal(repo_root):
     return load_calibrations(repo_root / "data" / "calibration")[CAM]
 
 
-def _run(tmp_path, repo_root, p=PrepareParams(), out="prepared"):
-    return prepare.run(p, ["synthetic"], CLASSES, 7, tmp_path / "raw", repo_root / "data" / "calibration", tmp_path / out)
+def _run(tmp_path, repo_root, p=None, out="prepared"):
+    p = from_params(PrepareParams, "prepare") if p is None else p
+    return prepare.run(
+        p, ["synthetic"], CLASSES, 7, tmp_path / "raw", repo_root / "data" / "calibration", tmp_path / out
+    )
 
 
 def _warm_fraction(tub: np.ndarray) -> float:
@@ -58,8 +87,11 @@ def _warm_fraction(tub: np.ndarray) -> float:
 
 
 def test_metric_window_makes_near_and_far_comparable(tmp_path, repo_root, cal):
-    _make_raw(tmp_path / "raw", cal, [("near", "person", 30.0, 1.8), ("far", "person", 150.0, 1.8),
-                                      ("truck", "vehicle", 60.0, 3.6)])  # fmt: skip
+    _make_raw(
+        tmp_path / "raw",
+        cal,
+        [("near", "person", 30.0, 1.8), ("far", "person", 150.0, 1.8), ("truck", "vehicle", 60.0, 3.6)],
+    )
     _run(tmp_path, repo_root)
     data = load_prepared(tmp_path / "prepared")
     objs = {r["track_id"].split("/")[-1]: i for i, r in enumerate(data.rows) if r["kind"] == "object"}
@@ -76,7 +108,7 @@ def test_metric_window_makes_near_and_far_comparable(tmp_path, repo_root, cal):
 
 def test_context_windows_without_geometry_scale_with_the_box(tmp_path, repo_root, cal):
     _make_raw(tmp_path / "raw", cal, [("person", "person", 40.0, 1.8), ("truck", "vehicle", 40.0, 3.6)])
-    _run(tmp_path, repo_root, PrepareParams(geometric=False, context=2.0))
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", geometric=False, context=2.0))
     data = load_prepared(tmp_path / "prepared")
     fr = [_warm_fraction(data.tubelets[i]) for i, r in enumerate(data.rows) if r["kind"] == "object"]
     assert fr[0] == pytest.approx(0.5, abs=0.1) and fr[1] == pytest.approx(0.5, abs=0.1)
@@ -84,7 +116,7 @@ def test_context_windows_without_geometry_scale_with_the_box(tmp_path, repo_root
 
 def test_counts_kept_when_radiometric_off(tmp_path, repo_root, cal):
     _make_raw(tmp_path / "raw", cal, [("p", "person", 40.0, 1.8)])
-    _run(tmp_path, repo_root, PrepareParams(radiometric=False))
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", radiometric=False))
     data = load_prepared(tmp_path / "prepared")
     assert {r["units"] for r in data.rows} == {"counts"}
     assert float(data.tubelets.max()) == pytest.approx(cal.radiometry.celsius_to_counts(30.0), abs=2)
@@ -127,7 +159,15 @@ def test_unknown_label_and_unimported_source_are_rejected(tmp_path, repo_root, c
     with pytest.raises(PrepareError, match="'ghost' is not one of the classes"):
         _run(tmp_path, repo_root)
     with pytest.raises(PrepareError, match="was not imported"):
-        prepare.run(PrepareParams(), ["hit-uav"], CLASSES, 7, tmp_path / "raw", repo_root / "data" / "calibration", tmp_path / "x")
+        prepare.run(
+            from_params(PrepareParams, "prepare"),
+            ["hit-uav"],
+            CLASSES,
+            7,
+            tmp_path / "raw",
+            repo_root / "data" / "calibration",
+            tmp_path / "x",
+        )
 
 
 def test_failed_run_keeps_previous_output(tmp_path, repo_root, cal):
@@ -143,15 +183,25 @@ def test_failed_run_keeps_previous_output(tmp_path, repo_root, cal):
 
 def test_params_are_validated():
     with pytest.raises(ValueError, match="sum to 1"):
-        PrepareParams(splits={"train": 0.5, "val": 0.2, "test": 0.2})
+        from_params(PrepareParams, "prepare", splits={"train": 0.5, "val": 0.2, "test": 0.2})
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, repo_root):
     from tests.conftest import run_step
 
-    (tmp_path / "params.yaml").write_text("seed: 1\nclasses: [person]\ndata: {sources: [synthetic]}\nprepare: {size: 4}\n")
-    proc = run_step("components.prepare", "--params", str(tmp_path / "params.yaml"), "--raw", str(tmp_path),
-                    "--out", str(tmp_path / "out"), check=False)  # fmt: skip
+    (tmp_path / "params.yaml").write_text(
+        "seed: 1\nclasses: [person]\ndata: {sources: [synthetic]}\nprepare: {size: 4}\n"
+    )
+    proc = run_step(
+        "components.prepare",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--raw",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: prepare:") and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -164,7 +214,7 @@ def test_flat_background_is_skipped_and_near_windows_fit_the_frame(tmp_path, rep
     frames = np.load(raw)
     frames[:, : frames.shape[1] // 2] = frames.min()  # a flat, saturated upper half
     np.save(raw, frames)
-    _run(tmp_path, repo_root, PrepareParams(background_per_clip=20))
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", background_per_clip=20))
     data = load_prepared(tmp_path / "prepared")
     assert max(int(r["window_px"]) for r in data.rows) <= cal.geometry.image_width
     assert all(float(r["std"]) > 0 for r in data.rows if r["kind"] == "background")
@@ -177,17 +227,44 @@ def test_single_images_are_split_by_image(tmp_path, repo_root, cal):
     for i in range(12):
         cid = f"img{i:02d}"
         frames[cid] = np.full((1, h, w), 6000, np.uint16)
-        clips.append({"clip_id": cid, "camera_id": CAM, "calibration_version": cal.version, "source": "synthetic",
-                      "n_frames": 1, "height": h, "width": w, "dtype": "uint16", "units": "counts", "fps": 0.0,
-                      "time_of_day_h": None, "weather": "", "ambient_c": None})  # fmt: skip
+        clips.append(
+            {
+                "clip_id": cid,
+                "camera_id": CAM,
+                "calibration_version": cal.version,
+                "source": "synthetic",
+                "n_frames": 1,
+                "height": h,
+                "width": w,
+                "dtype": "uint16",
+                "units": "counts",
+                "fps": 0.0,
+                "time_of_day_h": None,
+                "weather": "",
+                "ambient_c": None,
+            }
+        )
         for k, label in enumerate(["person", "vehicle", "animal"]):
             x0 = 40 + 100 * k
             frames[cid][0, 100:140, x0 : x0 + 20] = 7000
-            anns.append({"clip_id": cid, "frame": 0, "track_id": f"t{k}", "label": label, "source_label": label,
-                         "x0": x0, "y0": 100, "x1": x0 + 20, "y1": 140, "ground_x": None, "ground_y": None,
-                         "distance_m": None})  # fmt: skip
+            anns.append(
+                {
+                    "clip_id": cid,
+                    "frame": 0,
+                    "track_id": f"t{k}",
+                    "label": label,
+                    "source_label": label,
+                    "x0": x0,
+                    "y0": 100,
+                    "x1": x0 + 20,
+                    "y1": 140,
+                    "ground_x": None,
+                    "ground_y": None,
+                    "distance_m": None,
+                }
+            )
     write_raw(tmp_path / "raw" / "synthetic" / CAM, clips, anns, frames)
-    _run(tmp_path, repo_root, PrepareParams(background_per_clip=0))
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", background_per_clip=0))
     data = load_prepared(tmp_path / "prepared")
     split_of_image: dict[str, set] = {}
     for r in data.rows:

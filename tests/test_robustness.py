@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from robustness_helpers import ArgmaxInside, QuantizedInput, gate_params, one_thread, split_xy, train_tiny  # noqa: F401 (autouse fixture)
+from training_helpers import make_prepared
+
 from thermops.config import section
 from thermops.robustness import attacks as A
 from thermops.robustness import corruptions as C
@@ -24,7 +25,6 @@ from thermops.robustness import perspective as P
 from thermops.robustness.decision import decide
 from thermops.robustness.evaluate import attack_suite
 from thermops.robustness.params import GateParams, Regression
-from training_helpers import make_prepared
 
 # Agreement with ART: robust accuracies on the same 32 test tubelets may differ by at
 # most 4 tubelets (0.125) for the gradient attacks (different random starts and step
@@ -113,8 +113,13 @@ def test_adversarial_training_raises_robust_accuracy(plain, robust, test_xy):
 def _art_classifier(model, x):
     from art.estimators.classification import PyTorchClassifier
 
-    return PyTorchClassifier(model, torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=4,
-                             clip_values=(float(x.min()) - 10, float(x.max()) + 10))  # fmt: skip
+    return PyTorchClassifier(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=4,
+        clip_values=(float(x.min()) - 10, float(x.max()) + 10),
+    )
 
 
 def _acc(model, x, y, adv) -> float:
@@ -133,12 +138,22 @@ def test_attacks_agree_with_art(kind, eps, plain, test_xy):
         mine = A.FGSM(plain, eps)
     elif kind.startswith("pgd"):
         norm = np.inf if kind == "pgd_linf" else 2
-        art_adv = ProjectedGradientDescent(clf, norm=norm, eps=eps, eps_step=0.3 * eps, max_iter=8, num_random_init=1,
-                                           batch_size=64, verbose=False).generate(xn, yn)  # fmt: skip
+        art_adv = ProjectedGradientDescent(
+            clf, norm=norm, eps=eps, eps_step=0.3 * eps, max_iter=8, num_random_init=1, batch_size=64, verbose=False
+        ).generate(xn, yn)
         mine = A.PGD(plain, eps, "linf" if norm == np.inf else "l2", steps=8, step_size=0.3)
     else:
-        art_adv = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=8, nb_random_init=1,
-                                               batch_size=64, loss_type="cross_entropy", verbose=False).generate(xn, yn)  # fmt: skip
+        art_adv = AutoProjectedGradientDescent(
+            clf,
+            norm=np.inf,
+            eps=eps,
+            eps_step=2 * eps,
+            max_iter=8,
+            nb_random_init=1,
+            batch_size=64,
+            loss_type="cross_entropy",
+            verbose=False,
+        ).generate(xn, yn)
         mine = A.APGD(plain, eps, "linf", steps=8)
     a_art, a_mine = _acc(plain, x, y, art_adv), _acc(plain, x, y, mine(x, y))
     assert abs(a_art - a_mine) <= ART_TOL, (kind, a_art, a_mine)
@@ -152,8 +167,9 @@ def test_cw_at_least_as_strong_as_art(plain, test_xy):
     x, y = test_xy
     x, y = x[:16], y[:16]
     clf = _art_classifier(plain, x)
-    art_adv = CarliniL2Method(clf, binary_search_steps=3, max_iter=10, learning_rate=0.1, initial_const=1.0,
-                              batch_size=16, verbose=False).generate(x.numpy(), y.numpy())  # fmt: skip
+    art_adv = CarliniL2Method(
+        clf, binary_search_steps=3, max_iter=10, learning_rate=0.1, initial_const=1.0, batch_size=16, verbose=False
+    ).generate(x.numpy(), y.numpy())
     norms = np.sqrt(((art_adv - x.numpy()) ** 2).reshape(len(x), -1).sum(1))
     fooled = (A.predict(plain, torch.as_tensor(art_adv)) != y).numpy()
     clean = (A.predict(plain, x) == y).numpy()
@@ -174,7 +190,12 @@ def test_sanity_checks_pass_on_an_honest_model(robust, test_xy):
     failed = [c for c in s["sanity"] if not c["passed"]]
     assert not failed, failed
     assert {c["name"].split("[")[0] for c in s["sanity"]} == {
-        "gradients_finite_nonzero", "monotone_in_eps", "zero_at_large_eps", "more_steps_not_weaker", "black_box_not_stronger"}  # fmt: skip
+        "gradients_finite_nonzero",
+        "monotone_in_eps",
+        "zero_at_large_eps",
+        "more_steps_not_weaker",
+        "black_box_not_stronger",
+    }
 
 
 @pytest.mark.parametrize("wrapper", [QuantizedInput, ArgmaxInside])
@@ -208,10 +229,10 @@ def test_homographies_have_the_stated_size():
 
 
 def test_worst_case_homography_is_at_least_as_bad_as_none(plain, prepared):
-    from thermops.model.preprocess import resample
-    from thermops.data.prepared import load_prepared
-
     from robustness_helpers import SPEC
+
+    from thermops.data.prepared import load_prepared
+    from thermops.model.preprocess import resample
 
     data = load_prepared(prepared)
     idx = data.indices("test")[:12]
@@ -223,11 +244,26 @@ def test_worst_case_homography_is_at_least_as_bad_as_none(plain, prepared):
 
 
 def test_envelope_is_the_largest_size_meeting_every_threshold():
-    geo = [{"kind": k, "px": s * m, "accuracy": 0.9 if m <= 2 else 0.4, "flip_rate": 0.05, "scale": 1 + s * m / 10,
-            "r": 0.0, "grad_tau": 0.0} for k in ("tilt", "roll", "zoom") for m in (1.0, 2.0, 3.0) for s in (1, -1)]  # fmt: skip
+    geo = [
+        {
+            "kind": k,
+            "px": s * m,
+            "accuracy": 0.9 if m <= 2 else 0.4,
+            "flip_rate": 0.05,
+            "scale": 1 + s * m / 10,
+            "r": 0.0,
+            "grad_tau": 0.0,
+        }
+        for k in ("tilt", "roll", "zoom")
+        for m in (1.0, 2.0, 3.0)
+        for s in (1, -1)
+    ]
     geo[0]["flip_rate"] = 0.9  # tilt +1 px flips too much: nothing geometric is validated for tilt
-    radio = [{"kind": "gain", "value": s * v, "accuracy": 0.9 if v < 0.3 else 0.2, "flip_rate": 0.0}
-             for v in (0.1, 0.2, 0.4) for s in (1, -1)] + [{"kind": "offset", "value": 1.0, "accuracy": 0.9, "flip_rate": 0.0}]  # fmt: skip
+    radio = [
+        {"kind": "gain", "value": s * v, "accuracy": 0.9 if v < 0.3 else 0.2, "flip_rate": 0.0}
+        for v in (0.1, 0.2, 0.4)
+        for s in (1, -1)
+    ] + [{"kind": "offset", "value": 1.0, "accuracy": 0.9, "flip_rate": 0.0}]
     from robustness_helpers import SPEC
 
     env = E.envelope(geo, radio, min_accuracy=0.5, max_flip_rate=0.2, spec=SPEC, window_px=40.0)
@@ -241,22 +277,32 @@ def test_envelope_is_the_largest_size_meeting_every_threshold():
 
 
 def _metrics(clean=0.8, rob=0.5, mce=1.0, flip=0.1, slope=0.5):
-    return {"clean_accuracy": clean, "robust_accuracy": {"linf": {"worst": {0.05: rob, 2.0: 0.0}}, "l2": {"worst": {0.5: rob}}},
-            "mean_ce": mce, "flip_rate": flip, "stability_slope": slope, "sanity": []}  # fmt: skip
+    return {
+        "clean_accuracy": clean,
+        "robust_accuracy": {"linf": {"worst": {0.05: rob, 2.0: 0.0}}, "l2": {"worst": {0.5: rob}}},
+        "mean_ce": mce,
+        "flip_rate": flip,
+        "stability_slope": slope,
+        "sanity": [],
+    }
 
 
 def test_decision_catches_a_regression_against_the_blessed_model():
     p = section({"gate": gate_params()}, "gate", GateParams)
     th = p.thresholds
     blessed = _metrics(clean=0.9, rob=0.7)
-    ok = decide(_metrics(clean=0.89, rob=0.69), th, blessed, Regression(0.03, 0.1))
+    ok = decide(_metrics(clean=0.89, rob=0.69), th, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0))
     assert ok["passed"], ok["reasons"]
-    bad = decide(_metrics(clean=0.8, rob=0.5, mce=1.3), th, blessed, Regression(0.03, 0.1))
+    bad = decide(
+        _metrics(clean=0.8, rob=0.5, mce=1.3), th, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+    )
     assert not bad["passed"]
     names = {c["name"] for c in bad["checks"] if not c["passed"]}
     assert {"regression:clean_accuracy", "regression:robust_accuracy[linf][0.05]", "regression:mean_ce"} <= names
     assert len(bad["reasons"]) == len(names)  # one reason per failed check
-    first = decide(_metrics(clean=0.8, rob=0.5, mce=1.3), th, None, Regression(0.03, 0.1))
+    first = decide(
+        _metrics(clean=0.8, rob=0.5, mce=1.3), th, None, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+    )
     assert first["passed"] and not any(c["kind"] == "regression" for c in first["checks"])
 
 
@@ -273,12 +319,16 @@ def test_regression_margin_grows_with_sampling_noise():
     p = section({"gate": gate_params()}, "gate", GateParams)
     blessed = _metrics(clean=0.9, rob=0.7)
     cand = _metrics(clean=0.8, rob=0.6)
-    strict = decide(cand, p.thresholds, blessed, Regression(0.03, 0.1, z=1.0))  # n unknown: tolerance alone
+    strict = decide(
+        cand, p.thresholds, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+    )  # n unknown: tolerance alone
     assert "regression:clean_accuracy" in {c["name"] for c in strict["checks"] if not c["passed"]}
     for m in (blessed, cand):
         m["n_test"] = 40
         m["robust_accuracy"]["linf"]["n"] = 40
-    noisy = decide(cand, p.thresholds, blessed, Regression(0.03, 0.1, z=1.0))  # SE of 0.8 vs 0.9 on 40 each ~ 0.078
+    noisy = decide(
+        cand, p.thresholds, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+    )  # SE of 0.8 vs 0.9 on 40 each ~ 0.078
     assert "regression:clean_accuracy" not in {c["name"] for c in noisy["checks"] if not c["passed"]}
 
 

@@ -145,8 +145,12 @@ def test_register_a_display8_camera_and_use_it_at_once(served):
     assert before.status_code == 404 and "unknown camera 'roof-cam-7'" in _error(before)
     reg = _post(server, "/register_camera", json={"calibration": cal.model_dump(mode="json")})
     assert reg.status_code == 200, reg.text
-    assert reg.json() == {"camera_id": "roof-cam-7", "calibration_version": "2026-11-22a", "units": "display8",
-                          "replaced": False}  # fmt: skip
+    assert reg.json() == {
+        "camera_id": "roof-cam-7",
+        "calibration_version": "2026-11-22a",
+        "units": "display8",
+        "replaced": False,
+    }
     resp = _post(server, "/classify", json={"tubelet": arr.tolist(), "camera_id": "roof-cam-7"})
     tag = _post(server, "/metadata", json={}).json()["model_version"]
     _assert_prediction(resp, in_process_scores(model_dir, arr, cal), "2026-11-22a", tag)
@@ -193,27 +197,63 @@ BAD_CASES = {
     "object-npy": (lambda s: _upload(s, _npy(np.array([{"a": 1}], dtype=object)), "cam-lin"), 400, "unreadable"),
     "nan": (lambda s: _upload(s, _npy(np.where(GOOD > 0, np.nan, 0.0)), "cam-lin"), 400, "non-finite"),
     "inf": (lambda s: _upload(s, _npy(np.full((4, 8, 8), np.inf, np.float32)), "cam-lin"), 400, "non-finite"),
-    "nan-json": (lambda s: _post(s, "/classify", data='{"tubelet": ' + json.dumps(np.full((2, 8, 8), np.nan).tolist())
-                                 + ', "camera_id": "cam-lin"}', headers={"Content-Type": "application/json"}),
-                 400, "non-finite"),  # fmt: skip
-    "out-of-range-counts": (lambda s: _upload(s, _npy(np.full((2, 8, 8), 20000, np.uint16)), "cam-lin"), 400,
-                            "0..16383"),  # fmt: skip
+    "nan-json": (
+        lambda s: _post(
+            s,
+            "/classify",
+            data='{"tubelet": ' + json.dumps(np.full((2, 8, 8), np.nan).tolist()) + ', "camera_id": "cam-lin"}',
+            headers={"Content-Type": "application/json"},
+        ),
+        400,
+        "non-finite",
+    ),
+    "out-of-range-counts": (
+        lambda s: _upload(s, _npy(np.full((2, 8, 8), 20000, np.uint16)), "cam-lin"),
+        400,
+        "0..16383",
+    ),
     "display8-gets-16bit": (lambda s: _upload(s, _npy(GOOD), "cam-d8"), 400, "0..255"),
-    "too-many-frames": (lambda s: _upload(s, _npy(np.zeros((LIMITS.max_frames + 1, 8, 8), np.uint8)), "cam-d8"), 413,
-                        f"at most {LIMITS.max_frames} accepted"),  # fmt: skip
-    "too-wide": (lambda s: _upload(s, _npy(np.zeros((1, 8, LIMITS.max_side + 1), np.uint8)), "cam-d8"), 413,
-                 "per side"),  # fmt: skip
-    "too-many-values": (lambda s: _upload(s, _npy(np.zeros((32, 100, 100), np.uint8)), "cam-d8"), 413,
-                        f"at most {LIMITS.max_elements}"),  # fmt: skip
-    "upload-over-limit": (lambda s: _upload(s, _npy(np.zeros((4, 128, 128), np.float64)) + b"\0" * LIMITS.max_upload_bytes,
-                                            "cam-d8"), 413, "exceeds"),  # fmt: skip
-    "body-over-limit": (lambda s: _post(s, "/classify", data=b"[" + b"0," * (LIMITS.max_request_bytes // 2) + b"0]",
-                                        headers={"Content-Type": "application/json"}), 413, "exceeds the limit"),  # fmt: skip
+    "too-many-frames": (
+        lambda s: _upload(s, _npy(np.zeros((LIMITS.max_frames + 1, 8, 8), np.uint8)), "cam-d8"),
+        413,
+        f"at most {LIMITS.max_frames} accepted",
+    ),
+    "too-wide": (
+        lambda s: _upload(s, _npy(np.zeros((1, 8, LIMITS.max_side + 1), np.uint8)), "cam-d8"),
+        413,
+        "per side",
+    ),
+    "too-many-values": (
+        lambda s: _upload(s, _npy(np.zeros((32, 100, 100), np.uint8)), "cam-d8"),
+        413,
+        f"at most {LIMITS.max_elements}",
+    ),
+    "upload-over-limit": (
+        lambda s: _upload(s, _npy(np.zeros((4, 128, 128), np.float64)) + b"\0" * LIMITS.max_upload_bytes, "cam-d8"),
+        413,
+        "exceeds",
+    ),
+    "body-over-limit": (
+        lambda s: _post(
+            s,
+            "/classify",
+            data=b"[" + b"0," * (LIMITS.max_request_bytes // 2) + b"0]",
+            headers={"Content-Type": "application/json"},
+        ),
+        413,
+        "exceeds the limit",
+    ),
     "unknown-camera": (lambda s: _json_case(s, GOOD.tolist(), camera="nope"), 404, "unknown camera 'nope'"),
-    "text-plain": (lambda s: _post(s, "/classify", data="hello", headers={"Content-Type": "text/plain"}), 400,
-                   "validation error"),  # fmt: skip
-    "png-upload": (lambda s: _upload(s, b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "cam-lin", "t.png", "image/png"), 415,
-                   "unsupported file type"),  # fmt: skip
+    "text-plain": (
+        lambda s: _post(s, "/classify", data="hello", headers={"Content-Type": "text/plain"}),
+        400,
+        "validation error",
+    ),
+    "png-upload": (
+        lambda s: _upload(s, b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "cam-lin", "t.png", "image/png"),
+        415,
+        "unsupported file type",
+    ),
     "empty-upload": (lambda s: _upload(s, b"", "cam-lin"), 400, "empty"),
     "truncated-npy": (lambda s: _upload(s, _npy(GOOD)[:-100], "cam-lin"), 400, ".npy"),
     "truncated-tiff": (lambda s: _upload(s, _tiff(GOOD)[: len(_tiff(GOOD)) // 2], "cam-lin", "t.tiff"), 400, "TIFF"),
@@ -281,9 +321,29 @@ def test_schemathesis_finds_no_server_error(served, tmp_path):
     server, _ = served
     st = Path(sys.executable).with_name("st")
     report = tmp_path / "junit.xml"
-    cmd = [str(st), "run", server.url + "/docs.json", "--checks", "not_a_server_error", "--max-examples", "15",
-           "--seed", "1", "--workers", "2", "--phases", "examples,coverage,fuzzing", "--report", "junit",
-           "--report-junit-path", str(report), "--suppress-health-check", "all", "--request-timeout", "60"]  # fmt: skip
+    cmd = [
+        str(st),
+        "run",
+        server.url + "/docs.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "15",
+        "--seed",
+        "1",
+        "--workers",
+        "2",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
+        "--suppress-health-check",
+        "all",
+        "--request-timeout",
+        "60",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=bento_env(tmp_path / "unused"))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]

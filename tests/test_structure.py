@@ -60,7 +60,9 @@ def test_bento_include_covers_what_service_imports():
     missing = uncovered(files, include)
     assert not missing, f"bentofile.yaml include lacks {missing}"
     for entry in include:  # and each entry is needed: removing it is caught
-        assert uncovered(files, [e for e in include if e != entry]), f"bentofile.yaml: {entry} is not imported by service.py"
+        assert uncovered(files, [e for e in include if e != entry]), (
+            f"bentofile.yaml: {entry} is not imported by service.py"
+        )
 
 
 def test_the_library_has_no_import_cycles():

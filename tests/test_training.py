@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from params_helpers import from_params
 
 from tests.training_helpers import CLASSES, make_prepared
 from thermops.learn.adversarial import AdversarialConfig, pgd
@@ -22,6 +23,13 @@ from thermops.model.preprocess import InputSpec
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
+AUGMENT = from_params(AugmentConfig, "pretrain.ssl.augment")
+
+
+def _optim(**changes) -> OptimConfig:
+    """Fine-tuning optim params from params.yaml; no warmup unless asked."""
+    return from_params(OptimConfig, "finetune.optim", **{"warmup_epochs": 0, **changes})
+
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory) -> Path:
@@ -30,17 +38,17 @@ def blobs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def splits(blobs):
-    return load_splits(blobs, CLASSES, InputSpec())
+    return load_splits(blobs, CLASSES, from_params(InputSpec, "input"))
 
 
 def _model(seed: int) -> TubeletClassifier:
     torch.manual_seed(seed)
-    return TubeletClassifier(ModelConfig(size="tiny"), len(CLASSES))
+    return TubeletClassifier(from_params(ModelConfig, "model", size="tiny"), len(CLASSES))
 
 
 def test_resumed_run_ends_with_the_same_weights(splits, tmp_path):
-    cfg = OptimConfig(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=1)
-    loss = classification_loss(AugmentConfig(), label_smoothing=0.05)
+    cfg = _optim(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=1)
+    loss = classification_loss(AUGMENT, label_smoothing=0.05)
 
     def select(m):
         return float(m.head.weight.detach().sum())  # any deterministic function of the weights selects an epoch
@@ -48,7 +56,9 @@ def test_resumed_run_ends_with_the_same_weights(splits, tmp_path):
     full = _model(0)
     r_full = fit(full, loss, splits.train, cfg, seed=3, device=CPU, ckpt_dir=tmp_path / "a", select=select)
     part = _model(0)
-    r_part = fit(part, loss, splits.train, cfg, seed=3, device=CPU, ckpt_dir=tmp_path / "b", select=select, stop_after=1)
+    r_part = fit(
+        part, loss, splits.train, cfg, seed=3, device=CPU, ckpt_dir=tmp_path / "b", select=select, stop_after=1
+    )
     ck = load_checkpoint(tmp_path / "b" / "last.pt")
     assert ck["epoch"] == 1 and set(ck) >= {"model", "optimizer", "scheduler", "epoch", "config"}
     assert len(r_part.history) == 1
@@ -62,15 +72,30 @@ def test_resumed_run_ends_with_the_same_weights(splits, tmp_path):
         assert torch.equal(a[k], b[k]), k
     # a checkpoint of another config is not resumed
     other = _model(0)
-    r_other = fit(other, loss, splits.train, OptimConfig(epochs=3, batch_size=8, lr=1e-3), seed=3, device=CPU,
-                  ckpt_dir=tmp_path / "b")  # fmt: skip
+    r_other = fit(
+        other,
+        loss,
+        splits.train,
+        _optim(epochs=3, batch_size=8, lr=1e-3),
+        seed=3,
+        device=CPU,
+        ckpt_dir=tmp_path / "b",
+    )
     assert r_other.resumed_from == 0
 
 
 def test_ddp_two_gloo_ranks_stay_synchronized(blobs, splits, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "training_helpers.py"), str(blobs), str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "tests" / "training_helpers.py"),
+        str(blobs),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -97,29 +122,35 @@ def test_non_finite_loss_raises(splits):
         return model(batch[0]).sum() * float("nan")
 
     with pytest.raises(FloatingPointError, match="non-finite loss"):
-        fit(_model(0), bad, splits.train, OptimConfig(epochs=1, batch_size=8, lr=1e-3), seed=0, device=CPU)
+        fit(_model(0), bad, splits.train, _optim(epochs=1, batch_size=8, lr=1e-3), seed=0, device=CPU)
 
 
 def test_pgd_stays_in_the_ball_and_raises_the_loss(splits):
     model = _model(0).eval()
     x, y = splits.test.inputs, splits.test.labels
-    cfg = AdversarialConfig(enabled=True, epsilon=0.3, steps=5, step_size=0.1)
+    cfg = AdversarialConfig(enabled=True, epsilon=0.3, steps=5, step_size=0.1, clean_weight=0.5)
     x_adv = pgd(model, x, y, cfg, torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= 0.3 + 1e-6
     ce = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert ce(model(x_adv), y) > ce(model(x), y)
     # adversarial training runs through the engine and keeps the loss finite
-    res = fit(_model(0), classification_loss(None, 0.0, cfg), splits.train, OptimConfig(epochs=1, batch_size=8, lr=1e-3),
-              seed=0, device=CPU)  # fmt: skip
+    res = fit(
+        _model(0),
+        classification_loss(None, 0.0, cfg),
+        splits.train,
+        _optim(epochs=1, batch_size=8, lr=1e-3),
+        seed=0,
+        device=CPU,
+    )
     assert torch.isfinite(torch.tensor(res.history[0]["loss"]))
 
 
 def test_augment_is_reproducible_and_keeps_shape(splits):
     x = splits.train.inputs[:6]
-    a = augment(x, AugmentConfig(), torch.Generator().manual_seed(7))
-    b = augment(x, AugmentConfig(), torch.Generator().manual_seed(7))
-    c = augment(x, AugmentConfig(), torch.Generator().manual_seed(8))
+    a = augment(x, AUGMENT, torch.Generator().manual_seed(7))
+    b = augment(x, AUGMENT, torch.Generator().manual_seed(7))
+    c = augment(x, AUGMENT, torch.Generator().manual_seed(8))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert torch.isfinite(a).all()
 
@@ -157,10 +188,16 @@ def test_bn_eval_freezes_running_statistics_and_encoder_lr_scale_splits_groups(s
 
     m = _model(0)
     before = {k: v.clone() for k, v in m.state_dict().items() if "running_mean" in k}
-    fit(m, classification_loss(None), splits.train, OptimConfig(epochs=1, batch_size=8, lr=1e-3, bn_eval=True),
-        seed=0, device=CPU)  # fmt: skip
+    fit(
+        m,
+        classification_loss(None),
+        splits.train,
+        _optim(epochs=1, batch_size=8, lr=1e-3, bn_eval=True),
+        seed=0,
+        device=CPU,
+    )
     after = m.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert not torch.equal(_model(0).head.weight, m.head.weight)  # still trained
-    opt = make_optimizer(_model(0), OptimConfig(epochs=1, batch_size=8, lr=1e-3, encoder_lr_scale=0.1))
+    opt = make_optimizer(_model(0), _optim(epochs=1, batch_size=8, lr=1e-3, encoder_lr_scale=0.1))
     assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [1e-4, 1e-3]

@@ -28,14 +28,43 @@ def trained(tmp_path_factory):
     params = small_training_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     params["classes"] = CLASSES
     (d / "params.yaml").write_text(yaml.safe_dump(params))
-    pre = _step("components.pretrain", "--params", str(d / "params.yaml"), "--data", str(prepared),
-                "--out", str(d / "pretrained"), "--metrics", str(d / "m/pretrain.json"),
-                "--curve", str(d / "m/pretrain_loss.csv"), "--checkpoints", str(d / "ck/pre"))  # fmt: skip
+    pre = _step(
+        "components.pretrain",
+        "--params",
+        str(d / "params.yaml"),
+        "--data",
+        str(prepared),
+        "--out",
+        str(d / "pretrained"),
+        "--metrics",
+        str(d / "m/pretrain.json"),
+        "--curve",
+        str(d / "m/pretrain_loss.csv"),
+        "--checkpoints",
+        str(d / "ck/pre"),
+    )
     assert pre.returncode == 0, pre.stderr[-2000:]
-    ft = _step("components.finetune", "--params", str(d / "params.yaml"), "--data", str(prepared),
-               "--pretrained", str(d / "pretrained"), "--out", str(d / "finetuned"),
-               "--metrics", str(d / "m/finetune.json"), "--confusion", str(d / "m/confusion.csv"),
-               "--curve", str(d / "m/curve.csv"), "--figures", str(d / "fig"), "--checkpoints", str(d / "ck/ft"))  # fmt: skip
+    ft = _step(
+        "components.finetune",
+        "--params",
+        str(d / "params.yaml"),
+        "--data",
+        str(prepared),
+        "--pretrained",
+        str(d / "pretrained"),
+        "--out",
+        str(d / "finetuned"),
+        "--metrics",
+        str(d / "m/finetune.json"),
+        "--confusion",
+        str(d / "m/confusion.csv"),
+        "--curve",
+        str(d / "m/curve.csv"),
+        "--figures",
+        str(d / "fig"),
+        "--checkpoints",
+        str(d / "ck/ft"),
+    )
     assert ft.returncode == 0, ft.stderr[-2000:]
     return d, ft.stderr
 
@@ -53,8 +82,14 @@ def test_pretrain_writes_encoder_card_and_loss_curve(trained):
 def test_finetune_metrics_confusion_and_card(trained):
     d, log = trained
     m = json.loads((d / "m/finetune.json").read_text())
-    for k in ("accuracy", "macro_f1", "linear_probe_pretrained", "linear_probe_random", "finetune_10pct_pretrained",
-              "finetune_10pct_scratch"):  # fmt: skip
+    for k in (
+        "accuracy",
+        "macro_f1",
+        "linear_probe_pretrained",
+        "linear_probe_random",
+        "finetune_10pct_pretrained",
+        "finetune_10pct_scratch",
+    ):
         assert 0.0 <= m[k] <= 1.0, k
     assert set(m["per_class"]) == set(CLASSES)
     assert {"precision", "recall", "specificity"} <= set(m["per_class"]["person"])
@@ -73,8 +108,17 @@ def test_finetune_metrics_confusion_and_card(trained):
 
 
 def test_missing_data_is_one_clear_error(tmp_path):
-    r = _step("components.pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
-              "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv"))  # fmt: skip
+    r = _step(
+        "components.pretrain",
+        "--data",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "o"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--curve",
+        str(tmp_path / "c.csv"),
+    )
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr and "nope" in r.stderr
     assert not (tmp_path / "o").exists()

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from components import validate
-from thermops.io import read_csv, write_csv
 from thermops.data.prepared import MANIFEST_COLUMNS
 from thermops.data.validation import ValidateParams
+from thermops.io import read_csv, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 CAL = ROOT / "data" / "calibration"
@@ -66,8 +66,12 @@ def test_good_prepared_data_passes_and_reports_render(prepared_dir, tmp_path):
     suite_page = (report / "expectations" / "prepared_tubelets.html").read_text()
     assert "t_hash" in suite_page and "track_splits" in suite_page  # the suite is shown, column by column
     metric = json.loads((tmp_path / "validate.json").read_text())
-    assert metric == {"success": 1, "expectations": summary["expectations"], "failed": 0,
-                      "tubelets": summary["tubelets"]}  # fmt: skip
+    assert metric == {
+        "success": 1,
+        "expectations": summary["expectations"],
+        "failed": 0,
+        "tubelets": summary["tubelets"],
+    }
 
 
 def _nan(data):
@@ -169,10 +173,25 @@ def test_cli_exits_1_with_the_reason_and_keeps_the_report(prepared_dir, tmp_path
     _nan(data)
     out, metrics = tmp_path / "reports" / "validation", tmp_path / "metrics" / "validate.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "components.validate", "--params", str(ROOT / "params.yaml"), "--data", str(data),
-         "--calibration", str(CAL), "--out", str(out), "--metrics", str(metrics)],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "components.validate",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--data",
+            str(data),
+            "--calibration",
+            str(CAL),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("error: validation failed: 1 expectation(s): no NaN or inf")
     assert "t_nonfinite" in proc.stderr and "Traceback" not in proc.stderr
@@ -180,8 +199,20 @@ def test_cli_exits_1_with_the_reason_and_keeps_the_report(prepared_dir, tmp_path
     assert (out / "index.html").is_file() and not json.loads((out / "summary.json").read_text())["success"]
     # A missing prepared dataset is an error before anything is written.
     proc = subprocess.run(
-        [sys.executable, "-m", "components.validate", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"),
-         "--metrics", str(tmp_path / "m2.json")], cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "components.validate",
+            "--data",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "r2"),
+            "--metrics",
+            str(tmp_path / "m2.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "not a prepared dataset" in proc.stderr
     assert not (tmp_path / "r2").exists() and not (tmp_path / "m2.json").exists()

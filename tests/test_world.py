@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from params_helpers import from_params
 
 from components import synthesize
 from thermops.camera import sensor as S
 from thermops.camera.calibration import load_calibration
-from thermops.config import load_params, section
 from thermops.camera.geometry import PinholeCamera
-from thermops.world.objects import Canvas, Person
+from thermops.config import load_params, section
 from thermops.data.raw import load_frames, read_annotations, read_clips
+from thermops.world.objects import Canvas, Person
 from thermops.world.scene import conditions
 from thermops.world.synth import LABELS, SynthParams, camera_seed, synthesize_camera
 
@@ -60,8 +61,15 @@ def test_apparent_person_height_follows_pinhole_projection(cam_id):
     cond = conditions(2.0, "clear", 10.0)
     for r in np.geomspace(cam.min_range_m * 1.1, cam.max_range_m * 0.95, 5):
         xy = cam.ground_point_at_range(float(r), 0.0)
-        person = Person("person", "person_walking", xy, 0.0, 0.0, 0.0,
-                        {"height_m": 1.8, "cloth_c": 30.0, "trousers_c": 30.0, "swing": 0.0})  # fmt: skip
+        person = Person(
+            "person",
+            "person_walking",
+            xy,
+            0.0,
+            0.0,
+            0.0,
+            {"height_m": 1.8, "cloth_c": 30.0, "trousers_c": 30.0, "swing": 0.0},
+        )
         field = np.zeros((cam.height, cam.width))
         cv = Canvas(cam, cond, field, np.full_like(field, np.inf))
         lo, hi = person.draw(cv, 0.0)
@@ -83,7 +91,9 @@ def test_person_shrinks_with_distance():
 def test_temporal_noise_matches_netd():
     cal = _small_cal(load_calibration(CAL_DIR / "fence_mid.yaml"))
     rng = np.random.default_rng(0)
-    model = S.SensorModel.from_calibration(cal, rng, S.SensorParams(defect_fraction=0.0), fps=9.0)
+    model = S.SensorModel.from_calibration(
+        cal, rng, from_params(S.SensorParams, "synth.sensor", defect_fraction=0.0), fps=9.0
+    )
     temps = np.full((64, cal.geometry.image_height, cal.geometry.image_width), 20.0)
     counts = model.counts(temps, rng, ffc_phase_s=10.0).astype(np.float64)
     # Frame differences remove fixed patterns and the slow drift; /sqrt(2) for the difference of two frames.
@@ -94,7 +104,7 @@ def test_temporal_noise_matches_netd():
 def test_column_fpn_visible_in_flat_scene():
     cal = _small_cal(load_calibration(CAL_DIR / "gate_wide.yaml"), 96, 64)
     rng = np.random.default_rng(1)
-    sp = S.SensorParams(vignetting=0.0, defect_fraction=0.0, row_fpn_k=0.0)
+    sp = from_params(S.SensorParams, "synth.sensor", vignetting=0.0, defect_fraction=0.0, row_fpn_k=0.0)
     model = S.SensorModel.from_calibration(cal, rng, sp, fps=9.0)
     counts = model.counts(np.full((8, 64, 96), 15.0), rng).astype(np.float64) / cal.radiometry.gain_counts_per_k
     col_means = counts.mean(axis=(0, 1))
@@ -132,7 +142,7 @@ def test_building_blocks_shapes_and_ranges():
 
 def test_defects_exist_on_the_detector_but_the_camera_replaces_them():
     cal = _small_cal(load_calibration(CAL_DIR / "gate_wide.yaml"), 80, 60)
-    sp = S.SensorParams(defect_fraction=0.01)
+    sp = from_params(S.SensorParams, "synth.sensor", defect_fraction=0.01)
     temps = np.full((3, 60, 80), 20.0)
     raw = S.SensorModel.from_calibration(cal, np.random.default_rng(5), dataclasses.replace(sp, replace_defects=False))
     fixed = S.SensorModel.from_calibration(cal, np.random.default_rng(5), sp)
@@ -167,9 +177,15 @@ def test_polarity_inversion_by_day_and_crossover(cfg):
 
         bg, depth, _ = background(cam, rays, lay, cond)
         xy = cam.ground_point_at_range(40.0, 0.0)
-        person = Person("person", "person_walking", xy, 0.0, 0.0, 0.0,
-                        {"height_m": 1.8, "cloth_c": clothing_c(cond, 0.5), "trousers_c": clothing_c(cond, 0.7),
-                         "swing": 0.0})  # fmt: skip
+        person = Person(
+            "person",
+            "person_walking",
+            xy,
+            0.0,
+            0.0,
+            0.0,
+            {"height_m": 1.8, "cloth_c": clothing_c(cond, 0.5), "trousers_c": clothing_c(cond, 0.7), "swing": 0.0},
+        )
         field = bg.copy()
         lo, hi = person.draw(Canvas(cam, cond, field, depth), 0.0)
         mask = np.abs(field - bg) > 1e-6
@@ -206,8 +222,11 @@ def _tiny_params(params: dict, **synth) -> dict:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.rglob("*"))
-            if f.is_file()}  # fmt: skip
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
 
 
 def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path, params):

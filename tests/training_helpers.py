@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from params_helpers import from_params
 
-from thermops.io import write_csv, write_json
 from thermops.data.prepared import MANIFEST_COLUMNS
+from thermops.io import write_csv, write_json
 
 CLASSES = ["person", "vehicle", "animal", "nuisance"]
 
@@ -45,15 +46,32 @@ def make_prepared(root: str | Path, n_per_class: int = 24, t: int = 8, size: int
             cam = f"cam{k % 2}"
             arrs.append(_blob(t, size, rng, label))
             a = arrs[-1]
-            rows.append({
-                "tubelet_id": f"synthetic/c{ci}/{k}", "camera_id": cam, "calibration_version": f"{cam}-v1",
-                "source": "synthetic", "clip_id": f"c{ci}", "split": split, "label": label,
-                "kind": "background" if label == "nuisance" else "object", "track_id": f"synthetic/c{ci}/{k}",
-                "frame_start": 0, "frame_end": t, "boxes": "[]", "distance_m": 50.0, "window_m": 4.0,
-                "window_px": size, "units": "celsius", "mean": float(a.mean()), "std": float(a.std()),
-                "min": float(a.min()), "max": float(a.max()), "p01": float(np.percentile(a, 1)),
-                "p99": float(np.percentile(a, 99)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "tubelet_id": f"synthetic/c{ci}/{k}",
+                    "camera_id": cam,
+                    "calibration_version": f"{cam}-v1",
+                    "source": "synthetic",
+                    "clip_id": f"c{ci}",
+                    "split": split,
+                    "label": label,
+                    "kind": "background" if label == "nuisance" else "object",
+                    "track_id": f"synthetic/c{ci}/{k}",
+                    "frame_start": 0,
+                    "frame_end": t,
+                    "boxes": "[]",
+                    "distance_m": 50.0,
+                    "window_m": 4.0,
+                    "window_px": size,
+                    "units": "celsius",
+                    "mean": float(a.mean()),
+                    "std": float(a.std()),
+                    "min": float(a.min()),
+                    "max": float(a.max()),
+                    "p01": float(np.percentile(a, 1)),
+                    "p99": float(np.percentile(a, 99)),
+                }
+            )
     np.save(root / "tubelets.npy", np.stack(arrs).astype(np.float32))
     write_csv(root / "manifest.csv", rows, MANIFEST_COLUMNS)
     write_json(root / "summary.json", {"n": len(rows)})
@@ -78,21 +96,30 @@ def ddp_main(data: str, out: str, epochs: int = 2) -> None:
 
     from thermops.learn.augment import AugmentConfig
     from thermops.learn.datasets import load_splits
-    from thermops.learn.engine import OptimConfig, classification_loss, epoch_batches, fit
     from thermops.learn.distributed import dist_info, setup_distributed
+    from thermops.learn.engine import OptimConfig, classification_loss, epoch_batches, fit
     from thermops.model.network import ModelConfig, TubeletClassifier
     from thermops.model.preprocess import InputSpec
 
     device = setup_distributed("cpu")
     rank, world = dist_info()
-    splits = load_splits(data, CLASSES, InputSpec())
+    splits = load_splits(data, CLASSES, from_params(InputSpec, "input"))
     torch.manual_seed(0)
-    model = TubeletClassifier(ModelConfig(size="tiny"), len(CLASSES))
-    cfg = OptimConfig(epochs=epochs, batch_size=8, lr=3e-3)
-    res = fit(model, classification_loss(AugmentConfig()), splits.train, cfg, seed=5, device=device)
+    model = TubeletClassifier(from_params(ModelConfig, "model", size="tiny"), len(CLASSES))
+    cfg = from_params(OptimConfig, "finetune.optim", epochs=epochs, batch_size=8, lr=3e-3, warmup_epochs=0)
+    res = fit(
+        model,
+        classification_loss(from_params(AugmentConfig, "pretrain.ssl.augment")),
+        splits.train,
+        cfg,
+        seed=5,
+        device=device,
+    )
     batches = [[b.tolist() for b in epoch_batches(len(splits.train), 8, 5, e, rank, world)] for e in range(epochs)]
-    torch.save({"state": model.state_dict(), "history": res.history, "batches": batches, "world": world},
-               Path(out) / f"rank{rank}.pt")  # fmt: skip
+    torch.save(
+        {"state": model.state_dict(), "history": res.history, "batches": batches, "world": world},
+        Path(out) / f"rank{rank}.pt",
+    )
 
 
 if __name__ == "__main__":

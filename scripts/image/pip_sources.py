@@ -37,8 +37,12 @@ def _read_config_files() -> str:
 
     lines = []
     home = Path.home()
-    for f in (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"),
-              home / ".config/pip/pip.conf", home / ".pip/pip.conf"):
+    for f in (
+        Path("/etc/pip.conf"),
+        Path("/etc/xdg/pip/pip.conf"),
+        home / ".config/pip/pip.conf",
+        home / ".pip/pip.conf",
+    ):
         if f.is_file():
             cp = configparser.ConfigParser()
             cp.read(f)
@@ -52,7 +56,9 @@ def pip_entries() -> list[str]:
     """Every find-links / index URL value pip would use, from config files and env."""
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     out = proc.stdout if proc.returncode == 0 else _read_config_files()
     entries: list[str] = []
@@ -68,8 +74,11 @@ def pip_entries() -> list[str]:
 def uv_toml(entries: list[str]) -> str:
     """The same sources as a uv configuration (uv does not read pip.conf)."""
     find_links = [e for e in entries if local_folder(e) is not None and not e.rstrip("/").endswith("simple")]
-    indexes = [e if "://" in e else Path(e).as_uri() for e in entries
-               if e.rstrip("/").endswith("simple") or e.startswith("http")]
+    indexes = [
+        e if "://" in e else Path(e).as_uri()
+        for e in entries
+        if e.rstrip("/").endswith("simple") or e.startswith("http")
+    ]
     lines = [f"find-links = {json.dumps(sorted(set(find_links)))}"]
     if indexes:
         lines.append(f"extra-index-url = {json.dumps(list(dict.fromkeys(indexes)))}")

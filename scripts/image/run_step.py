@@ -87,8 +87,9 @@ def _parent_task(spec: dict[str, Any], dag_owner: str) -> tuple[str, dict[str, A
     return None
 
 
-def _resolve_param(spec: dict[str, Any], owner: str, binding: dict[str, Any], name: str,
-                   overrides: dict[str, Any]) -> Any:
+def _resolve_param(
+    spec: dict[str, Any], owner: str, binding: dict[str, Any], name: str, overrides: dict[str, Any]
+) -> Any:
     """Value of one task input parameter binding, following sub-DAG inputs up to the root."""
     if "runtimeValue" in binding:
         return binding["runtimeValue"]["constant"]
@@ -111,8 +112,10 @@ def _resolve_param(spec: dict[str, Any], owner: str, binding: dict[str, Any], na
         return _resolve_param(spec, parent_owner, pbinding, name, overrides)
     if "taskOutputParameter" in binding:
         out = binding["taskOutputParameter"]
-        raise StepError(f"input {name!r} comes from task {out['producerTask']!r} "
-                        f"(output {out['outputParameterKey']!r}): pass -p {name}=VALUE")
+        raise StepError(
+            f"input {name!r} comes from task {out['producerTask']!r} "
+            f"(output {out['outputParameterKey']!r}): pass -p {name}=VALUE"
+        )
     raise StepError(f"input {name!r}: unsupported binding {binding}")
 
 
@@ -159,14 +162,17 @@ def find_step(spec: dict[str, Any], task_name: str, overrides: dict[str, Any] | 
                 continue  # a sub-DAG (condition) named like the task: keep looking
             executor = comp["executorLabel"]
             container = spec["deploymentSpec"]["executors"][executor]["container"]
-            step = Step(key, comp_name, executor, container,
-                        comp.get("inputDefinitions", {}), comp.get("outputDefinitions", {}))
+            step = Step(
+                key, comp_name, executor, container, comp.get("inputDefinitions", {}), comp.get("outputDefinitions", {})
+            )
             bindings = task.get("inputs", {})
             for pname, pdef in step.inputs.get("parameters", {}).items():
                 if pname in overrides:
                     step.parameters[pname] = overrides[pname]
                 elif pname in bindings.get("parameters", {}):
-                    step.parameters[pname] = _resolve_param(spec, owner, bindings["parameters"][pname], pname, overrides)
+                    step.parameters[pname] = _resolve_param(
+                        spec, owner, bindings["parameters"][pname], pname, overrides
+                    )
                 elif "defaultValue" in pdef:
                     step.parameters[pname] = pdef["defaultValue"]
                 elif not pdef.get("isOptional"):
@@ -232,10 +238,16 @@ def executor_input(step: Step, layout: Layout, artifacts: dict[str, Path]) -> di
         _copy_into(src, layout.host_path(producer["producer"], producer["key"]))
         meta_file = src.parent / f"{src.name}.metadata.json"  # metadata an upstream run left
         metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        arts[aname] = {"artifacts": [{
-            "name": producer["key"], "type": _type_of(definition),
-            "uri": layout.uri(producer["producer"], producer["key"]), "metadata": metadata,
-        }]}
+        arts[aname] = {
+            "artifacts": [
+                {
+                    "name": producer["key"],
+                    "type": _type_of(definition),
+                    "uri": layout.uri(producer["producer"], producer["key"]),
+                    "metadata": metadata,
+                }
+            ]
+        }
     if arts:
         inputs["artifacts"] = arts
     out_dir = layout.outputs_dir()
@@ -245,8 +257,11 @@ def executor_input(step: Step, layout: Layout, artifacts: dict[str, Path]) -> di
         outputs["parameters"] = oparams
     oarts = {}
     for aname, definition in step.outputs.get("artifacts", {}).items():
-        oarts[aname] = {"artifacts": [{"name": aname, "type": _type_of(definition),
-                                       "uri": layout.uri(step.task, aname), "metadata": {}}]}
+        oarts[aname] = {
+            "artifacts": [
+                {"name": aname, "type": _type_of(definition), "uri": layout.uri(step.task, aname), "metadata": {}}
+            ]
+        }
         layout.host_path(step.task, aname).parent.mkdir(parents=True, exist_ok=True)
     if oarts:
         outputs["artifacts"] = oarts
@@ -258,6 +273,7 @@ _PLACEHOLDER = re.compile(r"\{\{\$(?:\.(inputs|outputs)\.(parameters|artifacts)\
 
 def substitute(text: str, ex_input: dict[str, Any], layout: Layout, step: Step) -> str:
     """Replace KFP placeholders (`{{$}}`, `{{$.inputs.parameters['x']}}`, artifact paths) in one arg."""
+
     def repl(m: re.Match[str]) -> str:
         side, kind, name, attr = m.groups()
         if side is None:
@@ -271,7 +287,8 @@ def substitute(text: str, ex_input: dict[str, Any], layout: Layout, step: Step) 
         uri = art["uri"]
         if attr == "uri":
             return uri
-        return GCS_MOUNT + "/" + uri[len("gs://"):] if uri.startswith("gs://") else uri
+        return GCS_MOUNT + "/" + uri[len("gs://") :] if uri.startswith("gs://") else uri
+
     return _PLACEHOLDER.sub(repl, text)
 
 
@@ -288,8 +305,9 @@ def _storage() -> list[str]:
 def new_container(image: str) -> str:
     """A fresh working container of `image` (with vfs storage: a full copy of its root)."""
     name = f"thermops-step-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["buildah", *_storage(), "from", "--pull=never", "--name", name, image],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["buildah", *_storage(), "from", "--pull=never", "--name", name, image], check=True, stdout=subprocess.DEVNULL
+    )
     return name
 
 
@@ -298,14 +316,21 @@ def remove_container(name: str) -> None:
     subprocess.run(["buildah", *_storage(), "rm", name], stdout=subprocess.DEVNULL, check=False)
 
 
-def run_in_image(image: str, argv: list[str], layout: Layout, env: dict[str, str],
-                 container: str | None = None) -> int:
+def run_in_image(image: str, argv: list[str], layout: Layout, env: dict[str, str], container: str | None = None) -> int:
     """Run argv in a fresh working container of `image` (or in `container`) with the artifact folders mounted."""
     name = container or new_container(image)
     try:
-        cmd = ["buildah", *_storage(), "run", "--isolation", "chroot",
-               "--volume", f"{layout.gcs_host}:{GCS_MOUNT}",
-               "--volume", f"{layout.outputs_host}:{OUTPUTS_MOUNT}"]
+        cmd = [
+            "buildah",
+            *_storage(),
+            "run",
+            "--isolation",
+            "chroot",
+            "--volume",
+            f"{layout.gcs_host}:{GCS_MOUNT}",
+            "--volume",
+            f"{layout.outputs_host}:{OUTPUTS_MOUNT}",
+        ]
         for k, v in env.items():
             cmd += ["--env", f"{k}={v}"]
         return subprocess.run([*cmd, name, "--", *argv]).returncode
@@ -331,8 +356,11 @@ def summarize(step: Step, layout: Layout, rc: int) -> dict[str, Any]:
     outputs = {}
     for aname in step.outputs.get("artifacts", {}):
         p = layout.host_path(step.task, aname)
-        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else (
-            p.stat().st_size if p.exists() else 0)
+        size = (
+            sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            if p.is_dir()
+            else (p.stat().st_size if p.exists() else 0)
+        )
         outputs[aname] = {"path": str(p), "exists": p.exists(), "bytes": size}
     ex_out_file = layout.outputs_host / "output_metadata.json"
     ex_out = json.loads(ex_out_file.read_text()) if ex_out_file.is_file() else None
@@ -349,8 +377,14 @@ def summarize(step: Step, layout: Layout, rc: int) -> dict[str, Any]:
         # container component writes it to its outputFile
         values = (ex_out or {}).get("parameterValues") or {}
         params[pname] = values.get(pname, f.read_text() if f.is_file() else None)
-    return {"task": step.task, "executor": step.executor, "exit_code": rc,
-            "outputs": outputs, "output_parameters": params, "executor_output": ex_out}
+    return {
+        "task": step.task,
+        "executor": step.executor,
+        "exit_code": rc,
+        "outputs": outputs,
+        "output_parameters": params,
+        "executor_output": ex_out,
+    }
 
 
 # Metrics artifacts may carry their values in metadata only (log_metric), no file.
@@ -359,8 +393,11 @@ METADATA_ONLY = {"system.Metrics", "system.ClassificationMetrics"}
 
 def missing_outputs(step: Step, summary: dict[str, Any]) -> list[str]:
     """Output artifacts that should hold data on the host but were not written."""
-    return [n for n, d in step.outputs.get("artifacts", {}).items()
-            if _type_of(d)["schemaTitle"] not in METADATA_ONLY and not summary["outputs"][n]["exists"]]
+    return [
+        n
+        for n, d in step.outputs.get("artifacts", {}).items()
+        if _type_of(d)["schemaTitle"] not in METADATA_ONLY and not summary["outputs"][n]["exists"]
+    ]
 
 
 def load_step(pipeline: Path, task: str, params: dict[str, Any] | None = None) -> Step:
@@ -368,10 +405,18 @@ def load_step(pipeline: Path, task: str, params: dict[str, Any] | None = None) -
     return find_step(load_pipeline_spec(pipeline), task, params or {})
 
 
-def run_step(pipeline: Path, task: str, work: Path, *, image: str | None = None,
-             artifacts: dict[str, Path] | None = None, params: dict[str, Any] | None = None,
-             runtime: str = "buildah", env: dict[str, str] | None = None,
-             container: str | None = None) -> dict[str, Any]:
+def run_step(
+    pipeline: Path,
+    task: str,
+    work: Path,
+    *,
+    image: str | None = None,
+    artifacts: dict[str, Path] | None = None,
+    params: dict[str, Any] | None = None,
+    runtime: str = "buildah",
+    env: dict[str, str] | None = None,
+    container: str | None = None,
+) -> dict[str, Any]:
     """Run one compiled step in the image (or on the host); return the summary dict.
 
     `container` reuses an existing working container of the image instead of a
@@ -393,12 +438,22 @@ def run_step(pipeline: Path, task: str, work: Path, *, image: str | None = None,
             if d.is_dir():
                 d.chmod(0o777)
     start = time.perf_counter()
-    rc = (run_in_image(use_image, argv, layout, env or {}, container) if runtime == "buildah"
-          else run_on_host(argv, env or {}))
+    rc = (
+        run_in_image(use_image, argv, layout, env or {}, container)
+        if runtime == "buildah"
+        else run_on_host(argv, env or {})
+    )
     seconds = time.perf_counter() - start
     summary = summarize(step, layout, rc)
-    summary.update({"image": use_image if runtime == "buildah" else None, "compiled_image": compiled_image,
-                    "runtime": runtime, "seconds": round(seconds, 2), "work": str(work)})
+    summary.update(
+        {
+            "image": use_image if runtime == "buildah" else None,
+            "compiled_image": compiled_image,
+            "runtime": runtime,
+            "seconds": round(seconds, 2),
+            "work": str(work),
+        }
+    )
     summary["ok"] = rc == 0 and not missing_outputs(step, summary)
     return summary
 
@@ -421,16 +476,28 @@ def main(argv: list[str] | None = None) -> None:
         params = {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in a.param)}
         env = dict(kv.split("=", 1) for kv in a.env)
         a.work.mkdir(parents=True, exist_ok=True)
-        summary = run_step(a.pipeline, a.task, a.work, image=a.image, artifacts=arts,
-                           params=params, runtime=a.runtime, env=env, container=a.container)
+        summary = run_step(
+            a.pipeline,
+            a.task,
+            a.work,
+            image=a.image,
+            artifacts=arts,
+            params=params,
+            runtime=a.runtime,
+            env=env,
+            container=a.container,
+        )
     except (StepError, ValueError, OSError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(summary, indent=2, sort_keys=True))
     if not summary["ok"]:
         missing = missing_outputs(load_step(a.pipeline, a.task, params), summary)
-        print(f"error: task {a.task} exited {summary['exit_code']}"
-              + (f"; outputs not written: {', '.join(missing)}" if missing else ""), file=sys.stderr)
+        print(
+            f"error: task {a.task} exited {summary['exit_code']}"
+            + (f"; outputs not written: {', '.join(missing)}" if missing else ""),
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

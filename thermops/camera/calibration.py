@@ -67,7 +67,7 @@ class Geometry(_Strict):
     max_range_m: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _complete_when_known(self) -> "Geometry":
+    def _complete_when_known(self) -> Geometry:
         if self.known:
             missing = [
                 name
@@ -110,7 +110,7 @@ class Radiometry(_Strict):
     netd_mk: float | None = Field(default=None, gt=0, le=1000)
 
     @model_validator(mode="after")
-    def _coefficients_for_mode(self) -> "Radiometry":
+    def _coefficients_for_mode(self) -> Radiometry:
         need = {
             "linear": ("gain_counts_per_k", "offset_counts", "netd_mk"),
             "planck": ("planck_r", "planck_b", "planck_f", "planck_o", "netd_mk"),
@@ -196,7 +196,7 @@ class Calibration(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _display8_has_agc(self) -> "Calibration":
+    def _display8_has_agc(self) -> Calibration:
         if self.radiometry.mode == "display8" and self.agc.mode == "none":
             raise ValueError("a display8 camera must state its agc.mode (use 'unknown' if not known)")
         return self

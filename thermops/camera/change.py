@@ -28,7 +28,6 @@ camera pixels there: far points get the tightest allowance. Each ROI point's
 camera-pixel displacement d is converted at its own depth: d * size / w.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -41,21 +40,20 @@ from thermops.camera.calibration import Calibration
 from thermops.camera.geometry import PinholeCamera
 
 
-
 @dataclass(frozen=True)
 class TriggerParams:
     """The `trigger:` section of params.yaml (thresholds and watcher settings)."""
 
-    max_corner_px: float = 4.0
-    p95_px: float = 2.0
-    max_scale_change: float = 0.05
-    max_temp_error_k: float = 0.5
-    temp_range_c: tuple[float, float] = (-20.0, 60.0)
-    roi_grid: int = 21
-    state_file: str = ".thermops/trigger-state.json"
-    poll_interval_s: float = 300.0
-    mode: str = "local"
-    max_attempts: int = 3
+    max_corner_px: float
+    p95_px: float
+    max_scale_change: float
+    max_temp_error_k: float
+    temp_range_c: tuple[float, float]
+    roi_grid: int
+    state_file: str
+    poll_interval_s: float
+    mode: str
+    max_attempts: int
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "cluster"):
@@ -81,7 +79,7 @@ class Envelope:
     uniform_offset_invariant: bool = False
 
     @classmethod
-    def from_card(cls, card: dict[str, Any] | None) -> "Envelope":
+    def from_card(cls, card: dict[str, Any] | None) -> Envelope:
         """Read `card['envelope']` (geometric/radiometric bounds) and the input size."""
         if not card:
             return cls()
@@ -143,8 +141,9 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def geometric_figures(old: Calibration, new: Calibration, *, window_m: float, input_size: int,
-                      grid: int = 21) -> dict[str, Any]:  # fmt: skip
+def geometric_figures(
+    old: Calibration, new: Calibration, *, window_m: float, input_size: int, grid: int = 21
+) -> dict[str, Any]:
     """Image-plane displacement and scale change of the ground plane over the old ROI.
 
     Ground points: the old camera's `roi_ground_grid(grid)` that fall inside the old
@@ -158,8 +157,13 @@ def geometric_figures(old: Calibration, new: Calibration, *, window_m: float, in
     pts = np.column_stack([ground, np.zeros(len(ground))])
     uv_old, z_old = cam_old.project(pts)
     uv_new, z_new = cam_new.project(pts)
-    inside = (z_old > 0) & (uv_old[:, 0] >= 0) & (uv_old[:, 0] <= cam_old.width - 1) \
-        & (uv_old[:, 1] >= 0) & (uv_old[:, 1] <= cam_old.height - 1)  # fmt: skip
+    inside = (
+        (z_old > 0)
+        & (uv_old[:, 0] >= 0)
+        & (uv_old[:, 0] <= cam_old.width - 1)
+        & (uv_old[:, 1] >= 0)
+        & (uv_old[:, 1] <= cam_old.height - 1)
+    )
     if not inside.any():
         return {"roi_points": 0}
     z_o, z_n = z_old[inside], z_new[inside]
@@ -188,8 +192,9 @@ def geometric_figures(old: Calibration, new: Calibration, *, window_m: float, in
     }
 
 
-def radiometric_figures(old: Calibration, new: Calibration, temp_range_c: tuple[float, float],
-                        n: int = 161) -> dict[str, Any]:  # fmt: skip
+def radiometric_figures(
+    old: Calibration, new: Calibration, temp_range_c: tuple[float, float], n: int = 161
+) -> dict[str, Any]:
     """Temperature error the new counts-to-temperature model induces under the old one.
 
     For T over `temp_range_c`: counts = new(T), T' = old^-1(counts). Returns the max
@@ -208,8 +213,9 @@ def radiometric_figures(old: Calibration, new: Calibration, temp_range_c: tuple[
     }
 
 
-def compare(old: Calibration, new: Calibration, *, trigger: TriggerParams, envelope: Envelope,
-            window_m: float, input_size: int) -> ChangeReport:  # fmt: skip
+def compare(
+    old: Calibration, new: Calibration, *, trigger: TriggerParams, envelope: Envelope, window_m: float, input_size: int
+) -> ChangeReport:
     """Compare the deployed calibration `old` with the current `new` of one camera."""
     rep = ChangeReport(new.camera_id, old.version, new.version)
     changed = _diff_keys(old.model_dump(mode="json"), new.model_dump(mode="json"))
@@ -244,8 +250,11 @@ def compare(old: Calibration, new: Calibration, *, trigger: TriggerParams, envel
                         f"{envelope.max_corner_px:.3g} model px ({lo:.3g}-{hi:.3g} camera px over the working range)"
                     )
             scale_limit = min(x for x in (trigger.max_scale_change, envelope.max_scale_change) if x is not None)
-            src = "envelope.geometric.max_scale_change" if scale_limit == envelope.max_scale_change \
-                else "trigger.max_scale_change"  # fmt: skip
+            src = (
+                "envelope.geometric.max_scale_change"
+                if scale_limit == envelope.max_scale_change
+                else "trigger.max_scale_change"
+            )
             check(geo["max_scale_change"], scale_limit, "scale change", "", src)
             if not material:
                 rep.notes.append(
@@ -263,8 +272,13 @@ def compare(old: Calibration, new: Calibration, *, trigger: TriggerParams, envel
         rad = radiometric_figures(old, new, trigger.temp_range_c)
         rep.figures["radiometric"] = rad
         rng = f" over {trigger.temp_range_c[0]:g}..{trigger.temp_range_c[1]:g} degC"
-        check(rad["max_temp_error_k"], trigger.max_temp_error_k, "temperature error" + rng, " K",
-              "trigger.max_temp_error_k")  # fmt: skip
+        check(
+            rad["max_temp_error_k"],
+            trigger.max_temp_error_k,
+            "temperature error" + rng,
+            " K",
+            "trigger.max_temp_error_k",
+        )
         check(rad["gain_change"], envelope.max_gain_change, "gain change", "", "envelope.radiometric.max_gain_change")
         # A calibration offset shifts every pixel alike. When the gate says its
         # max_offset_k bounds only the non-uniform part (NUC drift, caught here as a
@@ -287,5 +301,6 @@ def compare(old: Calibration, new: Calibration, *, trigger: TriggerParams, envel
 
 def new_camera_report(new: Calibration) -> ChangeReport:
     """A camera the deployed model never saw: always material."""
-    return ChangeReport(new.camera_id, None, new.version,
-                        material_reasons=["camera not in the deployed model's calibrations"])  # fmt: skip
+    return ChangeReport(
+        new.camera_id, None, new.version, material_reasons=["camera not in the deployed model's calibrations"]
+    )

@@ -51,18 +51,30 @@ class PinholeCamera:
     max_range_m: float = 200.0
 
     @classmethod
-    def from_geometry(cls, g: Geometry) -> "PinholeCamera":
+    def from_geometry(cls, g: Geometry) -> PinholeCamera:
         if not g.known:
             raise CalibrationError("camera geometry is unknown (geometry.known: false); no metric projection")
         return cls(
-            width=g.image_width, height=g.image_height, fx=g.fx, fy=g.fy, cx=g.cx, cy=g.cy,
-            k1=g.distortion.k1, k2=g.distortion.k2, p1=g.distortion.p1, p2=g.distortion.p2,
-            mount_height_m=g.height_m, pitch_deg=g.pitch_deg, roll_deg=g.roll_deg, yaw_deg=g.yaw_deg,
-            min_range_m=g.min_range_m, max_range_m=g.max_range_m,
-        )  # fmt: skip
+            width=g.image_width,
+            height=g.image_height,
+            fx=g.fx,
+            fy=g.fy,
+            cx=g.cx,
+            cy=g.cy,
+            k1=g.distortion.k1,
+            k2=g.distortion.k2,
+            p1=g.distortion.p1,
+            p2=g.distortion.p2,
+            mount_height_m=g.height_m,
+            pitch_deg=g.pitch_deg,
+            roll_deg=g.roll_deg,
+            yaw_deg=g.yaw_deg,
+            min_range_m=g.min_range_m,
+            max_range_m=g.max_range_m,
+        )
 
     @classmethod
-    def from_calibration(cls, cal: Calibration) -> "PinholeCamera":
+    def from_calibration(cls, cal: Calibration) -> PinholeCamera:
         return cls.from_geometry(cal.geometry)
 
     # -- pose -------------------------------------------------------------------------

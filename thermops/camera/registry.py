@@ -25,7 +25,13 @@ from typing import Any
 
 import yaml
 
-from thermops.camera.calibration import Calibration, CalibrationError, load_calibration, parse_calibration, write_calibration
+from thermops.camera.calibration import (
+    Calibration,
+    CalibrationError,
+    load_calibration,
+    parse_calibration,
+    write_calibration,
+)
 
 DEFAULT_DIR = Path("data/calibration")
 _VERSION_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(\d+)$")
@@ -196,7 +202,9 @@ def record_calibration(
         data["description"] = description
     new = parse_calibration(data, f"new calibration of {camera_id}")
     if new.version == current.version:
-        raise CalibrationError(f"record: version {new.version!r} is the current one; a new calibration needs a new version")
+        raise CalibrationError(
+            f"record: version {new.version!r} is the current one; a new calibration needs a new version"
+        )
     if _content(new) == _content(current):
         raise CalibrationError("record: nothing changed besides version and valid_from")
     write_calibration(new, directory)

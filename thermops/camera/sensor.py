@@ -101,18 +101,14 @@ def dead_hot_pixels(shape: Shape, fraction: float, rng: np.random.Generator) -> 
 # -- temporal patterns -----------------------------------------------------------------
 
 
-def temporal_noise(
-    shape: Shape, netd_k: float, rng: np.random.Generator, dtype: type = np.float64
-) -> np.ndarray:
+def temporal_noise(shape: Shape, netd_k: float, rng: np.random.Generator, dtype: type = np.float64) -> np.ndarray:
     """White Gaussian noise of standard deviation `netd_k` kelvin, per pixel per frame."""
     out = rng.standard_normal(tuple(int(s) for s in shape), dtype=dtype)
     out *= dtype(netd_k)
     return out
 
 
-def offset_ramp(
-    n_frames: int, rate_per_frame: float, start: float = 0.0, ffc_every: int | None = None
-) -> np.ndarray:
+def offset_ramp(n_frames: int, rate_per_frame: float, start: float = 0.0, ffc_every: int | None = None) -> np.ndarray:
     """Slow offset drift between flat-field corrections, (T, 1, 1).
 
     The offset grows by `rate_per_frame` each frame from `start`; when `ffc_every`
@@ -265,15 +261,15 @@ def agc_plateau(frames: np.ndarray, plateau: float = 0.02, bins: int = 1024, dty
 class SensorParams:
     """Knobs of the residual sensor imperfections (all kelvin-equivalent unless said)."""
 
-    pixel_gain_sigma: float = 0.01  # 1 % residual gain non-uniformity after the factory NUC
-    pixel_offset_k: float = 0.03
-    col_fpn_k: float = 0.04  # column striping: the dominant residual pattern, below the NETD after a good NUC
-    row_fpn_k: float = 0.015
-    vignetting: float = 0.12  # corner flux loss (cos^4 fall-off, narcissus)
-    drift_k_per_min: float = 0.3  # offset drift rate between FFCs
-    defect_fraction: float = 0.0002
-    replace_defects: bool = True  # the core substitutes neighbours for pixels in its bad-pixel map
-    psf_sigma_px: float = 0.6  # optics blur
+    pixel_gain_sigma: float  # 1 % residual gain non-uniformity after the factory NUC
+    pixel_offset_k: float
+    col_fpn_k: float  # column striping: the dominant residual pattern, below the NETD after a good NUC
+    row_fpn_k: float
+    vignetting: float  # corner flux loss (cos^4 fall-off, narcissus)
+    drift_k_per_min: float  # offset drift rate between FFCs
+    defect_fraction: float
+    replace_defects: bool  # the core substitutes neighbours for pixels in its bad-pixel map
+    psf_sigma_px: float  # optics blur
 
 
 @dataclass
@@ -297,20 +293,26 @@ class SensorModel:
     defects: np.ndarray
 
     @classmethod
-    def from_calibration(
-        cls, cal, rng: np.random.Generator, params: SensorParams | None = None, fps: float = 9.0
-    ) -> "SensorModel":
+    def from_calibration(cls, cal, rng: np.random.Generator, params: SensorParams, fps: float = 9.0) -> SensorModel:
         """Draw a camera's fixed patterns from `rng` and take NETD, bit depth, FFC from `cal`."""
-        p = params or SensorParams()
+        p = params
         h, w = cal.geometry.image_height, cal.geometry.image_width
         gain, offset = pixel_nonuniformity((h, w), p.pixel_gain_sigma, p.pixel_offset_k, rng)
         fpn = column_row_fpn((h, w), p.col_fpn_k, p.row_fpn_k, rng)
         defects = dead_hot_pixels((h, w), p.defect_fraction, rng)
         return cls(
-            radiometry=cal.radiometry, height=h, width=w, fps=fps,
-            ffc_interval_s=float(cal.nuc.ffc_interval_s or 180.0), params=p,
-            gain_map=gain, offset_map_k=offset, fpn_k=fpn, vmap=vignetting_map(h, w, p.vignetting), defects=defects,
-        )  # fmt: skip
+            radiometry=cal.radiometry,
+            height=h,
+            width=w,
+            fps=fps,
+            ffc_interval_s=float(cal.nuc.ffc_interval_s or 180.0),
+            params=p,
+            gain_map=gain,
+            offset_map_k=offset,
+            fpn_k=fpn,
+            vmap=vignetting_map(h, w, p.vignetting),
+            defects=defects,
+        )
 
     @property
     def netd_k(self) -> float:

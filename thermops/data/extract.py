@@ -37,17 +37,17 @@ from thermops.model.preprocess import resample, to_model_units
 class PrepareParams:
     """The `prepare` section of params.yaml."""
 
-    frames: int = 8
-    size: int = 32
-    stride: int = 8
-    radiometric: bool = True
-    geometric: bool = True
-    window_m: float = 4.0
-    context: float = 1.6
-    min_window_px: int = 8
-    min_box_px: int = 2
-    background_per_clip: int = 3
-    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.6, "val": 0.2, "test": 0.2})
+    frames: int
+    size: int
+    stride: int
+    radiometric: bool
+    geometric: bool
+    window_m: float
+    context: float
+    min_window_px: int
+    min_box_px: int
+    background_per_clip: int
+    splits: dict[str, float]
 
     def __post_init__(self) -> None:
         if set(self.splits) != set(SPLITS):
@@ -105,11 +105,11 @@ def _stats(x: np.ndarray) -> dict[str, float]:
     return {
         "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max()),
         "p01": float(p01), "p99": float(p99),
-    }  # fmt: skip
+    }
 
 
 def _side_px(cam: PinholeCamera | None, p: PrepareParams, ground: tuple[float, float] | None,
-             box_px: float, max_side: int) -> tuple[int, float | None]:  # fmt: skip
+             box_px: float, max_side: int) -> tuple[int, float | None]:
     """Window side in pixels, at most `max_side`, and the metric extent it covers (None if geometry unknown).
 
     The cap matters at the lens (drips, birds): there the frame is the window, and the
@@ -168,7 +168,7 @@ def extract_clip(
                     "boxes": [[round(a[k], 1) for k in ("x0", "y0", "x1", "y1")] for a in wa],
                     "distance_m": float(np.median(dists)) if dists else None, "window_m": window_m,
                     "window_px": side, "units": units, **_stats(tub),
-                }  # fmt: skip
+                }
             )
             arrays.append(tub)
         boxes_all.extend(anns)
@@ -212,7 +212,7 @@ def _background(source, clip, values, units, anns, cam, p, seed):
                 "frame_start": win[0], "frame_end": win[-1], "boxes": [[round(v, 1) for v in (x0, y0, x1, y1)]],
                 "distance_m": float(np.hypot(*ground)) if ground else None, "window_m": window_m,
                 "window_px": side, "units": units, **_stats(tub),
-            }  # fmt: skip
+            }
         )
         arrays.append(tub)
         k += 1

@@ -27,7 +27,7 @@ MANIFEST_COLUMNS = [
     "tubelet_id", "camera_id", "calibration_version", "source", "clip_id", "split", "label", "kind",
     "track_id", "frame_start", "frame_end", "boxes", "distance_m", "window_m", "window_px", "units",
     "mean", "std", "min", "max", "p01", "p99",
-]  # fmt: skip
+]
 SPLITS = ("train", "val", "test")
 UNITS = ("celsius", "counts", "display8")
 KINDS = ("object", "background")

@@ -24,11 +24,11 @@ from thermops.io import read_csv, write_csv
 CLIP_COLUMNS = [
     "clip_id", "camera_id", "calibration_version", "source", "n_frames", "height", "width",
     "dtype", "units", "fps", "time_of_day_h", "weather", "ambient_c",
-]  # fmt: skip
+]
 ANNOTATION_COLUMNS = [
     "clip_id", "frame", "track_id", "label", "source_label", "x0", "y0", "x1", "y1",
     "ground_x", "ground_y", "distance_m",
-]  # fmt: skip
+]
 UNITS = ("counts", "display8")
 
 
@@ -88,7 +88,7 @@ def read_clips(root: str | Path) -> list[Clip]:
                     dtype=r["dtype"], units=r["units"], fps=float(r["fps"]),
                     time_of_day_h=_opt_float(r["time_of_day_h"]), weather=r["weather"],
                     ambient_c=_opt_float(r["ambient_c"]),
-                )  # fmt: skip
+                )
             )
         except (KeyError, ValueError) as err:
             raise RawDataError(f"{path}: row {i + 2}: {err}") from None
@@ -112,7 +112,7 @@ def read_annotations(root: str | Path) -> list[dict]:
                     "x0": float(r["x0"]), "y0": float(r["y0"]), "x1": float(r["x1"]), "y1": float(r["y1"]),
                     "ground_x": _opt_float(r["ground_x"]), "ground_y": _opt_float(r["ground_y"]),
                     "distance_m": _opt_float(r["distance_m"]),
-                }  # fmt: skip
+                }
             )
         except (KeyError, ValueError) as err:
             raise RawDataError(f"{path}: row {i + 2}: {err}") from None

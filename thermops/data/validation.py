@@ -32,7 +32,7 @@ STAT_COLUMNS = ["t_frames", "t_height", "t_width", "t_min", "t_max", "t_mean", "
 REQUIRED_COLUMNS = [
     "tubelet_id", "camera_id", "calibration_version", "source", "clip_id", "split", "label", "kind",
     "track_id", "frame_start", "frame_end", "window_px", "units", "mean", "std", "min", "max", "p01", "p99",
-]  # fmt: skip
+]
 INT_COLUMNS = ["frame_start", "frame_end", "window_px"]
 FLOAT_COLUMNS = ["mean", "std", "min", "max", "p01", "p99"]
 SUITE = "prepared_tubelets"
@@ -55,10 +55,10 @@ class ValidateParams:
         examples: example values per failed expectation in the summary.
     """
 
-    min_tubelets: int = 10
-    class_fraction: list[float] = field(default_factory=lambda: [0.01, 0.9])
-    celsius_range: list[float] = field(default_factory=lambda: [-70.0, 350.0])
-    examples: int = 5
+    min_tubelets: int
+    class_fraction: list[float]
+    celsius_range: list[float]
+    examples: int
 
 
 def calibration_range(cal: Calibration) -> tuple[float, float, str]:
@@ -109,7 +109,7 @@ def tubelet_table(data: PreparedData, manifest_path: Path):
     import pandas as pd
 
     df = pd.read_csv(manifest_path, dtype={c: str for c in ("tubelet_id", "camera_id", "calibration_version",
-                                                             "source", "clip_id", "track_id")})  # fmt: skip
+                                                             "source", "clip_id", "track_id")})
     n, t, h, w = data.tubelets.shape
     df["t_frames"], df["t_height"], df["t_width"] = t, h, w
     for k, v in tubelet_statistics(data.tubelets).items():
@@ -129,7 +129,7 @@ def balance_table(labels: list[str], classes: list[str]):
     n = max(len(labels), 1)
     counts = {c: sum(1 for x in labels if x == c) for c in classes}
     return pd.DataFrame({"label": classes, "count": [counts[c] for c in classes],
-                         "fraction": [counts[c] / n for c in classes]})  # fmt: skip
+                         "fraction": [counts[c] / n for c in classes]})
 
 
 def _cam(cam: str) -> dict[str, str]:
@@ -137,7 +137,7 @@ def _cam(cam: str) -> dict[str, str]:
 
 
 def tubelet_expectations(p: ValidateParams, classes: list[str], frames: int, size: int,
-                         cals: dict[str, Calibration], cameras: list[str]) -> list:  # fmt: skip
+                         cals: dict[str, Calibration], cameras: list[str]) -> list:
     """Expectations of the `tubelets` table; `meta.check` names the rule for the summary.
 
     Args:
@@ -158,9 +158,9 @@ def tubelet_expectations(p: ValidateParams, classes: list[str], frames: int, siz
     ]
     ex += [gxe.ExpectColumnValuesToNotBeNull(column=c, meta=m("no nulls")) for c in REQUIRED_COLUMNS]
     ex += [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=["int64", "int32"], meta=m("types"))
-           for c in INT_COLUMNS]  # fmt: skip
+           for c in INT_COLUMNS]
     ex += [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=["float64", "float32", "int64"], meta=m("types"))
-           for c in FLOAT_COLUMNS]  # fmt: skip
+           for c in FLOAT_COLUMNS]
     ex += [
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(classes), meta=m("label set")),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS), meta=m("split set")),
@@ -173,18 +173,18 @@ def tubelet_expectations(p: ValidateParams, classes: list[str], frames: int, siz
         gxe.ExpectColumnValuesToBeUnique(column="tubelet_id", meta=m("no duplicate tubelets")),
         gxe.ExpectColumnValuesToBeUnique(column="t_hash", meta=m("no duplicate tubelets")),
         gxe.ExpectColumnValuesToBeInSet(column="track_splits", value_set=list(SPLITS),
-                                        meta=m("track ids disjoint between splits")),  # fmt: skip
+                                        meta=m("track ids disjoint between splits")),
         gxe.ExpectColumnValuesToBeInSet(column="camera_id", value_set=sorted(cals),
-                                        meta=m("calibration file exists")),  # fmt: skip
+                                        meta=m("calibration file exists")),
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="frame_end", column_B="frame_start", or_equal=True,
-                                                    meta=m("frame order")),  # fmt: skip
+                                                    meta=m("frame order")),
     ]
     # Value ranges per unit: display8 is 0..255, celsius plausible scene temperatures.
     lo_c, hi_c = p.celsius_range
     for units, lo, hi in (("display8", 0.0, 255.0), ("celsius", lo_c, hi_c), ("counts", 0.0, 65535.0)):
         cond = {"row_condition": f'units=="{units}"', "condition_parser": "pandas"}
         ex += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi, meta=m(f"{units} range"), **cond)
-               for c in ("t_min", "t_max")]  # fmt: skip
+               for c in ("t_min", "t_max")]
     # Per camera: the calibration version of the file, units and statistics inside
     # the range the calibration allows.
     for cam in cameras:
@@ -197,22 +197,22 @@ def tubelet_expectations(p: ValidateParams, classes: list[str], frames: int, siz
             gxe.ExpectColumnValuesToBeInSet(column="calibration_version", value_set=[cal.version],
                                             meta=m(f"calibration version of {cam}"), **_cam(cam)),
             gxe.ExpectColumnValuesToBeInSet(column="units", value_set=ok_units, meta=m(f"units of {cam}"), **_cam(cam)),
-        ]  # fmt: skip
+        ]
         if units == "display8":
             ex += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi,
                                                      meta=m(f"{cam} statistics"), **_cam(cam))
-                   for c in ("t_min", "t_max")]  # fmt: skip
+                   for c in ("t_min", "t_max")]
             ex.append(gxe.ExpectColumnMeanToBeBetween(column="t_mean", min_value=lo, max_value=hi,
-                                                      meta=m(f"{cam} statistics"), **_cam(cam)))  # fmt: skip
+                                                      meta=m(f"{cam} statistics"), **_cam(cam)))
         else:
             cond = {"row_condition": f'camera_id=="{cam}" and units=="celsius"', "condition_parser": "pandas"}
             ex += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi,
                                                      meta=m(f"{cam} statistics"), **cond)
-                   for c in ("t_min", "t_max")]  # fmt: skip
+                   for c in ("t_min", "t_max")]
             cond = {"row_condition": f'camera_id=="{cam}" and units=="counts"', "condition_parser": "pandas"}
             ex += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=2**cal.radiometry.bit_depth - 1,
                                                      meta=m(f"{cam} statistics"), **cond)
-                   for c in ("t_min", "t_max")]  # fmt: skip
+                   for c in ("t_min", "t_max")]
     return ex
 
 
@@ -224,7 +224,7 @@ def balance_expectations(p: ValidateParams, classes: list[str]) -> list:
     return [
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(classes), meta={"check": "label set"}),
         gxe.ExpectColumnValuesToBeBetween(column="fraction", min_value=lo, max_value=hi,
-                                          meta={"check": "class balance"}),  # fmt: skip
+                                          meta={"check": "class balance"}),
     ]
 
 
@@ -268,7 +268,7 @@ def run_suites(tables: dict[str, tuple[Any, list]], docs_dir: Path) -> list[dict
         result = vd.run(
             batch_parameters={"dataframe": df},
             result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ids,
-                           "partial_unexpected_count": 20},  # fmt: skip
+                           "partial_unexpected_count": 20},
             run_id=RunIdentifier(run_name="thermops-validate"),
         )
         for r in result.results:
@@ -288,7 +288,7 @@ def run_suites(tables: dict[str, tuple[Any, list]], docs_dir: Path) -> list[dict
                 "example_ids": [i.get(ids[0]) if isinstance(i, dict) else i for i in idx][:20],
                 "observed": res.get("observed_value"),
                 "exception": (r.exception_info or {}).get("exception_message") if r.exception_info else None,
-            })  # fmt: skip
+            })
     ctx.build_data_docs(site_names=["thermops"])
     _offline_fallback(docs_dir, out)
     return out
@@ -344,7 +344,7 @@ def summarize(results: list[dict], n_tubelets: int, examples: int) -> dict:
         "success": not failed, "tubelets": n_tubelets, "expectations": len(results),
         "passed": len(results) - len(failed), "failed": failed,
         "checks": sorted({r["check"] for r in results}),
-    }  # fmt: skip
+    }
 
 
 def summary_markdown(summary: dict) -> str:
@@ -352,17 +352,17 @@ def summary_markdown(summary: dict) -> str:
     lines = ["# Validation of the prepared data", ""]
     state = "PASSED" if summary["success"] else "FAILED"
     lines.append(f"**{state}**: {summary['passed']} of {summary['expectations']} expectations met "
-                 f"over {summary['tubelets']} tubelets. Data Docs: `index.html` in this folder.")  # fmt: skip
+                 f"over {summary['tubelets']} tubelets. Data Docs: `index.html` in this folder.")
     if summary["failed"]:
         lines += ["", "| check | expectation | column | condition | unexpected | examples | tubelets |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|"]
         for f in summary["failed"]:
             ex = ", ".join(map(str, f["examples"])) or (str(f["observed"]) if f["observed"] is not None else "")
             if f.get("exception"):
                 ex = f"exception: {f['exception']}"
             cells = [f["check"], f["expectation"], f["column"] or "", f["condition"] or "",
                      "" if f["unexpected_count"] is None else str(f["unexpected_count"]), ex,
-                     ", ".join(map(str, f["example_ids"]))]  # fmt: skip
+                     ", ".join(map(str, f["example_ids"]))]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Checks run: " + ", ".join(summary["checks"]) + "."]
     return "\n".join(lines) + "\n"

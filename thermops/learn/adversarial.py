@@ -37,22 +37,31 @@ class AdversarialConfig:
         clean_weight: weight of the clean loss beside the adversarial one (0: pure Madry).
     """
 
-    enabled: bool = False
-    epsilon: float = 0.1
-    steps: int = 3
-    step_size: float = 0.05
-    clean_weight: float = 0.5
+    enabled: bool
+    epsilon: float
+    steps: int
+    step_size: float
+    clean_weight: float
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AdversarialConfig, gen: torch.Generator) -> torch.Tensor:
+def pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AdversarialConfig, gen: torch.Generator
+) -> torch.Tensor:
     """An L-inf PGD example of x (N, 1, T, H, W) within `cfg.epsilon`, detached.
 
     The gate's PGD (`thermops.robustness.attacks.PGD`) in its loss-maximizing mode:
     every sample is attacked for every step from a random start, seeded from `gen`.
     """
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    attack = PGD(model, cfg.epsilon, "linf", steps=cfg.steps, step_size=cfg.step_size / max(cfg.epsilon, 1e-12),
-                 maximize_loss=True, seed=seed)  # fmt: skip
+    attack = PGD(
+        model,
+        cfg.epsilon,
+        "linf",
+        steps=cfg.steps,
+        step_size=cfg.step_size / max(cfg.epsilon, 1e-12),
+        maximize_loss=True,
+        seed=seed,
+    )
     return attack(x, y)
 
 
@@ -70,8 +79,9 @@ def adversarial_loss(cfg: AdversarialConfig, prepare=None, label_smoothing: floa
         x_adv = pgd(unwrap(model), x, y, cfg, gen)
         n = len(x)
         if cfg.clean_weight > 0:
-            per = F.cross_entropy(model(torch.cat([x_adv, x])), torch.cat([y, y]), reduction="none",
-                                  label_smoothing=label_smoothing)  # fmt: skip
+            per = F.cross_entropy(
+                model(torch.cat([x_adv, x])), torch.cat([y, y]), reduction="none", label_smoothing=label_smoothing
+            )
             return (per[:n].mean() + cfg.clean_weight * per[n:].mean()) / (1 + cfg.clean_weight)
         return F.cross_entropy(model(x_adv), y, label_smoothing=label_smoothing)
 

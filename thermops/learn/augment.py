@@ -27,15 +27,15 @@ import torch.nn.functional as F
 class AugmentConfig:
     """Strengths of the augmentations (params `pretrain.augment` / `finetune.augment`)."""
 
-    crop_scale: tuple[float, float] = (0.55, 1.0)  # side fraction of the crop window
-    max_shift: float = 0.15  # of the half-width, in grid units
-    flip: bool = True
-    speed: tuple[float, float] = (0.6, 1.6)
-    reverse_p: float = 0.5
-    gain: tuple[float, float] = (0.6, 1.6)
-    offset: float = 0.3
-    noise: float = 0.15
-    stripes: float = 0.1
+    crop_scale: tuple[float, float]  # side fraction of the crop window
+    max_shift: float  # of the half-width, in grid units
+    flip: bool
+    speed: tuple[float, float]
+    reverse_p: float
+    gain: tuple[float, float]
+    offset: float
+    noise: float
+    stripes: float
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from thermops.data.prepared import PreparedData, PreparedDataError, load_prepared
 from thermops.io import hash_files
 from thermops.model.preprocess import InputSpec, prepare_batch
-from thermops.data.prepared import PreparedData, PreparedDataError, load_prepared
 
 
 class TubeletDataset(Dataset):
@@ -57,7 +57,10 @@ def model_inputs(data: PreparedData, idx: np.ndarray, spec: InputSpec, chunk: in
         return torch.zeros((0, 1, spec.frames, spec.size, spec.size))
     x = torch.cat(out)
     if not torch.isfinite(x).all():
-        bad = [data.rows[int(idx[i])]["tubelet_id"] for i in torch.nonzero(~torch.isfinite(x).flatten(1).all(1)).flatten()[:5]]
+        bad = [
+            data.rows[int(idx[i])]["tubelet_id"]
+            for i in torch.nonzero(~torch.isfinite(x).flatten(1).all(1)).flatten()[:5]
+        ]
         raise PreparedDataError(f"non-finite model input for tubelets {bad}")
     return x
 
@@ -100,8 +103,10 @@ def load_splits(root: str | Path, classes: list[str], spec: InputSpec) -> Prepar
         "sources": sorted({r["source"] for r in data.rows}),
         "units": sorted({r["units"] for r in data.rows}),  # the service converts input to these
         "n": {s: len(sets[s]) for s in ("train", "val", "test")},
-        "n_per_label": {s: dict(sorted(Counter(r["label"] for r in data.rows if r["split"] == s).items()))
-                        for s in ("train", "val", "test")},  # fmt: skip
+        "n_per_label": {
+            s: dict(sorted(Counter(r["label"] for r in data.rows if r["split"] == s).items()))
+            for s in ("train", "val", "test")
+        },
     }
     return PreparedSplits(sets["train"], sets["val"], sets["test"], list(classes), calibrations, info)
 
@@ -113,8 +118,12 @@ def load_unlabeled(root: str | Path, spec: InputSpec, split: str = "train") -> t
     idx = data.indices(split)
     if len(idx) == 0:
         raise PreparedDataError(f"{root}: split {split!r} is empty")
-    info = {"prepared": str(root), "prepared_hash": hash_files([root]), "n": int(len(idx)),
-            "sources": sorted({r["source"] for r in data.rows})}  # fmt: skip
+    info = {
+        "prepared": str(root),
+        "prepared_hash": hash_files([root]),
+        "n": int(len(idx)),
+        "sources": sorted({r["source"] for r in data.rows}),
+    }
     return TubeletDataset(model_inputs(data, idx, spec)), info
 
 

@@ -66,11 +66,11 @@ class OptimConfig:
     epochs: int
     batch_size: int
     lr: float
-    weight_decay: float = 0.05
-    warmup_epochs: int = 0
-    grad_clip: float = 0.0
-    encoder_lr_scale: float = 1.0
-    bn_eval: bool = False
+    weight_decay: float
+    warmup_epochs: int
+    grad_clip: float
+    encoder_lr_scale: float
+    bn_eval: bool
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
@@ -215,10 +215,16 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
         if p.requires_grad:
             groups.setdefault((p.ndim > 1, name.startswith("encoder.")), []).append(p)
     return torch.optim.AdamW(
-        [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
-          "lr": cfg.lr * (cfg.encoder_lr_scale if enc else 1.0)} for (decay, enc), ps in sorted(groups.items())],
+        [
+            {
+                "params": ps,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "lr": cfg.lr * (cfg.encoder_lr_scale if enc else 1.0),
+            }
+            for (decay, enc), ps in sorted(groups.items())
+        ],
         lr=cfg.lr,
-    )  # fmt: skip
+    )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
@@ -325,9 +331,20 @@ def fit(
     for epoch in range(start, cfg.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
-        loss = train_one_epoch(net, loss_fn, train, optimizer, scheduler, epoch=epoch, seed=seed,
-                               batch_size=cfg.batch_size, device=device, grad_clip=cfg.grad_clip, desc=desc,
-                               bn_eval=cfg.bn_eval)  # fmt: skip
+        loss = train_one_epoch(
+            net,
+            loss_fn,
+            train,
+            optimizer,
+            scheduler,
+            epoch=epoch,
+            seed=seed,
+            batch_size=cfg.batch_size,
+            device=device,
+            grad_clip=cfg.grad_clip,
+            desc=desc,
+            bn_eval=cfg.bn_eval,
+        )
         row = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"]}
         if select is not None:
             score = float(select(model))
@@ -337,13 +354,26 @@ def fit(
         else:
             result.best_epoch = epoch + 1
         result.history.append(row)
-        log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f}" + (f" score {row['score']:.4f}" if "score" in row else ""))
+        log(
+            f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f}"
+            + (f" score {row['score']:.4f}" if "score" in row else "")
+        )
         if ckpt_path is not None and rank == 0:
-            save_checkpoint(ckpt_path, {
-                "model": _clone_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1, "config": asdict(cfg), "fingerprint": fingerprint, "history": result.history,
-                "best_epoch": result.best_epoch, "best_score": result.best_score, "best_state": best_state,
-            })  # fmt: skip
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": _clone_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "config": asdict(cfg),
+                    "fingerprint": fingerprint,
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_score": result.best_score,
+                    "best_state": best_state,
+                },
+            )
         barrier()
     if select is not None and best_state is not None and (stop_after is None or stop_after >= cfg.epochs):
         unwrap(model).load_state_dict(best_state)

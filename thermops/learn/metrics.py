@@ -47,7 +47,9 @@ class ConfusionMatrix:
         return {"labels": list(self.labels), "matrix": [list(r) for r in self.matrix]}
 
 
-def classification_metrics(preds: torch.Tensor, target: torch.Tensor, classes: list[str]) -> tuple[dict, ConfusionMatrix]:
+def classification_metrics(
+    preds: torch.Tensor, target: torch.Tensor, classes: list[str]
+) -> tuple[dict, ConfusionMatrix]:
     """Predicted and true class indices (N,) -> (metrics dict, confusion matrix).
 
     The dict holds `accuracy` (micro), `macro_f1`, `balanced_accuracy` (macro recall)
@@ -74,12 +76,22 @@ def classification_metrics(preds: torch.Tensor, target: torch.Tensor, classes: l
     cm = MulticlassConfusionMatrix(num_classes=k)(preds, target)
     support = torch.bincount(target, minlength=k)
     per_class = {
-        c: {"precision": float(prec[i]), "recall": float(rec[i]), "specificity": float(spec[i]),
-            "f1": float(f1[i]), "support": int(support[i])}
+        c: {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "specificity": float(spec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, c in enumerate(classes)
-    }  # fmt: skip
-    metrics = {"accuracy": float(acc), "balanced_accuracy": float(bal), "macro_f1": float(f1m), "per_class": per_class,
-               "n": int(len(target))}  # fmt: skip
+    }
+    metrics = {
+        "accuracy": float(acc),
+        "balanced_accuracy": float(bal),
+        "macro_f1": float(f1m),
+        "per_class": per_class,
+        "n": int(len(target)),
+    }
     return metrics, ConfusionMatrix(list(classes), [[int(v) for v in row] for row in cm.tolist()])
 
 
@@ -100,7 +112,9 @@ def plot_confusion(cm: ConfusionMatrix, path, title: str = "confusion matrix (te
     ax.set_ylabel("actual")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, cm.matrix[i][j], ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
+            ax.text(
+                j, i, cm.matrix[i][j], ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black"
+            )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

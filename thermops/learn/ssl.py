@@ -18,7 +18,7 @@ Shapes: input (N, 1, T, H, W); encoder embedding (N, D); projection (N, P).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,10 @@ from thermops.model.network import TubeletEncoder
 class SSLConfig:
     """SimCLR knobs (params `pretrain.ssl`)."""
 
-    proj_dim: int = 64
-    proj_hidden: int = 128
-    temperature: float = 0.2
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    proj_dim: int
+    proj_hidden: int
+    temperature: float
+    augment: AugmentConfig
 
 
 class SimCLR(nn.Module):
@@ -143,8 +143,14 @@ def linear_probe(
     return float(((fte @ w.t() + b).argmax(1) == test_y).double().mean())
 
 
-def init_head_by_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                       weight_decay: float = 1e-3, iters: int = 100) -> None:  # fmt: skip
+def init_head_by_probe(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    weight_decay: float = 1e-3,
+    iters: int = 100,
+) -> None:
     """LP-FT (Kumar et al., ICLR 2022): set a TubeletClassifier's head to the linear probe of its frozen
     encoder before fine-tuning, so the first gradient steps do not wreck pretrained features with a random head."""
     model.to(device)

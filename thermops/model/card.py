@@ -38,8 +38,13 @@ def git_revision(cwd: str | Path = ".") -> str:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -145,7 +150,9 @@ def load_model_dir(directory: str | Path, map_location: str = "cpu") -> tuple[Tu
     state = torch.load(weights, map_location=map_location, weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ModelCardError(f"{weights}: state dict does not match the card (missing {missing}, unexpected {unexpected})")
+        raise ModelCardError(
+            f"{weights}: state dict does not match the card (missing {missing}, unexpected {unexpected})"
+        )
     model.eval()
     return model, card
 

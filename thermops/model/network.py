@@ -27,11 +27,11 @@ class ModelConfig:
         dropout: before the classification head.
     """
 
-    size: str = "tiny"
-    widths: tuple[int, ...] | None = None
-    blocks_per_stage: int = 1
-    embed_dim: int = 64
-    dropout: float = 0.1
+    size: str
+    widths: tuple[int, ...] | None
+    blocks_per_stage: int
+    embed_dim: int
+    dropout: float
 
     def resolved_widths(self) -> tuple[int, ...]:
         if self.widths:

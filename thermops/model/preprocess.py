@@ -40,10 +40,10 @@ class InputSpec:
             so that a flat tubelet is not blown up into noise.
     """
 
-    frames: int = 8
-    size: int = 32
-    celsius_scale_k: float = 5.0
-    robust_floor: float = 1.0
+    frames: int
+    size: int
+    celsius_scale_k: float
+    robust_floor: float
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -106,8 +106,15 @@ class Attack:
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[str, ...]] = NORMS
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "linf", *,
-                 bounds: tuple[float, float] | None = None, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        *,
+        bounds: tuple[float, float] | None = None,
+        seed: int = 0,
+    ):
         if norm not in self.norms:
             raise ValueError(f"{self.name}: norm {norm!r} is not one of {list(self.norms)}")
         if eps < 0:
@@ -143,7 +150,9 @@ class Attack:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def grad(self, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grad(
+        self, x: torch.Tensor, y: torch.Tensor, loss: str = "ce"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample loss gradient w.r.t. x: (grad, per-sample loss, logits)."""
         x = x.clone().requires_grad_(True)
         logits = self.model(x)
@@ -188,9 +197,20 @@ class PGD(Attack):
 
     name = "pgd"
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "linf", *, steps: int = 10,
-                 step_size: float | None = None, restarts: int = 1, random_start: bool = True,
-                 early_stop: bool = True, maximize_loss: bool = False, **kw):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        early_stop: bool = True,
+        maximize_loss: bool = False,
+        **kw,
+    ):
         super().__init__(model, eps, norm, **kw)
         self.steps, self.restarts, self.random_start = int(steps), int(restarts), random_start
         self.early_stop, self.maximize_loss = early_stop, maximize_loss
@@ -225,7 +245,9 @@ class PGD(Attack):
                     idx, xa, ya, adv, g = idx[keep], xa[keep], ya[keep], adv[keep], g[keep]
                     if len(idx) == 0:
                         break
-                adv = self.clamp(xa + project(adv + self.alpha * normalized_step(g, self.norm) - xa, self.eps, self.norm))
+                adv = self.clamp(
+                    xa + project(adv + self.alpha * normalized_step(g, self.norm) - xa, self.eps, self.norm)
+                )
             if not self.early_stop:  # drop what was recorded before the final check
                 idx, xa, ya, adv = idx[~done], xa[~done], ya[~done], adv[~done]
             if len(idx):
@@ -236,7 +258,6 @@ class PGD(Attack):
                 still = idx[~fooled]
                 best[still] = adv[~fooled]  # not broken: keep the last iterate (a valid in-ball point)
         return best
-
 
     def _ascend(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Every sample, every step: projected ascent on the cross-entropy; the last iterate."""
@@ -261,8 +282,17 @@ class APGD(Attack):
 
     name = "apgd"
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "linf", *, steps: int = 20,
-                 loss: str = "ce", rho: float = 0.75, **kw):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        *,
+        steps: int = 20,
+        loss: str = "ce",
+        rho: float = 0.75,
+        **kw,
+    ):
         super().__init__(model, eps, norm, **kw)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"apgd: loss {loss!r} is not ce or dlr")
@@ -279,7 +309,9 @@ class APGD(Attack):
         n = x.shape[0]
         checks = set(self.checkpoints())
         eta = torch.full((n,), 2.0 * self.eps, device=x.device)
-        step = lambda a, g, e: self.clamp(x + project(a + _bcast(e, a) * normalized_step(g, self.norm) - x, self.eps, self.norm))  # noqa: E731
+        step = lambda a, g, e: self.clamp(
+            x + project(a + _bcast(e, a) * normalized_step(g, self.norm) - x, self.eps, self.norm)
+        )  # noqa: E731
         x0 = self.clamp(x + random_in_ball(x, self.eps, self.norm, self.gen) * 0.5)
         g, f0, logits = self.grad(x0, y)
         adv = x.clone()
@@ -351,8 +383,19 @@ class CarliniWagnerL2(Attack):
     norms = ("l2",)
     bounded = False
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "l2", *, steps: int = 30, search_steps: int = 3,
-                 c_init: float = 1.0, lr: float = 0.02, kappa: float = 0.0, **kw):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "l2",
+        *,
+        steps: int = 30,
+        search_steps: int = 3,
+        c_init: float = 1.0,
+        lr: float = 0.02,
+        kappa: float = 0.0,
+        **kw,
+    ):
         super().__init__(model, eps, norm, **kw)
         self.steps, self.search_steps, self.c_init, self.lr, self.kappa = steps, search_steps, c_init, lr, kappa
 
@@ -464,7 +507,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor
     was = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0, dtype=torch.long)
+        return (
+            torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+            if len(x)
+            else torch.zeros(0, dtype=torch.long)
+        )
     finally:
         model.train(was)
 

@@ -45,14 +45,21 @@ class Corruption:
     SEVERITIES: ClassVar[tuple[float, ...]] = ()
     kelvin: ClassVar[bool] = True  # magnitudes are kelvin (converted for non-celsius units)
 
-    def __init__(self, severities: tuple[float, ...] | list[float] | None = None, *,
-                 celsius_scale_k: float = 5.0, robust_floor: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        severities: tuple[float, ...] | list[float] | None = None,
+        *,
+        celsius_scale_k: float = 5.0,
+        robust_floor: float = 1.0,
+    ):
         self.severities = tuple(float(s) for s in (severities if severities is not None else self.SEVERITIES))
         if len(self.severities) != 5:
             raise ValueError(f"{self.name}: expected 5 severities, got {len(self.severities)}")
         self.celsius_scale_k, self.robust_floor = celsius_scale_k, robust_floor
 
-    def __call__(self, tubelets: np.ndarray, severity: int, units: list[str] | str = "celsius", seed: int = 0) -> np.ndarray:
+    def __call__(
+        self, tubelets: np.ndarray, severity: int, units: list[str] | str = "celsius", seed: int = 0
+    ) -> np.ndarray:
         """(N, T, H, W) tubelets in their units -> corrupted copy, severity 1..5.
 
         Tubelet i uses the generator seeded with (seed, i), so severities of one
@@ -121,7 +128,7 @@ class FFCOffsetRamp(Corruption):
         ramp = sensor.offset_ramp(t, value * k, start=0.0)  # (T, 1, 1)
         angle = rng.uniform(0, 2 * np.pi)
         yy, xx = np.mgrid[0:h, 0:w]
-        proj = (np.cos(angle) * (xx / max(w - 1, 1) - 0.5) + np.sin(angle) * (yy / max(h - 1, 1) - 0.5))
+        proj = np.cos(angle) * (xx / max(w - 1, 1) - 0.5) + np.sin(angle) * (yy / max(h - 1, 1) - 0.5)
         shade = 1.0 + proj / max(np.abs(proj).max(), 1e-9) * 0.5
         return x + ramp * shade[None]
 
@@ -208,7 +215,17 @@ class Truncation8Bit(Corruption):
 
 REGISTRY: dict[str, type[Corruption]] = {
     c.name: c
-    for c in (ColumnRowFPN, NUCDrift, FFCOffsetRamp, Vignetting, DeadHotPixels, HigherNETD, Defocus, AGCRemap, Truncation8Bit)
+    for c in (
+        ColumnRowFPN,
+        NUCDrift,
+        FFCOffsetRamp,
+        Vignetting,
+        DeadHotPixels,
+        HigherNETD,
+        Defocus,
+        AGCRemap,
+        Truncation8Bit,
+    )
 }
 
 

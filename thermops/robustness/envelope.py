@@ -48,8 +48,15 @@ def offset_drift(raw: torch.Tensor, kelvin: float, units: list[str], spec: Input
 
 
 @torch.no_grad()
-def radiometric_sweep(model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list[str], spec: InputSpec,
-                      gains: list[float], offsets_k: list[float]) -> list[dict]:  # fmt: skip
+def radiometric_sweep(
+    model: nn.Module,
+    raw: torch.Tensor,
+    y: torch.Tensor,
+    units: list[str],
+    spec: InputSpec,
+    gains: list[float],
+    offsets_k: list[float],
+) -> list[dict]:
     """Accuracy and flip rate under gain changes (both signs) and non-uniform offset drifts (both signs)."""
     model.eval()
     pred0 = model(normalize(raw, units, spec)).argmax(1)
@@ -59,8 +66,14 @@ def radiometric_sweep(model: nn.Module, raw: torch.Tensor, y: torch.Tensor, unit
             for s in (v, -v):
                 drifted = gain_drift(raw, s) if kind == "gain" else offset_drift(raw, s, units, spec)
                 pred = model(normalize(drifted, units, spec)).argmax(1)
-                rows.append({"kind": kind, "value": float(s), "accuracy": float((pred == y).float().mean()),
-                             "flip_rate": float((pred != pred0).float().mean())})  # fmt: skip
+                rows.append(
+                    {
+                        "kind": kind,
+                        "value": float(s),
+                        "accuracy": float((pred == y).float().mean()),
+                        "flip_rate": float((pred != pred0).float().mean()),
+                    }
+                )
     return rows
 
 
@@ -77,13 +90,23 @@ def _largest_ok(rows: list[dict], key: str, min_accuracy: float, max_flip_rate: 
     return float(best)
 
 
-def envelope(geo_rows: list[dict], radio_rows: list[dict], *, min_accuracy: float, max_flip_rate: float,
-             spec: InputSpec, window_px: float | None, clean_ok: bool = True) -> dict:  # fmt: skip
+def envelope(
+    geo_rows: list[dict],
+    radio_rows: list[dict],
+    *,
+    min_accuracy: float,
+    max_flip_rate: float,
+    spec: InputSpec,
+    window_px: float | None,
+    clean_ok: bool = True,
+) -> dict:
     """The validated envelope from the perspective sweep rows and the radiometric sweep rows."""
     shape_rows = [r for r in geo_rows if r["kind"] != "zoom"]
     zoom_rows = [dict(r, scale_change=r["scale"] - 1.0) for r in geo_rows if r["kind"] == "zoom"]
-    by_kind = {k: _largest_ok([r for r in geo_rows if r["kind"] == k], "px", min_accuracy, max_flip_rate)
-               for k in sorted({r["kind"] for r in geo_rows})}  # fmt: skip
+    by_kind = {
+        k: _largest_ok([r for r in geo_rows if r["kind"] == k], "px", min_accuracy, max_flip_rate)
+        for k in sorted({r["kind"] for r in geo_rows})
+    }
     out = {
         "geometric": {
             "max_corner_px": _largest_ok(shape_rows, "px", min_accuracy, max_flip_rate),
@@ -95,19 +118,29 @@ def envelope(geo_rows: list[dict], radio_rows: list[dict], *, min_accuracy: floa
             "note": "camera pixels = input pixels x window_px / input_size_px (window_px from the tubelet manifest)",
         },
         "radiometric": {
-            "max_gain_change": _largest_ok([r for r in radio_rows if r["kind"] == "gain"], "value", min_accuracy, max_flip_rate),
-            "max_offset_k": _largest_ok([r for r in radio_rows if r["kind"] == "offset"], "value", min_accuracy, max_flip_rate),
+            "max_gain_change": _largest_ok(
+                [r for r in radio_rows if r["kind"] == "gain"], "value", min_accuracy, max_flip_rate
+            ),
+            "max_offset_k": _largest_ok(
+                [r for r in radio_rows if r["kind"] == "offset"], "value", min_accuracy, max_flip_rate
+            ),
             "offset_kind": "linear gradient, kelvin corner to corner (non-uniform part of an offset drift)",
             "uniform_offset_invariant": True,
             "celsius_scale_k": spec.celsius_scale_k,
         },
-        "criterion": {"min_accuracy": min_accuracy, "max_flip_rate": max_flip_rate,
-                      "tested_corner_px": sorted({abs(r["px"]) for r in geo_rows}),
-                      "tested_gain_changes": sorted({abs(r["value"]) for r in radio_rows if r["kind"] == "gain"}),
-                      "tested_offset_k": sorted({abs(r["value"]) for r in radio_rows if r["kind"] == "offset"})},
-    }  # fmt: skip
+        "criterion": {
+            "min_accuracy": min_accuracy,
+            "max_flip_rate": max_flip_rate,
+            "tested_corner_px": sorted({abs(r["px"]) for r in geo_rows}),
+            "tested_gain_changes": sorted({abs(r["value"]) for r in radio_rows if r["kind"] == "gain"}),
+            "tested_offset_k": sorted({abs(r["value"]) for r in radio_rows if r["kind"] == "offset"}),
+        },
+    }
     if not clean_ok:  # a model below its clean threshold has an empty envelope
-        for part, keys in (("geometric", ("max_corner_px", "max_scale_change")), ("radiometric", ("max_gain_change", "max_offset_k"))):
+        for part, keys in (
+            ("geometric", ("max_corner_px", "max_scale_change")),
+            ("radiometric", ("max_gain_change", "max_offset_k")),
+        ):
             for k in keys:
                 out[part][k] = 0.0
     return out

@@ -58,12 +58,19 @@ def _attack_kwargs(name: str, p: GateParams, seed: int) -> dict:
     if name.startswith("apgd"):
         return {"steps": p.apgd.steps, "seed": seed}
     if name == "cw_l2":
-        return {"steps": p.cw.steps, "search_steps": p.cw.search_steps, "c_init": p.cw.c_init, "lr": p.cw.lr, "seed": seed}
+        return {
+            "steps": p.cw.steps,
+            "search_steps": p.cw.search_steps,
+            "c_init": p.cw.c_init,
+            "lr": p.cw.lr,
+            "seed": seed,
+        }
     return {"seed": seed}
 
 
-def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GateParams, seed: int,
-                 baseline: bool = False) -> dict[str, Any]:  # fmt: skip
+def attack_suite(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GateParams, seed: int, baseline: bool = False
+) -> dict[str, Any]:
     """Robust accuracy by threat model, attack and eps, the sanity checks, and example adversarials.
 
     Args:
@@ -127,19 +134,34 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GatePara
         e_mid = tm.eps[len(tm.eps) // 2]
         few = A.PGD(model, e_mid, threat, steps=p.pgd.steps, restarts=1, step_size=p.pgd.step_size, seed=seed)
         many_steps = p.pgd.steps * p.sanity.more_steps_factor
-        many = A.PGD(model, e_mid, threat, steps=many_steps, restarts=1,
-                     step_size=p.pgd.step_size * p.pgd.steps / many_steps, seed=seed)  # fmt: skip
+        many = A.PGD(
+            model,
+            e_mid,
+            threat,
+            steps=many_steps,
+            restarts=1,
+            step_size=p.pgd.step_size * p.pgd.steps / many_steps,
+            seed=seed,
+        )
         acc_few = float(A.robust_correct(few, x, y).float().mean())
         acc_many = float(A.robust_correct(many, x, y).float().mean())
         timing[f"{threat}/more_steps"] = time.perf_counter() - t0
         sanity += [
             S.monotone_in_eps(curves["worst"], p.sanity.monotone_tol, threat),
             S.zero_at_large_eps(curves["worst"][tm.large_eps], tm.large_eps, p.sanity.large_eps_max_accuracy, threat),
-            S.more_steps_not_weaker(acc_few, acc_many, (p.pgd.steps, many_steps), p.sanity.more_steps_tol, threat, e_mid),
+            S.more_steps_not_weaker(
+                acc_few, acc_many, (p.pgd.steps, many_steps), p.sanity.more_steps_tol, threat, e_mid
+            ),
             S.black_box_not_stronger(curves["random_noise"], curves["worst"], p.sanity.black_box_tol, threat),
         ]
-        out[threat] = {"n": int(len(x)), "eps": list(tm.eps), "large_eps": tm.large_eps, **curves, "subset_n": subset_n,
-                       "more_steps": {"eps": e_mid, "steps": [p.pgd.steps, many_steps], "accuracy": [acc_few, acc_many]}}  # fmt: skip
+        out[threat] = {
+            "n": int(len(x)),
+            "eps": list(tm.eps),
+            "large_eps": tm.large_eps,
+            **curves,
+            "subset_n": subset_n,
+            "more_steps": {"eps": e_mid, "steps": [p.pgd.steps, many_steps], "accuracy": [acc_few, acc_many]},
+        }
     if baseline:
         return {"robust_accuracy": out, "sanity": [], "timing_s": timing, "examples": examples}
     sanity.insert(0, S.gradients_finite_nonzero(model, x, y, p.sanity.max_zero_grad_fraction))
@@ -147,15 +169,20 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GatePara
 
 
 @torch.no_grad()
-def corruption_errors(model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list[str], spec: InputSpec,
-                      p: GateParams, seed: int) -> dict[str, list[float]]:  # fmt: skip
+def corruption_errors(
+    model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list[str], spec: InputSpec, p: GateParams, seed: int
+) -> dict[str, list[float]]:
     """Top-1 error per corruption and severity (1..5) on (N, T, H, W) raw tubelets."""
     names = p.corruptions.names or list(C.REGISTRY)
     out = {}
     arr = raw.numpy()
     for name in names:
-        corr = C.build_corruption(name, p.corruptions.severities.get(name),
-                                  celsius_scale_k=spec.celsius_scale_k, robust_floor=spec.robust_floor)  # fmt: skip
+        corr = C.build_corruption(
+            name,
+            p.corruptions.severities.get(name),
+            celsius_scale_k=spec.celsius_scale_k,
+            robust_floor=spec.robust_floor,
+        )
         errs = []
         for s in range(1, 6):
             xc = normalize(torch.from_numpy(corr(arr, s, units, seed=seed)), units, spec)
@@ -178,8 +205,16 @@ def corruption_ce(errors: dict[str, list[float]], normalizer: dict[str, list[flo
     return ce, float(np.mean(list(ce.values()))) if ce else float("nan")
 
 
-def evaluate(model: nn.Module, spec: InputSpec, tubelets: np.ndarray, units: list[str], labels: np.ndarray,
-             p: GateParams, seed: int, baseline: bool = False) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    model: nn.Module,
+    spec: InputSpec,
+    tubelets: np.ndarray,
+    units: list[str],
+    labels: np.ndarray,
+    p: GateParams,
+    seed: int,
+    baseline: bool = False,
+) -> dict[str, Any]:
     """All the gate's figures for one model (corruption CE still unnormalized; see `corruption_ce`).
 
     Args:
@@ -223,13 +258,20 @@ def evaluate(model: nn.Module, spec: InputSpec, tubelets: np.ndarray, units: lis
     iw = ip[: wc_p.subset]
     wc = None
     if not baseline:
-        wc = P.worst_case(model, raw[iw], y[iw], [units[i] for i in iw.tolist()], spec, wc_p.budget_px, wc_p.steps, seed)
+        wc = P.worst_case(
+            model, raw[iw], y[iw], [units[i] for i in iw.tolist()], spec, wc_p.budget_px, wc_p.steps, seed
+        )
         wc.pop("offsets")
     timing["perspective"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    radio = [] if baseline else E.radiometric_sweep(model, raw[ip], y[ip], units_p, spec, list(p.radiometric.gain_changes),
-                                                    list(p.radiometric.offset_k))  # fmt: skip
+    radio = (
+        []
+        if baseline
+        else E.radiometric_sweep(
+            model, raw[ip], y[ip], units_p, spec, list(p.radiometric.gain_changes), list(p.radiometric.offset_k)
+        )
+    )
     timing["radiometric"] = time.perf_counter() - t0
 
     return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -16,62 +16,62 @@ class ThreatModel:
 
 @dataclass(frozen=True)
 class PGDParams:
-    steps: int = 10
-    restarts: int = 1
-    step_size: float = 0.25  # fraction of eps per step
+    steps: int
+    restarts: int
+    step_size: float  # fraction of eps per step
 
 
 @dataclass(frozen=True)
 class APGDParams:
-    steps: int = 10
+    steps: int
 
 
 @dataclass(frozen=True)
 class CWParams:
-    subset: int = 12  # C&W is the slowest attack: run it on the first `subset` attacked tubelets
-    steps: int = 30
-    search_steps: int = 3
-    c_init: float = 1.0
-    lr: float = 0.02
+    subset: int  # C&W is the slowest attack: run it on the first `subset` attacked tubelets
+    steps: int
+    search_steps: int
+    c_init: float
+    lr: float
 
 
 @dataclass(frozen=True)
 class SanityParams:
-    monotone_tol: float = 0.05  # robust accuracy may rise this much with eps (sampling noise)
-    large_eps_max_accuracy: float = 0.05  # "about 0" at the large eps
-    more_steps_factor: int = 3  # PGD with factor x steps must not do worse
-    more_steps_tol: float = 0.05
-    max_zero_grad_fraction: float = 0.0
-    black_box_tol: float = 0.05
-    random_draws: int = 4
+    monotone_tol: float  # robust accuracy may rise this much with eps (sampling noise)
+    large_eps_max_accuracy: float  # "about 0" at the large eps
+    more_steps_factor: int  # PGD with factor x steps must not do worse
+    more_steps_tol: float
+    max_zero_grad_fraction: float
+    black_box_tol: float
+    random_draws: int
 
 
 @dataclass(frozen=True)
 class CorruptionParams:
-    subset: int = 64
-    names: list[str] = field(default_factory=list)  # empty: every corruption in the registry
-    severities: dict[str, list[float]] = field(default_factory=dict)  # overrides of the class tables
+    subset: int
+    names: list[str]  # empty: every corruption in the registry
+    severities: dict[str, list[float]]  # overrides of the class tables
 
 
 @dataclass(frozen=True)
 class WorstCaseParams:
-    subset: int = 24
-    budget_px: float = 2.0
-    steps: int = 8
+    subset: int
+    budget_px: float
+    steps: int
 
 
 @dataclass(frozen=True)
 class PerspectiveParams:
-    subset: int = 64
-    magnitudes_px: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
-    decision_px: float = 1.0  # the magnitude the `flip_rate` figure is taken at
-    worst_case: WorstCaseParams = field(default_factory=WorstCaseParams)
+    subset: int
+    magnitudes_px: list[float]
+    decision_px: float  # the magnitude the `flip_rate` figure is taken at
+    worst_case: WorstCaseParams
 
 
 @dataclass(frozen=True)
 class RadiometricParams:
-    gain_changes: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4])  # relative
-    offset_k: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])  # kelvin, corner to corner
+    gain_changes: list[float]  # relative
+    offset_k: list[float]  # kelvin, corner to corner
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,15 @@ class Regression:
     sampling noise of a few dozen attacked tubelets is not called a regression); mean CE,
     flip rate and stability slope may grow `relative_tol` (relative)."""
 
-    accuracy_tol: float = 0.03
-    relative_tol: float = 0.1
-    z: float = 1.0
+    accuracy_tol: float
+    relative_tol: float
+    z: float
 
 
 @dataclass(frozen=True)
 class ReportParams:
-    examples: int = 3
-    occlusion_window: list[int] = field(default_factory=lambda: [4, 8, 8])
+    examples: int
+    occlusion_window: list[int]
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,12 @@ class GateParams:
     attack_subset: int
     threat_models: dict[str, ThreatModel]
     thresholds: Thresholds
-    pgd: PGDParams = field(default_factory=PGDParams)
-    apgd: APGDParams = field(default_factory=APGDParams)
-    cw: CWParams = field(default_factory=CWParams)
-    sanity: SanityParams = field(default_factory=SanityParams)
-    corruptions: CorruptionParams = field(default_factory=CorruptionParams)
-    perspective: PerspectiveParams = field(default_factory=PerspectiveParams)
-    radiometric: RadiometricParams = field(default_factory=RadiometricParams)
-    regression: Regression = field(default_factory=Regression)
-    report: ReportParams = field(default_factory=ReportParams)
+    pgd: PGDParams
+    apgd: APGDParams
+    cw: CWParams
+    sanity: SanityParams
+    corruptions: CorruptionParams
+    perspective: PerspectiveParams
+    radiometric: RadiometricParams
+    regression: Regression
+    report: ReportParams

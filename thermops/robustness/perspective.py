@@ -42,9 +42,13 @@ def corners(h: int, w: int) -> torch.Tensor:
 def corner_offsets(kind: str, px: float, h: int, w: int) -> torch.Tensor:
     """Displacements (4, 2) of the corners for transform `kind` of size `px` (signed)."""
     if kind == "tilt":
-        return torch.tensor([[px, 0.0], [-px, 0.0], [px, 0.0], [-px, 0.0]]) * torch.tensor([[1.0], [1.0], [-1.0], [-1.0]])
+        return torch.tensor([[px, 0.0], [-px, 0.0], [px, 0.0], [-px, 0.0]]) * torch.tensor(
+            [[1.0], [1.0], [-1.0], [-1.0]]
+        )
     if kind == "pan":
-        return torch.tensor([[0.0, px], [0.0, -px], [0.0, px], [0.0, -px]]) * torch.tensor([[1.0], [-1.0], [-1.0], [1.0]])
+        return torch.tensor([[0.0, px], [0.0, -px], [0.0, px], [0.0, -px]]) * torch.tensor(
+            [[1.0], [-1.0], [-1.0], [1.0]]
+        )
     c = corners(h, w)
     centre = torch.tensor([(w - 1) / 2, (h - 1) / 2])
     rel = c - centre
@@ -113,8 +117,15 @@ def _forward(model: nn.Module, x: torch.Tensor, batch: int = 256) -> tuple[torch
 
 
 @torch.no_grad()
-def sweep(model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list[str], spec: InputSpec,
-          magnitudes: list[float], kinds: tuple[str, ...] = KINDS) -> list[dict]:  # fmt: skip
+def sweep(
+    model: nn.Module,
+    raw: torch.Tensor,
+    y: torch.Tensor,
+    units: list[str],
+    spec: InputSpec,
+    magnitudes: list[float],
+    kinds: tuple[str, ...] = KINDS,
+) -> list[dict]:
     """Accuracy, flip rate and representation stability over transforms x signed magnitudes.
 
     Args:
@@ -135,12 +146,17 @@ def sweep(model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list[str]
                 logits, emb = _forward(model, normalize(warp(raw, hom), units, spec))
                 pred = logits.argmax(1)
                 r = ((emb - emb0).norm(dim=1) / norm0).mean()
-                rows.append({
-                    "kind": kind, "px": float(px), "accuracy": float((pred == y).float().mean()),
-                    "flip_rate": float((pred != pred0).float().mean()), "r": float(r),
-                    "grad_tau": grad_tau_norm(hom[0], h, w),
-                    "scale": scale_of_zoom(px, h, w) if kind == "zoom" else 1.0,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "kind": kind,
+                        "px": float(px),
+                        "accuracy": float((pred == y).float().mean()),
+                        "flip_rate": float((pred != pred0).float().mean()),
+                        "r": float(r),
+                        "grad_tau": grad_tau_norm(hom[0], h, w),
+                        "scale": scale_of_zoom(px, h, w) if kind == "zoom" else 1.0,
+                    }
+                )
     return rows
 
 
@@ -151,8 +167,16 @@ def stability_slope(rows: list[dict]) -> float:
     return num / den if den > 0 else float("nan")
 
 
-def worst_case(model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list[str], spec: InputSpec,
-               budget_px: float, steps: int = 10, seed: int = 0) -> dict:  # fmt: skip
+def worst_case(
+    model: nn.Module,
+    raw: torch.Tensor,
+    y: torch.Tensor,
+    units: list[str],
+    spec: InputSpec,
+    budget_px: float,
+    steps: int = 10,
+    seed: int = 0,
+) -> dict:
     """Worst-case homography per tubelet by signed-gradient ascent on the loss.
 
     Each of the 8 corner coordinates moves at most `budget_px` input pixels
@@ -177,9 +201,12 @@ def worst_case(model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list
     with torch.no_grad():
         pred = model(normalize(warp(raw, homography(off, h, w)), units, spec)).argmax(1)
     return {
-        "budget_px": float(budget_px), "steps": int(steps), "n": int(n),
-        "accuracy": float((pred == y).float().mean()), "clean_accuracy": float((pred0 == y).float().mean()),
+        "budget_px": float(budget_px),
+        "steps": int(steps),
+        "n": int(n),
+        "accuracy": float((pred == y).float().mean()),
+        "clean_accuracy": float((pred0 == y).float().mean()),
         "flip_rate": float((pred != pred0).float().mean()),
         "mean_max_corner_px": float(off.detach().norm(dim=2).amax(1).mean()),
         "offsets": off.detach(),
-    }  # fmt: skip
+    }

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 NOT_CURVES = ("more_steps", "subset_n")  # entries of robust_accuracy[threat] that are not {eps: acc}
 
 
@@ -47,7 +46,11 @@ def plot_robust_accuracy(metrics: dict, path: Path, celsius_scale_k: float) -> N
         ax.axhline(metrics["clean_accuracy"], color="green", ls=":", label="clean")
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
-        unit = f"model units; 1 unit = {celsius_scale_k} K per pixel" if threat == "linf" else f"model units, L2 per tubelet; x {celsius_scale_k} K"
+        unit = (
+            f"model units; 1 unit = {celsius_scale_k} K per pixel"
+            if threat == "linf"
+            else f"model units, L2 per tubelet; x {celsius_scale_k} K"
+        )
         ax.set_xlabel(f"eps ({unit})")
         ax.set_ylabel("robust accuracy")
         ax.set_title(f"{threat} (n={tm['n']})")
@@ -95,7 +98,9 @@ def plot_stability(metrics: dict, path: Path) -> None:
     for i, k in enumerate(kinds):
         rr = sorted((r for r in rows if r["kind"] == k), key=lambda r: r["px"])
         ax.plot([r["px"] for r in rr], [r["accuracy"] for r in rr], marker="o", color=f"C{i}", label=f"{k} acc")
-        ax.plot([r["px"] for r in rr], [r["flip_rate"] for r in rr], ls="--", marker="x", color=f"C{i}", label=f"{k} flip")
+        ax.plot(
+            [r["px"] for r in rr], [r["flip_rate"] for r in rr], ls="--", marker="x", color=f"C{i}", label=f"{k} flip"
+        )
     ax.set_xlabel("corner displacement (model-input px, signed)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"homography sweep (n={metrics['perspective']['n']})")
@@ -105,7 +110,14 @@ def plot_stability(metrics: dict, path: Path) -> None:
     for i, k in enumerate(("gain", "offset")):
         rr = sorted((r for r in radio if r["kind"] == k), key=lambda r: r["value"])
         ax.plot([r["value"] for r in rr], [r["accuracy"] for r in rr], marker="o", color=f"C{i}", label=f"{k} acc")
-        ax.plot([r["value"] for r in rr], [r["flip_rate"] for r in rr], ls="--", marker="x", color=f"C{i}", label=f"{k} flip")
+        ax.plot(
+            [r["value"] for r in rr],
+            [r["flip_rate"] for r in rr],
+            ls="--",
+            marker="x",
+            color=f"C{i}",
+            label=f"{k} flip",
+        )
     ax.set_xlabel("gain change (relative) / offset gradient (K corner to corner)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("radiometric drift")
@@ -115,8 +127,16 @@ def plot_stability(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_adversarial(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, pred_adv: torch.Tensor, classes: list[str],
-                     path: Path, celsius_scale_k: float, title: str) -> None:  # fmt: skip
+def plot_adversarial(
+    x: torch.Tensor,
+    adv: torch.Tensor,
+    y: torch.Tensor,
+    pred_adv: torch.Tensor,
+    classes: list[str],
+    path: Path,
+    celsius_scale_k: float,
+    title: str,
+) -> None:
     """Clean | adversarial | difference (kelvin for celsius tubelets), middle frame, one row per example."""
     plt = _plt()
     n = len(x)
@@ -153,13 +173,15 @@ def attributions(model: nn.Module, x: torch.Tensor, target: torch.Tensor, window
     cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
     cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="trilinear")[:, 0]
     win = (1, *[min(w, s) for w, s in zip(window, x.shape[2:])])
-    occ = Occlusion(model).attribute(x, target=target, sliding_window_shapes=win, strides=win,
-                                     baselines=0.0, perturbations_per_eval=64)[:, 0]  # fmt: skip
+    occ = Occlusion(model).attribute(
+        x, target=target, sliding_window_shapes=win, strides=win, baselines=0.0, perturbations_per_eval=64
+    )[:, 0]
     return {"saliency": sal.detach(), "grad_cam": cam.detach(), "occlusion": occ.detach()}
 
 
-def plot_attributions(model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, path: Path,
-                      window: list[int]) -> None:  # fmt: skip
+def plot_attributions(
+    model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, path: Path, window: list[int]
+) -> None:
     """Rows: examples, clean then attacked; columns: input, saliency, Grad-CAM, occlusion (target = true class)."""
     plt = _plt()
     maps_c = attributions(model, x, y, window)
@@ -218,25 +240,55 @@ def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
         f"<p>Units: {html.escape(gate['units_note'])}</p>",
     ]
     if gate["reasons"]:
-        parts.append("<h2>Reasons</h2><ul>" + "".join(f"<li class='fail'>{html.escape(r)}</li>" for r in gate["reasons"]) + "</ul>")
-    parts.append("<h2>Every check</h2>" + _table(
-        [[("ok" if c["passed"] else "FAIL"), c["name"], c["kind"], c["value"], c["limit"], c["text"]] for c in gate["checks"]],
-        ["", "check", "kind", "value", "limit", "detail"]))  # fmt: skip
+        parts.append(
+            "<h2>Reasons</h2><ul>"
+            + "".join(f"<li class='fail'>{html.escape(r)}</li>" for r in gate["reasons"])
+            + "</ul>"
+        )
+    parts.append(
+        "<h2>Every check</h2>"
+        + _table(
+            [
+                [("ok" if c["passed"] else "FAIL"), c["name"], c["kind"], c["value"], c["limit"], c["text"]]
+                for c in gate["checks"]
+            ],
+            ["", "check", "kind", "value", "limit", "detail"],
+        )
+    )
     ra_rows = []
     for threat, tm in gate["robust_accuracy"].items():
         for name, curve in tm.items():
             if isinstance(curve, dict) and name not in NOT_CURVES:
-                ra_rows.append([threat, name] + [f"{float(e):g}: {v:.3f}" for e, v in sorted(curve.items(), key=lambda kv: float(kv[0]))])
-    parts.append("<h2>Robust accuracy (clean %.3f)</h2>" % gate["clean_accuracy"] + _table(ra_rows, ["threat", "attack", "eps: accuracy ..."]))
-    parts.append("<h2>Corruptions</h2><p>" + html.escape(gate["mean_ce_note"]) + "</p>" + _table(
-        [[c, gate["corruption_ce"][c]] + list(errs) for c, errs in gate["corruption_errors"].items()],
-        ["corruption", "CE", "err s1", "s2", "s3", "s4", "s5"]))  # fmt: skip
+                ra_rows.append(
+                    [threat, name]
+                    + [f"{float(e):g}: {v:.3f}" for e, v in sorted(curve.items(), key=lambda kv: float(kv[0]))]
+                )
+    parts.append(
+        f"<h2>Robust accuracy (clean {gate['clean_accuracy']:.3f})</h2>"
+        + _table(ra_rows, ["threat", "attack", "eps: accuracy ..."])
+    )
+    parts.append(
+        "<h2>Corruptions</h2><p>"
+        + html.escape(gate["mean_ce_note"])
+        + "</p>"
+        + _table(
+            [[c, gate["corruption_ce"][c]] + list(errs) for c, errs in gate["corruption_errors"].items()],
+            ["corruption", "CE", "err s1", "s2", "s3", "s4", "s5"],
+        )
+    )
     env = gate["envelope"]
-    parts.append("<h2>Validated envelope</h2>" + _table(
-        [[f"{part}.{k}", v] for part in ("geometric", "radiometric") for k, v in env[part].items()], ["key", "value"]))  # fmt: skip
+    parts.append(
+        "<h2>Validated envelope</h2>"
+        + _table(
+            [[f"{part}.{k}", v] for part in ("geometric", "radiometric") for k, v in env[part].items()],
+            ["key", "value"],
+        )
+    )
     wc = gate["perspective"]["worst_case"]
-    parts.append(f"<p>Worst-case homography (budget {wc['budget_px']} px per corner coordinate, {wc['steps']} steps, n={wc['n']}): "
-                 f"accuracy {wc['accuracy']:.3f} (clean {wc['clean_accuracy']:.3f}), flip rate {wc['flip_rate']:.3f}.</p>")  # fmt: skip
+    parts.append(
+        f"<p>Worst-case homography (budget {wc['budget_px']} px per corner coordinate, {wc['steps']} steps, n={wc['n']}): "
+        f"accuracy {wc['accuracy']:.3f} (clean {wc['clean_accuracy']:.3f}), flip rate {wc['flip_rate']:.3f}.</p>"
+    )
     parts.append("<h2>Timing (s)</h2>" + _table([[k, v] for k, v in gate["timing_s"].items()], ["part", "seconds"]))
     for title, name in images:
         parts.append(f"<h2>{html.escape(title)}</h2><img src='{html.escape(name)}' style='max-width:100%'>")

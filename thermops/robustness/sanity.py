@@ -30,21 +30,38 @@ def monotone_in_eps(curve: dict[float, float], tol: float, threat: str) -> dict:
     eps = sorted(curve)
     rises = [curve[b] - curve[a] for a, b in zip(eps, eps[1:])]
     worst = max(rises, default=0.0)
-    return _check(f"monotone_in_eps[{threat}]", worst <= tol, worst, tol,
-                  f"largest rise of robust accuracy between consecutive eps {eps}")  # fmt: skip
+    return _check(
+        f"monotone_in_eps[{threat}]",
+        worst <= tol,
+        worst,
+        tol,
+        f"largest rise of robust accuracy between consecutive eps {eps}",
+    )
 
 
 def zero_at_large_eps(acc: float, large_eps: float, limit: float, threat: str) -> dict:
     """Robust accuracy at the large eps must be at most `limit` (about 0)."""
-    return _check(f"zero_at_large_eps[{threat}]", acc <= limit, acc, limit,
-                  f"robust accuracy at eps {large_eps} (should be about 0)")  # fmt: skip
+    return _check(
+        f"zero_at_large_eps[{threat}]",
+        acc <= limit,
+        acc,
+        limit,
+        f"robust accuracy at eps {large_eps} (should be about 0)",
+    )
 
 
-def more_steps_not_weaker(acc_few: float, acc_many: float, steps: tuple[int, int], tol: float, threat: str, eps: float) -> dict:
+def more_steps_not_weaker(
+    acc_few: float, acc_many: float, steps: tuple[int, int], tol: float, threat: str, eps: float
+) -> dict:
     """PGD with more steps must not leave more samples robust than with fewer."""
     rise = acc_many - acc_few
-    return _check(f"more_steps_not_weaker[{threat}]", rise <= tol, rise, tol,
-                  f"PGD eps {eps}: robust accuracy {acc_few:.3f} at {steps[0]} steps, {acc_many:.3f} at {steps[1]} steps")  # fmt: skip
+    return _check(
+        f"more_steps_not_weaker[{threat}]",
+        rise <= tol,
+        rise,
+        tol,
+        f"PGD eps {eps}: robust accuracy {acc_few:.3f} at {steps[0]} steps, {acc_many:.3f} at {steps[1]} steps",
+    )
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -78,14 +95,24 @@ def gradients_finite_nonzero(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     norms, zero, nonfinite = input_gradients(model, x, y)
     frac = zero / max(len(x), 1)
     ok = nonfinite == 0 and frac <= max_zero_fraction
-    return _check("gradients_finite_nonzero", ok, {"zero": zero, "nonfinite": nonfinite, "n": len(x)},
-                  max_zero_fraction, f"{zero} of {len(x)} samples with zero input gradient, {nonfinite} non-finite")  # fmt: skip
+    return _check(
+        "gradients_finite_nonzero",
+        ok,
+        {"zero": zero, "nonfinite": nonfinite, "n": len(x)},
+        max_zero_fraction,
+        f"{zero} of {len(x)} samples with zero input gradient, {nonfinite} non-finite",
+    )
 
 
 def black_box_not_stronger(black: dict[float, float], white: dict[float, float], tol: float, threat: str) -> dict:
     """At every eps, random-noise robust accuracy >= white-box worst-case robust accuracy - tol."""
     gaps = {e: white[e] - black[e] for e in black if e in white}
     worst = max(gaps.values(), default=0.0)
-    return _check(f"black_box_not_stronger[{threat}]", worst <= tol, worst, tol,
-                  "largest excess of white-box over random-noise robust accuracy, by eps: "
-                  + ", ".join(f"{e}: {g:+.3f}" for e, g in sorted(gaps.items())))  # fmt: skip
+    return _check(
+        f"black_box_not_stronger[{threat}]",
+        worst <= tol,
+        worst,
+        tol,
+        "largest excess of white-box over random-noise robust accuracy, by eps: "
+        + ", ".join(f"{e}: {g:+.3f}" for e, g in sorted(gaps.items())),
+    )

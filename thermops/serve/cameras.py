@@ -35,14 +35,16 @@ class CameraRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "CameraRegistry":
+    def from_dir(cls, directory: str | Path) -> CameraRegistry:
         return cls(load_calibrations(directory))
 
     def get(self, camera_id: str) -> Calibration:
         """The calibration of `camera_id`, or UnknownCamera."""
         if not isinstance(camera_id, str) or not CAMERA_ID.fullmatch(camera_id):
             # ascii(): the id may hold anything, lone surrogates included; the message must encode
-            raise TubeletError(f"camera_id {ascii(camera_id)[:80]} is not a camera id (lowercase letters, digits, _ and -)")
+            raise TubeletError(
+                f"camera_id {ascii(camera_id)[:80]} is not a camera id (lowercase letters, digits, _ and -)"
+            )
         with self._lock:
             cal = self._trained.get(camera_id) or self._registered.get(camera_id)
         if cal is None:

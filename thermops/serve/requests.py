@@ -61,19 +61,19 @@ class PackageParams:
         timeout_s: per-request timeout.
     """
 
-    model_name: str = "thermops-classifier"
-    bento_name: str = "thermops"
-    batching: bool = True
-    max_batch_size: int = 32
-    max_latency_ms: int = 2000
-    max_frames: int = 64
-    max_side: int = 256
-    max_elements: int = 1_048_576
-    max_upload_bytes: int = 8_388_608
-    max_request_bytes: int = 33_554_432
-    workers: int = 1
-    max_concurrency: int = 64
-    timeout_s: int = 30
+    model_name: str
+    bento_name: str
+    batching: bool
+    max_batch_size: int
+    max_latency_ms: int
+    max_frames: int
+    max_side: int
+    max_elements: int
+    max_upload_bytes: int
+    max_request_bytes: int
+    workers: int
+    max_concurrency: int
+    timeout_s: int
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 2:

@@ -259,8 +259,9 @@ class Person(Thing):
             foot = hip_s + 0.52 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
             foot[2] = max(foot[2], leg_r)
             parts.append(Capsule(tuple(hip_s), tuple(foot), leg_r, trousers))
-        parts.append(Capsule(tuple(hip + np.array([0, 0, 0.06 * h])), tuple(neck - np.array([0, 0, 0.04 * h])),
-                             0.11 * h, cloth))  # fmt: skip
+        parts.append(
+            Capsule(tuple(hip + np.array([0, 0, 0.06 * h])), tuple(neck - np.array([0, 0, 0.04 * h])), 0.11 * h, cloth)
+        )
         for side, sgn in ((-1, -1), (1, 1)):
             a = sgn * ang * (1.2 if run else 0.8)
             sh = neck + side * sh_w * r - np.array([0, 0, 0.02 * h])
@@ -292,12 +293,20 @@ class Vehicle(Thing):
         parts.append(Box(box_corners(cabin_ctr, self.heading, cabin_len, 0.92 * width, 0.55 * height, height), glass_c))
         if p["kind"] != "car":  # cargo box behind the cabin
             cargo = base - (0.5 * length - (length - cabin_len - front) / 2) * f + 0.0 * r
-            parts.append(Box(box_corners(cargo, self.heading, length - cabin_len - front - 0.3, width, 0.5, height),
-                             cond.wet(cond.air_c + 8.0 * cond.sun)))  # fmt: skip
+            parts.append(
+                Box(
+                    box_corners(cargo, self.heading, length - cabin_len - front - 0.3, width, 0.5, height),
+                    cond.wet(cond.air_c + 8.0 * cond.sun),
+                )
+            )
         # Engine compartment: 60-100+ degC inside after driving, the hood and grille show part of it.
         hood = base + (0.5 * length - front / 2) * f
-        parts.append(Box(box_corners(hood, self.heading, front * 0.9, 0.8 * width, 0.35, 0.55 * height + 0.02),
-                         cond.air_c + 0.45 * (p["engine_c"] - cond.air_c)))  # fmt: skip
+        parts.append(
+            Box(
+                box_corners(hood, self.heading, front * 0.9, 0.8 * width, 0.35, 0.55 * height + 0.02),
+                cond.air_c + 0.45 * (p["engine_c"] - cond.air_c),
+            )
+        )
         wheel_r = 0.33 if p["kind"] == "car" else 0.45
         for a in (-0.35, 0.35):
             for b in (-0.5, 0.5):
@@ -306,8 +315,14 @@ class Vehicle(Thing):
         ex = base - 0.5 * length * f + 0.3 * width * r + np.array([0, 0, 0.3])
         parts.append(Capsule(tuple(ex), tuple(ex - 0.15 * f), 0.06, p["exhaust_c"]))
         # Exhaust plume: warm gas, mostly transparent, behind the vehicle.
-        parts.append(Capsule(tuple(ex - 0.2 * f), tuple(ex - 1.2 * f + np.array([0, 0, 0.2])), 0.18,
-                             cond.air_c + 0.25 * (p["exhaust_c"] - cond.air_c)))  # fmt: skip
+        parts.append(
+            Capsule(
+                tuple(ex - 0.2 * f),
+                tuple(ex - 1.2 * f + np.array([0, 0, 0.2])),
+                0.18,
+                cond.air_c + 0.25 * (p["exhaust_c"] - cond.air_c),
+            )
+        )
         return parts
 
 
@@ -370,10 +385,18 @@ class Bird(Thing):
         span = p["span_m"]
         return [
             Capsule(tuple(c - 0.15 * d), tuple(c + 0.12 * d), 0.05, body),
-            Capsule(tuple(c), tuple(c + 0.5 * span * (r * math.cos(0.8 * flap) + up * math.sin(0.8 * flap))), 0.03,
-                    body - 3.0),  # fmt: skip
-            Capsule(tuple(c), tuple(c + 0.5 * span * (-r * math.cos(0.8 * flap) + up * math.sin(0.8 * flap))), 0.03,
-                    body - 3.0),  # fmt: skip
+            Capsule(
+                tuple(c),
+                tuple(c + 0.5 * span * (r * math.cos(0.8 * flap) + up * math.sin(0.8 * flap))),
+                0.03,
+                body - 3.0,
+            ),
+            Capsule(
+                tuple(c),
+                tuple(c + 0.5 * span * (-r * math.cos(0.8 * flap) + up * math.sin(0.8 * flap))),
+                0.03,
+                body - 3.0,
+            ),
         ]
 
     def ground_xy(self, t: float) -> np.ndarray:
@@ -413,8 +436,12 @@ class Reflection(Thing):
         hit = False
         bg = cv.cond.surface("asphalt")
         for prt in parts:
-            mirrored = Capsule((prt.p0[0], prt.p0[1], -prt.p0[2]), (prt.p1[0], prt.p1[1], -prt.p1[2]), prt.radius,
-                               bg + rho * (prt.temp_c - bg))  # fmt: skip
+            mirrored = Capsule(
+                (prt.p0[0], prt.p0[1], -prt.p0[2]),
+                (prt.p1[0], prt.p1[1], -prt.p1[2]),
+                prt.radius,
+                bg + rho * (prt.temp_c - bg),
+            )
             ext = draw_capsule(cv, mirrored)
             if ext is not None:
                 hit = True
@@ -434,8 +461,9 @@ class HeatShimmer(Thing):
         g = self.ground_xy(t)
         w, hgt = p["width_m"], p["height_m"]
         rgt = np.array([math.cos(math.radians(cam.yaw_deg)), -math.sin(math.radians(cam.yaw_deg))])
-        pts = np.array([[*(g - w / 2 * rgt), 0.0], [*(g + w / 2 * rgt), 0.0], [*(g - w / 2 * rgt), hgt],
-                        [*(g + w / 2 * rgt), hgt]])  # fmt: skip
+        pts = np.array(
+            [[*(g - w / 2 * rgt), 0.0], [*(g + w / 2 * rgt), 0.0], [*(g - w / 2 * rgt), hgt], [*(g + w / 2 * rgt), hgt]]
+        )
         uv, z = cam.project(pts)
         if np.any(z <= 0.5):
             return None

@@ -125,22 +125,38 @@ def layout(camera: PinholeCamera, rng: np.random.Generator) -> Layout:
             fwd = float(rng.uniform(0.55, 0.95) * rmax)
             lat = side * float(rng.uniform(0.45, 0.75)) * fwd * math.tan(half_fov)
             buildings.append(
-                Building(lat, fwd, float(rng.uniform(0.1, 0.25) * fwd * math.tan(half_fov) + 6),
-                         float(rng.uniform(8, 20)), float(rng.uniform(4, 9)))  # fmt: skip
+                Building(
+                    lat,
+                    fwd,
+                    float(rng.uniform(0.1, 0.25) * fwd * math.tan(half_fov) + 6),
+                    float(rng.uniform(8, 20)),
+                    float(rng.uniform(4, 9)),
+                )
             )
     n = 16  # enough random plane waves to read as blotches rather than stripes
     wl = np.exp(rng.uniform(math.log(4.0), math.log(60.0), n))
     ang = rng.uniform(0, 2 * math.pi, n)
-    waves = np.stack([np.cos(ang) * 2 * np.pi / wl, np.sin(ang) * 2 * np.pi / wl, rng.uniform(0, 2 * np.pi, n),
-                      rng.uniform(0.3, 1.0, n)], axis=1)  # fmt: skip
+    waves = np.stack(
+        [
+            np.cos(ang) * 2 * np.pi / wl,
+            np.sin(ang) * 2 * np.pi / wl,
+            rng.uniform(0, 2 * np.pi, n),
+            rng.uniform(0.3, 1.0, n),
+        ],
+        axis=1,
+    )
     twl = rng.uniform(2.0, 25.0, 10)
     tree_waves = np.stack([2 * np.pi / twl, rng.uniform(0, 2 * np.pi, 10), rng.uniform(0.3, 1.5, 10)], axis=1)
     return Layout(
-        road_forward_m=road, road_width_m=float(rng.uniform(5, 8)),
+        road_forward_m=road,
+        road_width_m=float(rng.uniform(5, 8)),
         path_lateral_m=float(rng.uniform(-0.3, 0.3) * rmin * math.tan(half_fov) * 2),
-        buildings=tuple(buildings), treeline_forward_m=1.4 * rmax + 30, treeline_height_m=float(rng.uniform(8, 14)),
-        waves=waves, tree_waves=tree_waves,
-    )  # fmt: skip
+        buildings=tuple(buildings),
+        treeline_forward_m=1.4 * rmax + 30,
+        treeline_height_m=float(rng.uniform(8, 14)),
+        waves=waves,
+        tree_waves=tree_waves,
+    )
 
 
 def _heading_frame(camera: PinholeCamera, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +227,9 @@ def background(
     rng_safe = np.where(finite, ground_range, 0.0)
     # Pixel footprint on the ground: r / f across, r^2 / (h f) along the view.
     f = 0.5 * (camera.fx + camera.fy)
-    tex = _texture(lay, np.where(finite, g_lat, 0.0), np.where(finite, g_fwd, 0.0), rng_safe / f,
-                   rng_safe**2 / (h0 * f))  # fmt: skip
+    tex = _texture(
+        lay, np.where(finite, g_lat, 0.0), np.where(finite, g_fwd, 0.0), rng_safe / f, rng_safe**2 / (h0 * f)
+    )
     grass, soil, asphalt = cond.surface("grass"), cond.surface("soil"), cond.surface("asphalt")
     soil_mix = np.clip(0.5 + 0.6 * tex, 0, 1) * 0.6
     temp = (1 - soil_mix) * grass + soil_mix * soil + (0.4 + 1.0 * cond.sun) * 0.4 * tex
@@ -269,8 +286,11 @@ def background(
         on_roof = np.abs(p[..., 2] - b.height_m) < 1e-3 * np.maximum(tnear, 1)
         # Windows: glass reflects the cold sky (THERMAL-FACTS: glass is opaque and partly reflective).
         u = np.where(np.abs(p[..., 1] - lo[1]) < 1e-3 * np.maximum(tnear, 1), p[..., 0], p[..., 1])
-        window = (np.mod(u, 4.0) > 1.2) & (np.mod(u, 4.0) < 2.8) & (np.mod(p[..., 2], 3.2) > 1.0) & (
-            np.mod(p[..., 2], 3.2) < 2.4
+        window = (
+            (np.mod(u, 4.0) > 1.2)
+            & (np.mod(u, 4.0) < 2.8)
+            & (np.mod(p[..., 2], 3.2) > 1.0)
+            & (np.mod(p[..., 2], 3.2) < 2.4)
         )
         roof = 0.6 * cond.surface("concrete") + 0.4 * cond.sky_zenith_c  # metal sheet: partly mirrors the sky
         glass = 0.75 * cond.air_c + 0.25 * cond.sky_zenith_c + (2.0 if not cond.day else 0.0)

@@ -15,17 +15,27 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from thermops.camera.calibration import Calibration
 from thermops.camera.geometry import PinholeCamera
-from thermops.world.objects import (
-    Animal, Bird, Canvas, HeatShimmer, Person, RainStreak, Reflection, Thing, Vegetation, Vehicle, clothing_c,
-)  # fmt: skip
-from thermops.world.scene import Conditions, background, camera_rays, conditions, layout
 from thermops.camera.sensor import SensorModel, SensorParams, agc_linear, agc_plateau
+from thermops.world.objects import (
+    Animal,
+    Bird,
+    Canvas,
+    HeatShimmer,
+    Person,
+    RainStreak,
+    Reflection,
+    Thing,
+    Vegetation,
+    Vehicle,
+    clothing_c,
+)
+from thermops.world.scene import Conditions, background, camera_rays, conditions, layout
 
 LABELS = ("person", "vehicle", "animal", "nuisance")
 
@@ -43,8 +53,8 @@ class SynthParams:
     hours: list[float]
     weathers: list[str]
     agc_output: bool
-    mean_air_c: list[float] = field(default_factory=lambda: [4.0, 24.0])  # range of the day's mean air temperature
-    sensor: SensorParams = SensorParams()
+    mean_air_c: list[float]  # range of the day's mean air temperature
+    sensor: SensorParams
 
     def __post_init__(self) -> None:
         if self.clips_per_camera < 1 or self.frames_per_clip < 1:
@@ -95,38 +105,57 @@ def _started(cls, label, kind, camera, rng, mid_xy, heading, speed, t_mid, param
     return cls(label, kind, np.asarray(mid_xy) - speed * t_mid * d, heading, speed, float(rng.uniform(0, 6.28)), params)
 
 
-def sample_object(
-    label: str, camera: PinholeCamera, cond: Conditions, rng: np.random.Generator, t_mid: float
-) -> Thing:
+def sample_object(label: str, camera: PinholeCamera, cond: Conditions, rng: np.random.Generator, t_mid: float) -> Thing:
     """Draw one object of class `label` (person, vehicle, animal) visible at mid-clip."""
     rmin, rmax = camera.min_range_m, camera.max_range_m
     xy, _ = _place(camera, rng, rmin, rmax)
     if label == "person":
         run = rng.random() < 0.3
         ins = float(rng.uniform(0, 1))
-        p = {"height_m": float(rng.uniform(1.55, 1.95)), "cloth_c": clothing_c(cond, ins),
-             "trousers_c": clothing_c(cond, min(1.0, ins + 0.2))}  # fmt: skip
+        p = {
+            "height_m": float(rng.uniform(1.55, 1.95)),
+            "cloth_c": clothing_c(cond, ins),
+            "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)),
+        }
         speed = float(rng.uniform(2.8, 5.0) if run else rng.uniform(1.0, 1.7))
         kind = "person_running" if run else "person_walking"
         return _started(Person, label, kind, camera, rng, xy, _heading(camera, rng, 0.6), speed, t_mid, p)
     if label == "vehicle":
         kind = str(rng.choice(["car", "car", "van", "truck"]))
-        dims = {"car": ((4.1, 4.9), (1.7, 1.9), (1.4, 1.6)), "van": ((5.0, 6.0), (1.9, 2.1), (2.1, 2.6)),
-                "truck": ((7.0, 10.0), (2.4, 2.55), (3.0, 3.6))}[kind]  # fmt: skip
-        p = {"kind": kind, "length_m": float(rng.uniform(*dims[0])), "width_m": float(rng.uniform(*dims[1])),
-             "height_m": float(rng.uniform(*dims[2])), "engine_c": float(rng.uniform(60, 100)),
-             "tyre_c": cond.air_c + float(rng.uniform(8, 20)), "exhaust_c": float(rng.uniform(70, 110))}  # fmt: skip
+        dims = {
+            "car": ((4.1, 4.9), (1.7, 1.9), (1.4, 1.6)),
+            "van": ((5.0, 6.0), (1.9, 2.1), (2.1, 2.6)),
+            "truck": ((7.0, 10.0), (2.4, 2.55), (3.0, 3.6)),
+        }[kind]
+        p = {
+            "kind": kind,
+            "length_m": float(rng.uniform(*dims[0])),
+            "width_m": float(rng.uniform(*dims[1])),
+            "height_m": float(rng.uniform(*dims[2])),
+            "engine_c": float(rng.uniform(60, 100)),
+            "tyre_c": cond.air_c + float(rng.uniform(8, 20)),
+            "exhaust_c": float(rng.uniform(70, 110)),
+        }
         speed = float(rng.uniform(3.0, 12.0) if kind == "car" else rng.uniform(2.5, 8.0))
         return _started(Vehicle, label, kind, camera, rng, xy, _heading(camera, rng, 0.75), speed, t_mid, p)
     if label == "animal":
         kind = str(rng.choice(["dog", "deer", "fox", "boar"]))
-        length, shoulder, vmax = {"dog": (0.8, 0.55, 5.0), "deer": (1.5, 0.95, 4.0), "fox": (0.65, 0.4, 3.5),
-                                  "boar": (1.2, 0.8, 2.5)}[kind]  # fmt: skip
+        length, shoulder, vmax = {
+            "dog": (0.8, 0.55, 5.0),
+            "deer": (1.5, 0.95, 4.0),
+            "fox": (0.65, 0.4, 3.5),
+            "boar": (1.2, 0.8, 2.5),
+        }[kind]
         s = float(rng.uniform(0.85, 1.15))
-        p = {"length_m": length * s, "shoulder_m": shoulder * s, "stride_hz": float(rng.uniform(1.5, 2.5)),
-             "fur_k": float(rng.uniform(0.12, 0.3))}  # fmt: skip
-        return _started(Animal, label, kind, camera, rng, xy, _heading(camera, rng, 0.6), float(rng.uniform(0.8, vmax)),
-                        t_mid, p)  # fmt: skip
+        p = {
+            "length_m": length * s,
+            "shoulder_m": shoulder * s,
+            "stride_hz": float(rng.uniform(1.5, 2.5)),
+            "fur_k": float(rng.uniform(0.12, 0.3)),
+        }
+        return _started(
+            Animal, label, kind, camera, rng, xy, _heading(camera, rng, 0.6), float(rng.uniform(0.8, vmax)), t_mid, p
+        )
     raise ValueError(f"unknown object class {label!r}")
 
 
@@ -144,10 +173,16 @@ def sample_nuisance(
     if kind == "vegetation":
         xy, _ = _place(camera, rng, rmin, rmax, 0.9)
         n = int(rng.integers(3, 7))
-        branches = [(float(rng.uniform(-0.8, 0.8)), float(rng.uniform(0.8, 3.2)), float(rng.uniform(0.12, 0.35)))
-                    for _ in range(n)]  # fmt: skip
-        p = {"branches": branches, "amp_m": float(rng.uniform(0.05, 0.35)), "freq_hz": float(rng.uniform(0.3, 1.2)),
-             "offset_k": float(rng.uniform(-1.0, 1.5))}  # fmt: skip
+        branches = [
+            (float(rng.uniform(-0.8, 0.8)), float(rng.uniform(0.8, 3.2)), float(rng.uniform(0.12, 0.35)))
+            for _ in range(n)
+        ]
+        p = {
+            "branches": branches,
+            "amp_m": float(rng.uniform(0.05, 0.35)),
+            "freq_hz": float(rng.uniform(0.3, 1.2)),
+            "offset_k": float(rng.uniform(-1.0, 1.5)),
+        }
         return Vegetation("nuisance", kind, np.asarray(xy), 0.0, 0.0, float(rng.uniform(0, 6.28)), p)
     if kind == "bird":
         # Close to the lens, flying mostly along the view so it stays in frame for a while.
@@ -163,31 +198,69 @@ def sample_nuisance(
         d = np.array([math.sin(heading), math.cos(heading), 0.0])
         climb = float(rng.uniform(-0.5, 0.5))
         start3 = mid3 - speed * t_mid * d - np.array([0, 0, climb * t_mid])
-        p = {"start3": start3.tolist(), "climb": climb, "span_m": float(rng.uniform(0.3, 0.9)),
-             "flap_hz": float(rng.uniform(3, 8)), "body_c": cond.air_c + float(rng.uniform(5, 12)),
-             "blur_px": defocus_sigma_px(camera, depth / max(fwd, 1e-3))}  # fmt: skip
+        p = {
+            "start3": start3.tolist(),
+            "climb": climb,
+            "span_m": float(rng.uniform(0.3, 0.9)),
+            "flap_hz": float(rng.uniform(3, 8)),
+            "body_c": cond.air_c + float(rng.uniform(5, 12)),
+            "blur_px": defocus_sigma_px(camera, depth / max(fwd, 1e-3)),
+        }
         return Bird("nuisance", kind, start3[:2].copy(), heading, speed, float(rng.uniform(0, 6.28)), p)
     if kind == "reflection":
         xy, _ = _place(camera, rng, rmin, min(rmax, rmin + 0.6 * (rmax - rmin)))
         ins = float(rng.uniform(0, 1))
-        p = {"height_m": float(rng.uniform(1.55, 1.95)), "cloth_c": clothing_c(cond, ins),
-             "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)),
-             "reflectivity": float(rng.uniform(0.25, 0.5))}  # fmt: skip
-        return _started(Reflection, "nuisance", kind, camera, rng, xy, _heading(camera, rng, 0.7),
-                        float(rng.uniform(1.0, 1.6)), t_mid, p)  # fmt: skip
+        p = {
+            "height_m": float(rng.uniform(1.55, 1.95)),
+            "cloth_c": clothing_c(cond, ins),
+            "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)),
+            "reflectivity": float(rng.uniform(0.25, 0.5)),
+        }
+        return _started(
+            Reflection,
+            "nuisance",
+            kind,
+            camera,
+            rng,
+            xy,
+            _heading(camera, rng, 0.7),
+            float(rng.uniform(1.0, 1.6)),
+            t_mid,
+            p,
+        )
     if kind == "heat_shimmer":
         xy, _ = _place(camera, rng, rmin + 0.4 * (rmax - rmin), rmax, 0.7)
-        p = {"width_m": float(rng.uniform(0.04, 0.1)) * rmax, "height_m": float(rng.uniform(0.008, 0.02)) * rmax,
-             "amp_k": float(rng.uniform(1.5, 3.0)) * cond.sun, "rise_hz": float(rng.uniform(0.5, 1.5))}  # fmt: skip
-        return _started(HeatShimmer, "nuisance", kind, camera, rng, xy, _heading(camera, rng, 1.0),
-                        float(rng.uniform(0.0, 0.3)), t_mid, p)  # fmt: skip
+        p = {
+            "width_m": float(rng.uniform(0.04, 0.1)) * rmax,
+            "height_m": float(rng.uniform(0.008, 0.02)) * rmax,
+            "amp_k": float(rng.uniform(1.5, 3.0)) * cond.sun,
+            "rise_hz": float(rng.uniform(0.5, 1.5)),
+        }
+        return _started(
+            HeatShimmer,
+            "nuisance",
+            kind,
+            camera,
+            rng,
+            xy,
+            _heading(camera, rng, 1.0),
+            float(rng.uniform(0.0, 0.3)),
+            t_mid,
+            p,
+        )
     # rain_streak: an image-space curtain close to the lens.
     w = int(rng.uniform(0.06, 0.15) * camera.width)
     h = int(rng.uniform(0.2, 0.45) * camera.height)
     u0 = int(rng.uniform(0, camera.width - w))
     v0 = int(rng.uniform(0, camera.height - h))
-    p = {"lo_px": [u0, v0], "hi_px": [u0 + w, v0 + h], "drops": int(rng.integers(8, 25)),
-         "length_px": int(rng.uniform(0.1, 0.25) * h), "drop_c": cond.wet_bulb_c - 1.5, "seed": seed}  # fmt: skip
+    p = {
+        "lo_px": [u0, v0],
+        "hi_px": [u0 + w, v0 + h],
+        "drops": int(rng.integers(8, 25)),
+        "length_px": int(rng.uniform(0.1, 0.25) * h),
+        "drop_c": cond.wet_bulb_c - 1.5,
+        "seed": seed,
+    }
     xy = camera.ground_point_at_range(1.5)
     return RainStreak("nuisance", kind, np.asarray(xy), 0.0, 0.0, 0.0, p)
 
@@ -226,11 +299,19 @@ def _annotation(clip_id: str, frame: int, track: str, obj: Thing, ext, camera: P
         return None  # outside the frame (or less than a pixel left inside)
     g = obj.ground_xy(t)
     return {
-        "clip_id": clip_id, "frame": frame, "track_id": track, "label": obj.label, "source_label": obj.source_label,
-        "x0": round(x0, 2), "y0": round(y0, 2), "x1": round(x1, 2), "y1": round(y1, 2),
-        "ground_x": round(float(g[0]), 3), "ground_y": round(float(g[1]), 3),
+        "clip_id": clip_id,
+        "frame": frame,
+        "track_id": track,
+        "label": obj.label,
+        "source_label": obj.source_label,
+        "x0": round(x0, 2),
+        "y0": round(y0, 2),
+        "x1": round(x1, 2),
+        "y1": round(y1, 2),
+        "ground_x": round(float(g[0]), 3),
+        "ground_y": round(float(g[1]), 3),
         "distance_m": round(float(camera.ground_range(g)[0]), 3),
-    }  # fmt: skip
+    }
 
 
 def synthesize_camera(cfg: SynthParams, cal: Calibration, seed: int) -> list[ClipResult]:
@@ -256,7 +337,7 @@ def synthesize_camera(cfg: SynthParams, cal: Calibration, seed: int) -> list[Cli
         first = int(rng.integers(0, 3))
         for k in range(cfg.objects_per_clip):
             things.append(sample_object(LABELS[(first + k) % 3], camera, cond, rng, t_mid))
-        for k in range(cfg.nuisance_per_clip):
+        for _ in range(cfg.nuisance_per_clip):
             things.append(sample_nuisance(camera, cond, rng, t_mid, int(rng.integers(0, 2**31))))
         tracks = [f"{clip_id}-t{j:02d}" for j in range(len(things))]
         temps = np.empty((n, camera.height, camera.width), dtype=np.float32)
@@ -281,18 +362,29 @@ def synthesize_camera(cfg: SynthParams, cal: Calibration, seed: int) -> list[Cli
         ffc_phase = float(rng.uniform(0, sensor.ffc_interval_s))
         if cfg.agc_output:
             c = sensor.counts_float(temps, rng, ffc_phase, housing_c=cond.air_c)
-            frames = agc_plateau(c, cal.agc.plateau) if cal.agc.mode in ("plateau", "histeq") else agc_linear(
-                c, cal.agc.clip_percent
+            frames = (
+                agc_plateau(c, cal.agc.plateau)
+                if cal.agc.mode in ("plateau", "histeq")
+                else agc_linear(c, cal.agc.clip_percent)
             )
             dtype, units = "uint8", "display8"
         else:
             frames = sensor.counts(temps, rng, ffc_phase, housing_c=cond.air_c)
             dtype, units = "uint16", "counts"
         row = {
-            "clip_id": clip_id, "camera_id": cal.camera_id, "calibration_version": cal.version, "source": "synthetic",
-            "n_frames": n, "height": camera.height, "width": camera.width, "dtype": dtype, "units": units,
-            "fps": cfg.fps, "time_of_day_h": round(hour % 24.0, 3), "weather": weather,
+            "clip_id": clip_id,
+            "camera_id": cal.camera_id,
+            "calibration_version": cal.version,
+            "source": "synthetic",
+            "n_frames": n,
+            "height": camera.height,
+            "width": camera.width,
+            "dtype": dtype,
+            "units": units,
+            "fps": cfg.fps,
+            "time_of_day_h": round(hour % 24.0, 3),
+            "weather": weather,
             "ambient_c": round(cond.air_c, 3),
-        }  # fmt: skip
+        }
         out.append(ClipResult(row, anns, frames))
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 
 def bgsub_boxes(frames: np.ndarray, threshold: float, min_area_px: int, max_objects: int,
-                absent: set[int] = frozenset()) -> list[list[list[float]]]:  # fmt: skip
+                absent: set[int] = frozenset()) -> list[list[list[float]]]:
     """Per frame of (T, H, W) frames, up to `max_objects` boxes [x0, y0, x1, y1] (largest first)."""
     from scipy import ndimage
 

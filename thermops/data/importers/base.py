@@ -99,14 +99,14 @@ class IngestParams:
         sources: the importable sets, by name (`data.sources` selects among them).
     """
 
-    iou_link: float = 0.3
-    max_gap: int = 1
-    box_tolerance_px: float = 1.0
-    rgb_to_gray: Literal["luma"] = "luma"
-    bgsub_threshold: float = 12.0
-    bgsub_min_area_px: int = 12
-    bgsub_max_objects: int = 1
-    sources: dict[str, SourceParams] = field(default_factory=dict)
+    iou_link: float
+    max_gap: int
+    box_tolerance_px: float
+    rgb_to_gray: Literal["luma"]
+    bgsub_threshold: float
+    bgsub_min_area_px: int
+    bgsub_max_objects: int
+    sources: dict[str, SourceParams]
 
 
 def safe_id(name: str) -> str:

@@ -38,7 +38,7 @@ def read_coco(json_path: Path, image_dir: Path, variant: str = "standard") -> li
         hint = ""
         if variant == "standard" and "annotation" in data:
             hint = (" (it has 'annotation' instead: this is the non-standard HIT-UAV layout;"
-                    " set `variant: hit-uav` for this source in params.yaml ingest.sources)")  # fmt: skip
+                    " set `variant: hit-uav` for this source in params.yaml ingest.sources)")
         raise ImportDataError(f"{json_path}: no top-level '{keys['annotations']}' key{hint}")
     cats = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
     if not cats and variant == "hit-uav":

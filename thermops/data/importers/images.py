@@ -88,7 +88,7 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise ImportDataError(f"{folder}: folder not found")
     files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: natural_key(p.name))  # fmt: skip
+                   key=lambda p: natural_key(p.name))
     if not files:
         raise ImportDataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files

@@ -11,7 +11,7 @@ import numpy as np
 from thermops.camera.calibration import Calibration, CalibrationError, load_calibration
 from thermops.data.importers.base import (
     DROP, VIDEO_SUFFIXES, ImportDataError, IngestParams, SourceParams, safe_id,
-)  # fmt: skip
+)
 from thermops.data.importers.images import list_images, read_image, read_sequence
 from thermops.data.importers.tracks import link_tracks
 from thermops.io import hash_files, write_json
@@ -102,7 +102,7 @@ def _annotated_clips(name: str, spec: SourceParams) -> list[_Clip]:
                 raise ImportDataError(f"{folder}: frames of one sequence differ in size or pixel type")
             frames = np.concatenate(arrays, axis=0)
             clips.append(_Clip(safe_id(Path(item).name if len(items) > 1 else name), camera, frames, per_frame,
-                               spec.fps, True, inputs))  # fmt: skip
+                               spec.fps, True, inputs))
         else:
             prefix = f"{safe_id(item.split('/')[0])}_" if len(items) > 1 else ""
             for lab, arr, boxes in zip(labels, arrays, per_frame):
@@ -140,10 +140,10 @@ def _unlabelled_clips(name: str, spec: SourceParams, params: IngestParams) -> li
             if frames.shape[0] < 3:
                 raise ImportDataError(f"{path}: background subtraction needs at least 3 frames, got {frames.shape[0]}")
             found = bgsub_boxes(frames, params.bgsub_threshold, params.bgsub_min_area_px, params.bgsub_max_objects,
-                                set(spec.absent_frames))  # fmt: skip
+                                set(spec.absent_frames))
             boxes = [[("auto:bgsub", b) for b in fb] for fb in found]
         clips.append(_Clip(safe_id(Path(item).stem), camera, frames, boxes, fps, True, list(inputs),
-                           auto=spec.autolabel != "none"))  # fmt: skip
+                           auto=spec.autolabel != "none"))
     return clips
 
 
@@ -153,19 +153,19 @@ def _check_frames(clip: _Clip, cal: Calibration, where: str) -> str:
     g = cal.geometry
     if (w, h) != (g.image_width, g.image_height):
         raise ImportDataError(f"{where}: frames are {w}x{h}, calibration {cal.camera_id} says "
-                              f"{g.image_width}x{g.image_height}")  # fmt: skip
+                              f"{g.image_width}x{g.image_height}")
     if cal.radiometry.mode == "display8":
         if clip.frames.dtype != np.uint8:
             raise ImportDataError(f"{where}: {clip.frames.dtype} frames but calibration {cal.camera_id} "
-                                  "is display8 (uint8)")  # fmt: skip
+                                  "is display8 (uint8)")
         return "display8"
     if clip.frames.dtype != np.uint16:
         raise ImportDataError(f"{where}: {clip.frames.dtype} frames but calibration {cal.camera_id} is radiometric "
-                              f"(needs uint16 counts)")  # fmt: skip
+                              f"(needs uint16 counts)")
     top = int(clip.frames.max())
     if top >= 2**cal.radiometry.bit_depth:
         raise ImportDataError(f"{where}: count {top} exceeds the {cal.radiometry.bit_depth}-bit depth of "
-                              f"calibration {cal.camera_id}")  # fmt: skip
+                              f"calibration {cal.camera_id}")
     return "counts"
 
 
@@ -182,7 +182,7 @@ def _check_box(box: list[float], w: int, h: int, tol: float, where: str) -> list
 
 
 def import_source(name: str, spec: SourceParams, params: IngestParams, classes: list[str],
-                  calibration_dir: Path, out: Path) -> dict:  # fmt: skip
+                  calibration_dir: Path, out: Path) -> dict:
     """Import one source set into the raw dataset folder `out` (normally inside an atomic_dir).
 
     Args:
@@ -255,13 +255,13 @@ def import_source(name: str, spec: SourceParams, params: IngestParams, classes: 
                     "clip_id": clip.clip_id, "frame": f, "track_id": str(tid), "label": label,
                     "source_label": src_label, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
                     "ground_x": None, "ground_y": None, "distance_m": None,
-                })  # fmt: skip
+                })
                 label_counts[label] = label_counts.get(label, 0) + 1
         clip_rows.append({
             "clip_id": clip.clip_id, "camera_id": clip.camera_id, "calibration_version": cal.version,
             "source": name, "n_frames": t, "height": h, "width": w, "dtype": str(clip.frames.dtype),
             "units": units, "fps": float(clip.fps), "time_of_day_h": None, "weather": "", "ambient_c": None,
-        })  # fmt: skip
+        })
         frames[clip.clip_id] = clip.frames
 
     write_raw(out, clip_rows, ann_rows, frames)
@@ -283,6 +283,6 @@ def import_source(name: str, spec: SourceParams, params: IngestParams, classes: 
         "tracks": len({(a["clip_id"], a["track_id"]) for a in ann_rows}),
         "cameras": {c: cals[c].version for c in sorted(cals)},
         "auto_labelled": spec.autolabel != "none", "input_sha256": hash_files(inputs, root) if inputs else "",
-    }  # fmt: skip
+    }
     write_json(out / "import.json", summary)
     return summary
