@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 # Stages call `python -m components.<step>`: make that the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test lint clean-outputs
+.PHONY: setup run test lint
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/dvc config core.analytics false
 	$(BIN)/dvc repro
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup
 	# tests/test_image_run.py needs the built image: `make image-test` runs it.

@@ -20,7 +20,6 @@ checkpoints in `checkpoints/finetune/`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -28,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from thermops.config import ParamsError, load_params, section, seed_everything
-from thermops.data.prepared import PreparedDataError
+from components._cli import parser, run_cli
+from thermops.config import classes_of, load_params, section, seed_everything, seed_of
 from thermops.io import atomic_dir, write_csv, write_json
 from thermops.learn.adversarial import AdversarialConfig
 from thermops.learn.augment import AugmentConfig
@@ -322,32 +321,27 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: paths only; knobs come from params.yaml."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--pretrained", type=Path, default=Path("models/pretrained"))
-    ap.add_argument("--out", type=Path, default=Path("models/finetuned"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/finetune.json"))
-    ap.add_argument("--confusion", type=Path, default=Path("metrics/confusion.csv"))
-    ap.add_argument("--curve", type=Path, default=Path("metrics/finetune_curve.csv"))
-    ap.add_argument("--figures", type=Path, default=Path("reports/finetune"))
-    ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints/finetune"))
-    args = ap.parse_args(argv)
-    try:
+    args = parser(
+        __doc__,
+        ("--data", "data/prepared"),
+        ("--pretrained", "models/pretrained"),
+        ("--out", "models/finetuned"),
+        ("--metrics", "metrics/finetune.json"),
+        ("--confusion", "metrics/confusion.csv"),
+        ("--curve", "metrics/finetune_curve.csv"),
+        ("--figures", "reports/finetune"),
+        ("--checkpoints", "checkpoints/finetune"),
+    ).parse_args(argv)
+
+    def go() -> str:
         params = load_params(args.params)
-        cfg = section(params, "finetune", FinetuneParams)
-        model_cfg = section(params, "model", ModelConfig)
-        spec = section(params, "input", InputSpec)
-        classes = params.get("classes")
-        if not isinstance(classes, list) or not classes:
-            raise ParamsError("params: `classes` must be a non-empty list")
         used = {k: params[k] for k in ("seed", "classes", "model", "input", "pretrain", "finetune") if k in params}
-        run(
-            cfg,
-            model_cfg,
-            spec,
-            classes,
-            int(params.get("seed", 0)),
+        m = run(
+            section(params, "finetune", FinetuneParams),
+            section(params, "model", ModelConfig),
+            section(params, "input", InputSpec),
+            classes_of(params),
+            seed_of(params),
             args.data,
             args.pretrained,
             args.out,
@@ -358,9 +352,9 @@ def main(argv: list[str] | None = None) -> None:
             args.checkpoints,
             params_used=used,
         )
-    except (ParamsError, PreparedDataError, FloatingPointError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        return f"finetune: test accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} in {m['seconds']} s"
+
+    run_cli(go)
 
 
 if __name__ == "__main__":

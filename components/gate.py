@@ -13,24 +13,23 @@ stops before packaging.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from thermops.config import ParamsError, load_params, section, seed_everything
+from components._cli import Refused, parser, run_cli
+from thermops.config import load_params, section, seed_everything, seed_of
 from thermops.data.prepared import PreparedDataError, load_prepared
 from thermops.io import atomic_dir, write_json
-from thermops.model.card import ModelCardError, input_spec_from_card, load_model_dir
+from thermops.model.card import input_spec_from_card, load_model_dir
 from thermops.robustness.params import GateParams
 
 
-class GateFailed(RuntimeError):
-    """The model did not pass the gate (raised by `main` only when `gate.enforce` is true)."""
+class GateFailed(Refused):
+    """The model did not pass the gate (raised by `main` only when `gate.enforce` is true): exit 3."""
 
 
 def _blessed_metrics(
@@ -237,40 +236,36 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: paths only; knobs come from params.yaml (`gate`, `seed`)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--model", type=Path, default=Path("models/finetuned"))
-    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--blessed", type=Path, default=Path("models/blessed"))
-    ap.add_argument("--out", type=Path, default=Path("models/gated"))
-    ap.add_argument("--report", type=Path, default=Path("reports/gate"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/gate.json"))
-    a = ap.parse_args(argv)
-    try:
+    """CLI: paths only; knobs come from params.yaml (`gate`, `seed`). A refused model exits 3."""
+    a = parser(
+        __doc__,
+        ("--model", "models/finetuned"),
+        ("--data", "data/prepared"),
+        ("--blessed", "models/blessed"),
+        ("--out", "models/gated"),
+        ("--report", "reports/gate"),
+        ("--metrics", "metrics/gate.json"),
+    ).parse_args(argv)
+
+    def go() -> str:
         raw = load_params(a.params)
         p = section(raw, "gate", GateParams)
-        if "seed" not in raw:
-            raise ParamsError(f"{a.params}: missing top-level key seed")
-        gate = run(p, int(raw["seed"]), a.model, a.data, a.blessed, a.out, a.report, a.metrics)
-    except (ParamsError, ModelCardError, PreparedDataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    status = "passed" if gate["passed"] else "FAILED"
-    print(
-        f"gate {status}: clean {gate['clean_accuracy']:.3f}, mean CE {gate['mean_ce']:.3f}, "
-        f"flip rate {gate['flip_rate']:.3f}, slope {gate['stability_slope']:.3f}, "
-        f"{gate['timing_s']['total']:.1f} s"
-    )
-    if not gate["passed"]:
-        for r in gate["reasons"]:
-            print(f"  - {r}", file=sys.stderr)
-        if p.enforce:
-            print(
-                f"error: gate failed with {len(gate['reasons'])} reason(s) (gate.enforce is true; see {a.metrics})",
-                file=sys.stderr,
+        gate = run(p, seed_of(raw), a.model, a.data, a.blessed, a.out, a.report, a.metrics)
+        status = "passed" if gate["passed"] else "FAILED"
+        line = (
+            f"gate {status}: clean {gate['clean_accuracy']:.3f}, mean CE {gate['mean_ce']:.3f}, "
+            f"flip rate {gate['flip_rate']:.3f}, slope {gate['stability_slope']:.3f}, "
+            f"{gate['timing_s']['total']:.1f} s"
+        )
+        if not gate["passed"] and p.enforce:
+            print(line)
+            raise GateFailed(
+                f"gate failed with {len(gate['reasons'])} reason(s) (gate.enforce is true; see {a.metrics}): "
+                + "; ".join(gate["reasons"])
             )
-            sys.exit(1)
+        return line
+
+    run_cli(go)
 
 
 if __name__ == "__main__":

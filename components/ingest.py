@@ -8,18 +8,17 @@ entry (format, paths, class map, camera). With the default sources
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
+from components._cli import parser, run_cli
 from thermops.config import ParamsError, load_params, section
-from thermops.data.importers import ImportDataError, IngestParams, import_source
+from thermops.data.importers import IngestParams, import_source
 from thermops.io import atomic_dir, write_json
 
 SYNTHETIC = "synthetic"
 
 
-def run(params_path: Path, out: Path, calibration_dir: Path = Path("data/calibration")) -> dict:
+def run(params_path: Path, out: Path, calibration_dir: Path) -> dict:
     """Import every non-synthetic source of `data.sources` into `out/<source>/`, atomically.
 
     Args:
@@ -49,21 +48,18 @@ def run(params_path: Path, out: Path, calibration_dir: Path = Path("data/calibra
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m components.ingest --params params.yaml --out data/raw/imported`."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--out", type=Path, default=Path("data/raw/imported"))
-    ap.add_argument("--calibration", type=Path, default=Path("data/calibration"))
-    args = ap.parse_args(argv)
-    try:
+    """CLI: paths only; the sources and their settings come from params.yaml."""
+    args = parser(__doc__, ("--calibration", "data/calibration"), ("--out", "data/raw/imported")).parse_args(argv)
+
+    def go() -> str:
         index = run(args.params, args.out, args.calibration)
-    except (ImportDataError, ParamsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    for name, s in index["sources"].items():
-        print(f"ingest: {name}: {s['clips']} clips, {s['frames']} frames, {s['boxes']} boxes {s['boxes_per_class']}")
-    if not index["sources"]:
-        print("ingest: no real sources selected (data.sources has only synthetic)")
+        lines = [
+            f"ingest: {name}: {s['clips']} clips, {s['frames']} frames, {s['boxes']} boxes {s['boxes_per_class']}"
+            for name, s in index["sources"].items()
+        ]
+        return "\n".join(lines) or "ingest: no real sources selected (data.sources has only synthetic)"
+
+    run_cli(go)
 
 
 if __name__ == "__main__":

@@ -14,20 +14,19 @@ the same way wherever it goes.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from thermops.camera.calibration import CalibrationError, load_calibration
-from thermops.config import ParamsError, load_params, section
+from components._cli import parser, run_cli
+from thermops.camera.calibration import load_calibration
+from thermops.config import load_params, section
 from thermops.io import hash_files, read_json, write_json
-from thermops.model.card import ModelCardError, git_revision, load_card, load_model_dir
+from thermops.model.card import git_revision, load_card, load_model_dir
 from thermops.serve.requests import PackageParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -224,21 +223,21 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: paths only; knobs from the `package` section of params.yaml."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--model", type=Path, default=Path("models/gated"))
-    ap.add_argument("--gate", type=Path, default=Path("metrics/gate.json"))
-    ap.add_argument("--calibration", type=Path, default=Path("data/calibration"))
-    ap.add_argument("--bentofile", type=Path, default=PROJECT_ROOT / "bentofile.yaml")
-    ap.add_argument("--out", type=Path, default=Path("models/bento.json"))
-    a = ap.parse_args(argv)
-    try:
+    a = parser(
+        __doc__,
+        ("--model", "models/gated"),
+        ("--gate", "metrics/gate.json"),
+        ("--calibration", "data/calibration"),
+        ("--bentofile", "bentofile.yaml"),
+        ("--out", "models/bento.json"),
+    ).parse_args(argv)
+
+    def go() -> str:
         params = section(load_params(a.params), "package", PackageParams)
         result = run(params, a.model, a.gate, a.calibration, a.out, bentofile=a.bentofile)
-    except (PackageError, ModelCardError, CalibrationError, ParamsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(f"bento {result['bento_tag']} (model {result['model_tag']})")
+        return f"bento {result['bento_tag']} (model {result['model_tag']})"
+
+    run_cli(go)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,14 @@
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from components._cli import run_cli
+from components._cli import parser, run_cli
 from thermops.camera.calibration import load_calibrations
-from thermops.config import load_params, section
+from thermops.config import classes_of, get, load_params, section, seed_of
 from thermops.data.extract import PrepareParams, extract_all, raw_folders
 from thermops.data.prepared import MANIFEST_COLUMNS
 from thermops.io import atomic_dir, hash_files, write_csv, write_json
@@ -68,20 +67,18 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
-    ap.add_argument("--calibration", type=Path, default=Path("data/calibration"))
-    ap.add_argument("--out", type=Path, default=Path("data/prepared"))
-    args = ap.parse_args(argv)
+    """CLI: paths only; the knobs come from params.yaml."""
+    args = parser(
+        __doc__, ("--raw", "data/raw"), ("--calibration", "data/calibration"), ("--out", "data/prepared")
+    ).parse_args(argv)
 
     def go() -> str:
         params = load_params(args.params)
         s = run(
             section(params, "prepare", PrepareParams),
-            list(params["data"]["sources"]),
-            list(params["classes"]),
-            int(params["seed"]),
+            list(get(params, "data.sources", list)),
+            classes_of(params),
+            seed_of(params),
             args.raw,
             args.calibration,
             args.out,

@@ -16,7 +16,6 @@ with DDP; rank 0 writes the outputs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from thermops.config import ParamsError, load_params, section, seed_everything
-from thermops.data.prepared import PreparedDataError
+from components._cli import parser, run_cli
+from thermops.config import load_params, section, seed_everything, seed_of
 from thermops.io import atomic_dir, write_csv, write_json
 from thermops.learn.datasets import load_unlabeled
 from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
@@ -132,34 +131,31 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: paths only; knobs come from params.yaml."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--out", type=Path, default=Path("models/pretrained"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/pretrain.json"))
-    ap.add_argument("--curve", type=Path, default=Path("metrics/pretrain_loss.csv"))
-    ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints/pretrain"))
-    args = ap.parse_args(argv)
-    try:
+    args = parser(
+        __doc__,
+        ("--data", "data/prepared"),
+        ("--out", "models/pretrained"),
+        ("--metrics", "metrics/pretrain.json"),
+        ("--curve", "metrics/pretrain_loss.csv"),
+        ("--checkpoints", "checkpoints/pretrain"),
+    ).parse_args(argv)
+
+    def go() -> str:
         params = load_params(args.params)
-        cfg = section(params, "pretrain", PretrainParams)
-        model_cfg = section(params, "model", ModelConfig)
-        spec = section(params, "input", InputSpec)
-        model_cfg.resolved_widths()
-        run(
-            cfg,
-            model_cfg,
-            spec,
-            int(params.get("seed", 0)),
+        s = run(
+            section(params, "pretrain", PretrainParams),
+            section(params, "model", ModelConfig),
+            section(params, "input", InputSpec),
+            seed_of(params),
             args.data,
             args.out,
             args.metrics,
             args.curve,
             args.checkpoints,
         )
-    except (ParamsError, PreparedDataError, FloatingPointError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        return f"pretrain: {s['epochs']} epochs, loss {s['first_loss']} -> {s['final_loss']} in {s['seconds']} s"
+
+    run_cli(go)
 
 
 if __name__ == "__main__":

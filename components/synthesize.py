@@ -9,31 +9,43 @@ camera's calibration re-runs only that camera.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+from components._cli import parser, run_cli
 from thermops.camera.calibration import Calibration, CalibrationError, load_calibration
-from thermops.config import ParamsError, load_params, section
+from thermops.config import ParamsError, classes_of, load_params, section, seed_of
 from thermops.data.raw import write_raw
 from thermops.io import atomic_dir
 from thermops.world.synth import LABELS, SynthParams, camera_seed, synthesize_camera
 
 
-def run(cfg: SynthParams, calibration: Calibration, out_dir: Path, seed: int) -> dict:
+def run(cfg: SynthParams, calibration: Calibration, out_dir: Path, seed: int, classes: list[str]) -> dict:
     """Synthesize one camera's clips and write them atomically to `out_dir`.
 
     Args:
         cfg: the `synth` params section.
-        calibration: the camera's validated calibration (geometry must be known).
+        calibration: the camera's validated calibration (geometry must be known, radiometric).
         out_dir: raw dataset folder to (re)place, e.g. `data/raw/synthetic/<camera_id>`.
         seed: the params `seed`; the camera's own seed is derived from it and the camera id.
+        classes: the model classes; they must include every label the world produces.
 
     Returns:
         A small summary: camera, clips, frames, tracks per label, annotation rows, bytes, seconds.
     """
+    missing = [c for c in LABELS if c not in classes]
+    if missing:
+        raise ParamsError(f"classes lacks {missing}, which the embedded world produces")
+    if not calibration.geometry.known:
+        raise CalibrationError(
+            f"camera {calibration.camera_id}: geometry.known is false; the embedded world needs geometry"
+        )
+    if not calibration.radiometry.radiometric:
+        raise CalibrationError(
+            f"camera {calibration.camera_id}: radiometry.mode is display8; the embedded world needs a radiometric "
+            "camera (set synth.agc_output to get 8-bit output)"
+        )
     t0 = time.perf_counter()
     results = synthesize_camera(cfg, calibration, seed)
     clips = [r.row for r in results]
@@ -60,37 +72,19 @@ def run(cfg: SynthParams, calibration: Calibration, out_dir: Path, seed: int) ->
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: paths only; the knobs come from params.yaml."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--calibration", type=Path, required=True, help="data/calibration/<camera_id>.yaml")
-    ap.add_argument("--out", type=Path, required=True, help="raw dataset folder for this camera")
+    ap = parser(__doc__, ("--calibration", "data/calibration/<camera_id>.yaml"), ("--out", "raw dataset folder"))
     args = ap.parse_args(argv)
-    try:
+
+    def go() -> str:
         params = load_params(args.params)
         cfg = section(params, "synth", SynthParams)
-        seed = params.get("seed")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ParamsError(f"{args.params}: seed must be an integer, got {seed!r}")
-        classes = params.get("classes", list(LABELS))
-        missing = [c for c in LABELS if c not in classes]
-        if missing:
-            raise ParamsError(f"{args.params}: classes lacks {missing}, which the embedded world produces")
-        cal = load_calibration(args.calibration)
-        if not cal.geometry.known:
-            raise CalibrationError(f"{args.calibration}: geometry.known is false; the embedded world needs geometry")
-        if not cal.radiometry.radiometric:
-            raise CalibrationError(
-                f"{args.calibration}: radiometry.mode is display8; the embedded world needs a radiometric "
-                "camera (set synth.agc_output to get 8-bit output)"
-            )
-    except (ParamsError, CalibrationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    summary = run(cfg, cal, args.out, seed)
-    print(
-        f"synthesize {summary['camera_id']}: {summary['clips']} clips, {summary['frames']} frames, "
-        f"tracks {summary['tracks']}, {summary['bytes'] / 1e6:.1f} MB in {summary['seconds']} s -> {args.out}"
-    )
+        s = run(cfg, load_calibration(args.calibration), args.out, seed_of(params), classes_of(params))
+        return (
+            f"synthesize {s['camera_id']}: {s['clips']} clips, {s['frames']} frames, "
+            f"tracks {s['tracks']}, {s['bytes'] / 1e6:.1f} MB in {s['seconds']} s -> {args.out}"
+        )
+
+    run_cli(go)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ expectation fails, so `dvc repro` stops before training.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from thermops.camera.calibration import CalibrationError, load_calibrations
-from thermops.config import ParamsError, load_params, section
-from thermops.data.prepared import PreparedDataError, load_prepared
+from components._cli import parser, run_cli
+from thermops.camera.calibration import load_calibrations
+from thermops.config import classes_of, get, load_params, section
+from thermops.data.prepared import load_prepared
 from thermops.data.validation import (
     BALANCE_SUITE,
     SUITE,
@@ -85,46 +84,35 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: paths only; bounds come from params.yaml."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--calibration", type=Path, default=Path("data/calibration"))
-    ap.add_argument("--out", type=Path, default=Path("reports/validation"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/validate.json"))
-    args = ap.parse_args(argv)
-    try:
+    """CLI: paths only; bounds come from params.yaml. Exits 1 naming the failed checks."""
+    args = parser(
+        __doc__,
+        ("--data", "data/prepared"),
+        ("--calibration", "data/calibration"),
+        ("--out", "reports/validation"),
+        ("--metrics", "metrics/validate.json"),
+    ).parse_args(argv)
+
+    def go() -> str:
         params = load_params(args.params)
-        p = section(params, "validate", ValidateParams)
-        prep = params.get("prepare", {})
         summary = run(
-            p,
-            list(params["classes"]),
-            int(prep["frames"]),
-            int(prep["size"]),
+            section(params, "validate", ValidateParams),
+            classes_of(params),
+            get(params, "prepare.frames", int),
+            get(params, "prepare.size", int),
             args.data,
             args.calibration,
             args.out,
             args.metrics,
         )
         if not summary["success"]:
-            fails = "; ".join(
-                f"{f['check']} ({f['expectation']} on {f['column'] or 'table'}"
-                + (f" where {f['condition']}" if f["condition"] else "")
-                + (f", e.g. {f['examples'][:3]}" if f["examples"] else "")
-                + ")"
-                for f in summary["failed"]
-            )
-            raise ValidationFailed(
-                f"validation failed: {len(summary['failed'])} expectation(s): {fails}; see {args.out / 'summary.md'}"
-            )
-    except (ParamsError, PreparedDataError, CalibrationError, ValidationFailed, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    print(
-        f"validate: passed {summary['passed']}/{summary['expectations']} expectations on "
-        f"{summary['tubelets']} tubelets; report {args.out / 'index.html'}"
-    )
+            raise ValidationFailed.from_summary(summary, args.out / "summary.md")
+        return (
+            f"validate: passed {summary['passed']}/{summary['expectations']} expectations on "
+            f"{summary['tubelets']} tubelets; report {args.out / 'index.html'}"
+        )
+
+    run_cli(go)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from components._cli import EXIT_GATE_FAILED
 from pipeline.codegen import decode_param
 from pipeline.graph import nest
 
@@ -216,9 +217,10 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
         print(f"[thermops] stage {spec['stage']}: {cmd}", flush=True)
         proc = subprocess.run(cmd, shell=True, cwd=work / spec["wdir"], env=env)
         verdict = _gate_verdict(work, spec.get("gate"))
-        if proc.returncode != 0 and verdict is not False:
+        refused = verdict is False and proc.returncode in (0, EXIT_GATE_FAILED)
+        if proc.returncode != 0 and not refused:
             raise RuntimeError(f"stage {spec['stage']}: `{spec['cmd']}` exited {proc.returncode}")
-        # a gate that exits 1 on a failed verdict (gate.enforce) stops `dvc repro` before
+        # a gate that exits 3 on a failed verdict (gate.enforce) stops `dvc repro` before
         # packaging; here it is a plain False output, and dsl.If skips the packaging
         for o in spec["outputs"]:
             src = work / o["path"]

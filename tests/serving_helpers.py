@@ -239,6 +239,8 @@ def package_in_subprocess(
         str(paths["gate"]),
         "--calibration",
         str(paths["calibration"]),
+        "--bentofile",
+        str(ROOT / "bentofile.yaml"),
         "--out",
         str(out),
     ]

@@ -20,6 +20,7 @@ import yaml
 from robustness_helpers import gate_params, one_thread, save_tiny, train_tiny  # noqa: F401 (autouse fixture)
 from training_helpers import make_prepared
 
+from components._cli import EXIT_GATE_FAILED
 from thermops.config import section
 from thermops.model.card import load_card
 from thermops.robustness.params import GateParams
@@ -135,9 +136,10 @@ def test_a_regression_against_the_blessed_model_is_caught(world, passed):
     assert all(c["passed"] for c in res["checks"] if c["kind"] == "absolute")
 
 
-def _cli(world, tmp_path, model: Path, **over) -> subprocess.CompletedProcess:
-    params = {"seed": 7, "gate": gate_params(**over)}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+def _cli(world, tmp_path, model: Path, params_file: Path | None = None, **over) -> subprocess.CompletedProcess:
+    if params_file is None:
+        params = {"seed": 7, "gate": gate_params(**over)}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = [
         "--params",
         str(tmp_path / "params.yaml"),
@@ -168,7 +170,7 @@ def test_enforce_makes_a_failing_gate_exit_nonzero(world, tmp_path):
         corruptions={"subset": 8},
         perspective={"subset": 8},
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == EXIT_GATE_FAILED == 3, proc.stderr
     assert "error: gate failed" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False
     # DVC declares models/blessed as an output: it exists (empty) even before any model passed.
@@ -182,20 +184,7 @@ def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
     bad = gate_params()
     bad["threat_models"]["linf"]["eps"] = "big"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "gate": bad}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.gate",
-            "--params",
-            str(tmp_path / "params.yaml"),
-            "--model",
-            str(world["robust"]),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = _cli(world, tmp_path, world["robust"], params_file=tmp_path / "params.yaml")
     assert proc.returncode == 1 and "gate.threat_models.linf.eps" in proc.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
 

@@ -427,6 +427,8 @@ def test_cli_reports_one_error_line_and_exit_1(tmp_path):
             "components.ingest",
             "--params",
             str(tmp_path / "params.yaml"),
+            "--calibration",
+            str(CAL),
             "--out",
             str(tmp_path / "imported"),
         ],

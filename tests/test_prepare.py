@@ -198,6 +198,8 @@ def test_cli_reports_errors_in_one_line(tmp_path, repo_root):
         str(tmp_path / "params.yaml"),
         "--raw",
         str(tmp_path),
+        "--calibration",
+        str(repo_root / "data" / "calibration"),
         "--out",
         str(tmp_path / "out"),
         check=False,

@@ -110,6 +110,8 @@ def test_finetune_metrics_confusion_and_card(trained):
 def test_missing_data_is_one_clear_error(tmp_path):
     r = _step(
         "components.pretrain",
+        "--params",
+        str(ROOT / "params.yaml"),
         "--data",
         str(tmp_path / "nope"),
         "--out",
@@ -118,6 +120,8 @@ def test_missing_data_is_one_clear_error(tmp_path):
         str(tmp_path / "m.json"),
         "--curve",
         str(tmp_path / "c.csv"),
+        "--checkpoints",
+        str(tmp_path / "ck"),
     )
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr and "nope" in r.stderr

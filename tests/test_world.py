@@ -242,7 +242,9 @@ def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path, p
 def test_raw_output_format_and_annotations(tmp_path, params, cfg):
     out = tmp_path / "raw"
     cal = load_calibration(CAL_DIR / "fence_mid.yaml")
-    summary = synthesize.run(small(cfg, clips_per_camera=2, frames_per_clip=6), cal, out, params["seed"])
+    summary = synthesize.run(
+        small(cfg, clips_per_camera=2, frames_per_clip=6), cal, out, params["seed"], params["classes"]
+    )
     clips = read_clips(out)
     anns = read_annotations(out)
     assert summary["clips"] == 2 and len(clips) == 2

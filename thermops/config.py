@@ -126,6 +126,31 @@ def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     return section_from_mapping(cls, params[name], name)
 
 
+def get(params: dict[str, Any], key: str, kind: type | tuple[type, ...] | None = None) -> Any:
+    """The value at dotted `key` (`data.sources`), checked against `kind`; ParamsError names the key."""
+    value: Any = params
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ParamsError(f"params: missing key {key}")
+        value = value[part]
+    if kind is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float))):
+        raise ParamsError(f"params: {key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def seed_of(params: dict[str, Any]) -> int:
+    """The top-level `seed`."""
+    return get(params, "seed", int)
+
+
+def classes_of(params: dict[str, Any]) -> list[str]:
+    """The top-level `classes`: a non-empty list of names."""
+    classes = get(params, "classes", list)
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise ParamsError(f"params: classes must be a non-empty list of names, got {classes!r}")
+    return list(classes)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and (if imported) PyTorch; make PyTorch deterministic on CPU."""
     random.seed(seed)

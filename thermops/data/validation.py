@@ -39,8 +39,20 @@ SUITE = "prepared_tubelets"
 BALANCE_SUITE = "class_balance"
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(ValueError):
     """At least one expectation failed; the summary says which."""
+
+    @classmethod
+    def from_summary(cls, summary: dict, report: Path) -> ValidationFailed:
+        """One line naming each failed check, its column and example values."""
+        fails = "; ".join(
+            f"{f['check']} ({f['expectation']} on {f['column'] or 'table'}"
+            + (f" where {f['condition']}" if f["condition"] else "")
+            + (f", e.g. {f['examples'][:3]}" if f["examples"] else "")
+            + ")"
+            for f in summary["failed"]
+        )
+        return cls(f"validation failed: {len(summary['failed'])} expectation(s): {fails}; see {report}")
 
 
 @dataclass(frozen=True)
