@@ -3,7 +3,7 @@
     python -m components.synthesize --params params.yaml \
         --calibration data/calibration/<camera_id>.yaml --out data/raw/synthetic/<camera_id>
 
-dvc.yaml runs it once per camera (`foreach: ${synth.cameras}`), so editing one
+dvc.yaml runs it once per camera (`foreach: ${cameras}`), so editing one
 camera's calibration re-runs only that camera.
 """
 

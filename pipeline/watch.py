@@ -189,11 +189,11 @@ class Scan:
 
 
 def cameras_in_use(params: dict[str, Any]) -> set[str] | None:
-    """Cameras the pipeline trains on: `synth.cameras` (if `synthetic` is a data source) and the
+    """Cameras the pipeline trains on: `cameras` (if `synthetic` is a data source) and the
     cameras of the imported sources named in `data.sources`; None when params do not say."""
     try:
         sources = list(params["data"]["sources"])
-        used: set[str] = set(params["synth"]["cameras"]) if "synthetic" in sources else set()
+        used: set[str] = set(params["cameras"]) if "synthetic" in sources else set()
         for name in sources:
             if name == "synthetic":
                 continue

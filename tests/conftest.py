@@ -66,7 +66,7 @@ def run_step(module: str, *args: str, cwd: Path = ROOT, check: bool = True) -> s
 def raw_root(small_params, small_params_file, tmp_path_factory) -> Path:
     """data/raw-like folder with the embedded world for every synthetic camera."""
     root = tmp_path_factory.mktemp("raw")
-    for cam in small_params["synth"]["cameras"]:
+    for cam in small_params["cameras"]:
         run_step(
             "components.synthesize",
             "--params",

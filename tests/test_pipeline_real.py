@@ -140,7 +140,7 @@ def tiny_params() -> dict:
     """params.yaml shrunk (one camera, 2 clips, 1 epoch, small gate subsets) with a loose gate."""
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     p = merge(merge(base, TINY_OVERRIDES), GATE_PASS)
-    p["synth"]["cameras"] = p["synth"]["cameras"][:1]
+    p["cameras"] = p["cameras"][:1]
     return p
 
 

@@ -44,7 +44,6 @@ LABELS = ("person", "vehicle", "animal", "nuisance")
 class SynthParams:
     """The `synth` section of params.yaml."""
 
-    cameras: list[str]
     clips_per_camera: int
     frames_per_clip: int
     fps: float
