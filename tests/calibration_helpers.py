@@ -1,4 +1,4 @@
-"""Helpers for the calibration registry and trigger tests: a tiny git project with a deployed card."""
+"""Helpers for the calibration registry and watcher tests: a tiny git project with a deployed model folder."""
 
 from __future__ import annotations
 
@@ -39,8 +39,12 @@ def commit_all(root: Path, message: str) -> None:
     git(root, "commit", "-q", "-m", message)
 
 
-def write_card(root: Path, calibrations: dict[str, str], envelope: dict[str, Any] | None = ENVELOPE) -> Path:
-    """A gated model card with the keys the watcher reads (calibrations, envelope, input size)."""
+def write_deployed(
+    root: Path, calibrations: dict[str, str], envelope: dict[str, Any] | None = ENVELOPE, passed: bool = True
+) -> Path:
+    """A deployed model folder as the package step stores it: card.json (calibrations, envelope, input
+    size, the gate's decision) and calibration/<camera>.yaml snapshots of the cameras whose current
+    file has the deployed version."""
     card = {
         "format": "thermops-model/1",
         "classes": ["person", "vehicle", "animal", "nuisance"],
@@ -48,38 +52,98 @@ def write_card(root: Path, calibrations: dict[str, str], envelope: dict[str, Any
         "input": {"frames": 8, "size": 32, "celsius_scale_k": 5.0, "robust_floor": 1.0},
         "calibrations": calibrations,
         "data": {},
+        "gate": {"passed": passed, "decision": "pass" if passed else "fail"},
     }
     if envelope is not None:
         card["envelope"] = envelope
-    path = root / "models" / "gated" / "card.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(card, indent=2))
-    return path
+    folder = root / "models" / "deployed"
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "calibration").mkdir(parents=True)
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    for cam, version in calibrations.items():
+        src = root / "data" / "calibration" / f"{cam}.yaml"
+        if src.is_file() and yaml.safe_load(src.read_text()).get("version") == version:
+            shutil.copy(src, folder / "calibration" / f"{cam}.yaml")
+    return folder
 
 
-def make_project(tmp_path: Path, cameras: tuple[str, ...] = SYNTHETIC, envelope: dict | None = ENVELOPE) -> Path:
-    """A git repo with params.yaml, the cameras' calibrations and a card deployed on them."""
+# Stands in for `dvc repro` in the fast tests: a real process that counts its runs, optionally
+# sleeps, optionally writes the gate's verdict file, and exits with the status asked of it.
+FAKE_RETRAIN = """
+import json, os, pathlib, sys, time
+root = pathlib.Path.cwd()
+with open(root / "retrain-calls.txt", "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+cfg = json.loads((root / "retrain.json").read_text()) if (root / "retrain.json").exists() else {}
+time.sleep(cfg.get("sleep", 0))
+if "gate" in cfg:
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "gate.json").write_text(json.dumps(cfg["gate"]))
+print(cfg.get("output", "fake retrain"), flush=True)
+sys.exit(cfg.get("status", 0))
+"""
+
+
+class Retrain:
+    """The fake retrain of a project made by `make_project`: what it does next, and how often it ran."""
+
+    def __init__(self, root: Path, status: int = 0, **cfg: Any):
+        self.root = root
+        self.set(status=status, **cfg)
+
+    def set(self, **cfg: Any) -> Retrain:
+        (self.root / "retrain.json").write_text(json.dumps(cfg))
+        return self
+
+    @property
+    def calls(self) -> list[str]:
+        path = self.root / "retrain-calls.txt"
+        return path.read_text().split() if path.exists() else []
+
+
+def make_project(
+    tmp_path: Path,
+    cameras: tuple[str, ...] = SYNTHETIC,
+    envelope: dict | None = ENVELOPE,
+    trigger: dict[str, Any] | None = None,
+) -> Path:
+    """A git repo with params.yaml, the cameras' calibrations and a model deployed on them.
+
+    The watcher's local retrain is the fake one above (`trigger.retrain_command`), with
+    no wait between retries; `trigger` overrides more keys.
+    """
     root = tmp_path / "proj"
     (root / "data" / "calibration").mkdir(parents=True)
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["trigger"].update({"retrain_command": ["python", "retrain.py"], "retry_backoff_s": 0.0, **(trigger or {})})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "retrain.py").write_text(FAKE_RETRAIN)
     versions = {}
     for cam in cameras:
         shutil.copy(REPO / "data" / "calibration" / f"{cam}.yaml", root / "data" / "calibration" / f"{cam}.yaml")
         versions[cam] = yaml.safe_load((root / "data" / "calibration" / f"{cam}.yaml").read_text())["version"]
     git(root, "init", "-q", "-b", "main")
-    (root / ".gitignore").write_text("models/\n")
-    write_card(root, versions, envelope)
+    (root / ".gitignore").write_text("models/\nmetrics/\n.thermops/\nretrain-calls.txt\nretrain.json\n")
+    write_deployed(root, versions, envelope)
     commit_all(root, "deployed calibrations")
     return root
 
 
-class CountingRunner:
-    """Stands in for `dvc repro` in fast tests: counts calls, returns a fixed status."""
+def deployed_dir(root: Path) -> Path:
+    return root / "models" / "deployed"
 
-    def __init__(self, status: int = 0):
-        self.calls: list[tuple[list[str], Path]] = []
-        self.status = status
 
-    def __call__(self, cmd: list[str], cwd: Path) -> int:
-        self.calls.append((cmd, cwd))
-        return self.status
+def process_table_with(marker: str, value: str | None = None) -> list[int]:
+    """Pids of live processes whose environment holds `marker` (=`value` if given): the process table."""
+    found = []
+    needle = f"{marker}={value}".encode() if value else f"{marker}=".encode()
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            data = env.read_bytes()
+            state = (env.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(item.startswith(needle) for item in data.split(b"\0")):
+            found.append(int(env.parent.name))
+    return found
