@@ -327,7 +327,10 @@ def _one_pass(ctx: _Pass, result: WatchResult, deployed_model: Path | None, bent
         if job.get("kind") == "local":
             result.outcome = _finish_local(ctx, LocalJob(job), proc=None)
         elif ctx.backend is not None:
-            _follow_cluster(ctx, job)
+            run = _follow_cluster(ctx, job)
+            if run is not None:  # the recorded intent was not on the server: submitted now
+                result.triggered = True
+                result.action = f"cluster: kubeflow run {run} (intent {job['run_name']!r})"
         else:
             log.warning(
                 "a Kubeflow run of an earlier pass is recorded (%s); a cluster pass follows it", job["run_name"]
@@ -537,7 +540,8 @@ def _post(ctx: _Pass, job: dict[str, Any]) -> tuple[Outcome, str | None]:
     try:
         run_id = ctx.backend.submit(versions, job["run_name"])
     except Exception as err:  # noqa: BLE001 - any refusal (unreachable, server error, compile) blocks this try
-        msg = f"Kubeflow submission of {job['run_name']!r} failed: {str(err).splitlines()[0] if str(err) else err!r}"
+        first = str(err).splitlines()[0] if str(err) else repr(err)
+        msg = f"Kubeflow submission of {job['run_name']!r} failed: {first}"
         log.error("%s; looked up, then tried again on the next pass (not counted)", msg)
         with ctx.store.transaction() as st:
             if st.job and st.job.get("run_name") == job["run_name"]:
@@ -554,8 +558,8 @@ def _post(ctx: _Pass, job: dict[str, Any]) -> tuple[Outcome, str | None]:
     return Outcome("submitted", f"Kubeflow run {run_id}"), run_id
 
 
-def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> None:
-    """Look the recorded run up by its name: adopt it, finish it, or (re)submit it."""
+def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> str | None:
+    """Look the recorded run up by its name: adopt it, finish it, or (re)submit it (returns the new run id)."""
     assert ctx.backend is not None
     name = job["run_name"]
     try:
@@ -566,7 +570,7 @@ def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> None:
         with ctx.store.transaction() as st:
             for cam, info in job["cameras"].items():
                 st.note(cam, info["version"], "blocked", msg, counted=False)
-        return
+        return None
     if run is None:
         recorded = parse_iso(job.get("recorded_at")) or utcnow()
         if job.get("run_id"):
@@ -577,7 +581,7 @@ def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> None:
                 st.event("vanished", msg)
                 for cam, info in job["cameras"].items():
                     st.note(cam, info["version"], "interrupted", msg, counted=False)
-            return
+            return None
         wait = recorded + dt.timedelta(seconds=ctx.trigger.submit_grace_s) - utcnow()
         if not job.get("answered") and wait.total_seconds() > 0:
             log.warning(
@@ -587,14 +591,13 @@ def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> None:
                 job.get("recorded_at"),
                 iso(recorded + dt.timedelta(seconds=ctx.trigger.submit_grace_s)),
             )
-            return
+            return None
         log.warning("intent %r recorded at %s is not on the server: submitting it", name, job.get("recorded_at"))
         with ctx.store.transaction() as st:
             if st.job and st.job.get("run_name") == name:
                 st.job["answered"] = False
                 st.job["resubmitted_at"] = iso(utcnow())
-        _post(ctx, job)
-        return
+        return _post(ctx, job)[1]
     with ctx.store.transaction() as st:
         if st.job and st.job.get("run_name") == name and st.job.get("run_id") != run.run_id:
             st.job.update({"run_id": run.run_id, "answered": True})
@@ -631,6 +634,7 @@ def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> None:
             for cam, info in job["cameras"].items():
                 st.note(cam, info["version"], "retraining", f"Kubeflow run {run.run_id} is {run.state}", counted=False)
             log.info("Kubeflow run %s (%s) is %s", run.run_id, name, run.state)
+    return None
 
 
 # -- the end of a pass: camera states, log, metrics, exit status --------------------------------
@@ -686,7 +690,11 @@ def camera_states(
         attempts = int(pend.get("attempts", 0))
         if done is not None:
             out.append(CameraState(cam, "retrained", ver, rep.old_version, done.get("action", ""), attempts))
-        elif cam in job_cams and job_cams[cam].get("version") == ver:
+        elif (
+            cam in job_cams
+            and job_cams[cam].get("version") == ver
+            and (job.get("kind") == "local" or job.get("run_id") or not job.get("answered"))
+        ):  # a local retrain, a Kubeflow run, or a submission in flight (an answered failure is `blocked`)
             what = job.get("run_name") or f"local job {job.get('id')}"
             out.append(
                 CameraState(

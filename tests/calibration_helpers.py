@@ -147,3 +147,121 @@ def process_table_with(marker: str, value: str | None = None) -> list[int]:
         if state != "Z" and any(item.startswith(needle) for item in data.split(b"\0")):
             found.append(int(env.parent.name))
     return found
+
+
+# -- a tiny DVC project whose pipeline is shaped like thermops's end: train, gate, package ------------
+
+TOY_STEPS = '''
+"""Toy train / gate / package for the watcher's supervision tests (seconds, not minutes)."""
+import json, os, pathlib, shutil, sys, time
+import yaml
+
+p = yaml.safe_load(open("params.yaml"))
+step = sys.argv[1]
+cals = {c: yaml.safe_load(open(f"data/calibration/{c}.yaml"))["version"] for c in p["cameras"]}
+if step == "train":
+    with open("train-runs.txt", "a") as fh:  # every start of the training command
+        fh.write(f"{os.getpid()} {json.dumps(cals)}\\n")
+    pathlib.Path("train-started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + p["toy"]["train_s"]
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+    out = pathlib.Path("models/candidate")
+    out.mkdir(parents=True, exist_ok=True)
+    card = {"calibrations": cals, "input": {"size": 32}, "envelope": p["toy"]["envelope"]}
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+elif step == "gate":
+    card = json.loads(pathlib.Path("models/candidate/card.json").read_text())
+    refused = p["toy"]["refuse"]
+    reasons = ["flip rate 0.125 > 0.1 (perspective)"] if refused else []
+    card["gate"] = {"passed": not refused, "decision": "fail" if refused else "pass", "reasons": reasons}
+    out = pathlib.Path("models/gated")  # written even when the gate refuses, as the real gate does
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    pathlib.Path("metrics").mkdir(exist_ok=True)
+    pathlib.Path("metrics/gate.json").write_text(json.dumps({"passed": not refused, "reasons": reasons}))
+    if refused:
+        print("error: gate failed: " + "; ".join(reasons), file=sys.stderr)
+        sys.exit(3)
+elif step == "package":
+    assert json.loads(pathlib.Path("metrics/gate.json").read_text())["passed"] is True
+    out = pathlib.Path("models/deployed")
+    (out / "calibration").mkdir(parents=True, exist_ok=True)
+    shutil.copy("models/gated/card.json", out / "card.json")
+    for cam in cals:
+        shutil.copy(f"data/calibration/{cam}.yaml", out / "calibration" / f"{cam}.yaml")
+'''
+
+TOY_DVC = {
+    "stages": {
+        "train": {
+            "cmd": "python steps.py train",
+            "deps": ["steps.py", "data/calibration"],
+            "params": ["cameras", "toy.train_s"],
+            "outs": ["models/candidate"],
+        },
+        "gate": {
+            "cmd": "python steps.py gate",
+            "deps": ["steps.py", "models/candidate"],
+            "params": ["toy.refuse"],
+            "outs": ["models/gated"],
+            "metrics": [{"metrics/gate.json": {"cache": False}}],
+        },
+        "package": {
+            "cmd": "python steps.py package",
+            "deps": ["steps.py", "models/gated", "metrics/gate.json"],
+            "outs": ["models/deployed"],
+        },
+    }
+}
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a watcher or DVC run as an operator would have it (this venv, this checkout)."""
+    import sys
+
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+        "DVC_NO_ANALYTICS": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+        **extra,
+    }
+
+
+def set_toy(root: Path, **toy: Any) -> None:
+    """Change the toy pipeline's knobs (params.yaml `toy`)."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["toy"].update(toy)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_dvc_project(tmp_path: Path, cameras: tuple[str, ...] = ("fence_mid", "gate_wide")) -> Path:
+    """A git + DVC project (toy train/gate/package) whose first `dvc repro` deployed a model.
+
+    The watcher runs there with `--deployed-model models/deployed` and its default
+    retrain command, `python -m dvc repro`.
+    """
+    import sys
+
+    root = tmp_path / "dvcproj"
+    (root / "data" / "calibration").mkdir(parents=True)
+    for cam in cameras:
+        shutil.copy(REPO / "data" / "calibration" / f"{cam}.yaml", root / "data" / "calibration")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["cameras"] = list(cameras)
+    params["trigger"].update({"retry_backoff_s": 0.0, "stop_grace_s": 5.0})
+    params["toy"] = {"train_s": 0.0, "refuse": False, "envelope": ENVELOPE}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "steps.py").write_text(TOY_STEPS)
+    (root / "dvc.yaml").write_text(yaml.safe_dump(TOY_DVC, sort_keys=False))
+    (root / ".gitignore").write_text(".thermops/\ntrain-runs.txt\ntrain-started\n")
+    env = subprocess_env()
+    git(root, "init", "-q", "-b", "main")
+    for cmd in (["init", "-q"], ["config", "core.autostage", "false"], ["repro", "-q"]):
+        subprocess.run([sys.executable, "-m", "dvc", *cmd], cwd=root, env=env, check=True, capture_output=True)
+    (root / "train-runs.txt").unlink()
+    (root / "train-started").unlink()
+    commit_all(root, "a deployed model")
+    return root
