@@ -64,6 +64,7 @@ from pipeline.watch import (
     prune_records,
     resolve_command,
     scan,
+    stop_signals_held,
     utcnow,
     write_metrics,
 )
@@ -431,14 +432,20 @@ def _run_local(ctx: _Pass, cameras: dict[str, dict[str, Any]]) -> Outcome:
         job.record["id"],
         job.log_path,
     )
+    proc = None
     try:
         proc = job.start()
+        with ctx.store.transaction() as st:
+            st.job = job.record  # now with its pid
     except OSError as err:
         with ctx.store.transaction() as st:
             st.job = None
         raise TriggerError(f"cannot start the retrain runner: {err}") from None
-    with ctx.store.transaction() as st:
-        st.job = job.record  # now with its pid
+    except (Stopped, KeyboardInterrupt):  # stopped between start and record: stop what started
+        if proc is not None:
+            with stop_signals_held():
+                job.stop(ctx.trigger.stop_grace_s)
+        raise
     return _finish_local(ctx, job, proc)
 
 
@@ -465,14 +472,15 @@ def _finish_local(ctx: _Pass, job: LocalJob, proc: Any) -> Outcome:
         job.wait(proc)
     except (Stopped, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Stopped) else 2
-        log.warning("stopping (signal %d): terminating the retrain's process group %s", signum, job.pgid())
-        job.stop(ctx.trigger.stop_grace_s)
-        msg = f"the watcher was stopped (signal {signum}) and stopped its retrain {rec['id']}; not counted"
-        with ctx.store.transaction() as st:
-            st.job = None
-            st.event("interrupted", msg, job=rec["id"])
-            for cam, info in cams.items():
-                st.note(cam, info["version"], "interrupted", msg, counted=False)
+        with stop_signals_held():
+            log.warning("stopping (signal %d): terminating the retrain's process group %s", signum, job.pgid())
+            job.stop(ctx.trigger.stop_grace_s)
+            msg = f"the watcher was stopped (signal {signum}) and stopped its retrain {rec['id']}; not counted"
+            with ctx.store.transaction() as st:
+                st.job = None
+                st.event("interrupted", msg, job=rec["id"])
+                for cam, info in cams.items():
+                    st.note(cam, info["version"], "interrupted", msg, counted=False)
         raise
     outcome = job.outcome(started, ctx.gate)
     with ctx.store.transaction() as st:

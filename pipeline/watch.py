@@ -520,6 +520,17 @@ def raise_stopped(signum: int, _frame: Any) -> None:
     raise Stopped(signum)
 
 
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold back SIGTERM, SIGINT and SIGHUP (a second Ctrl-C must not leave a retrain half stopped
+    or its record unwritten); a held signal is delivered when the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def install_stop_handlers() -> None:
     """SIGTERM, SIGINT and SIGHUP stop the watcher, and with it its retrain."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
