@@ -57,6 +57,7 @@ from pipeline.watch import (
     cameras_in_use,
     deployed_calibration,
     deployed_lineage,
+    describe,
     exit_status,
     install_stop_handlers,
     iso,
@@ -760,10 +761,7 @@ def _finish_pass(ctx: _Pass, result: WatchResult, found: Scan, deployed: Deploye
             if s.state in ("retraining", "retrained", "awaiting_deployment", "queued")
             else logging.INFO
         )
-        versions = (
-            f" {s.deployed_version or '-'} -> {s.version}" if s.version and s.version != s.deployed_version else ""
-        )
-        log.log(level, "%s%s: %s%s", s.camera, versions, s.state, f": {s.message}" if s.message else "")
+        log.log(level, "%s", describe(s))
     if found.noncanonical:
         log.info(
             "not in the canonical form the CLI writes (DVC hashes bytes, so `dvc repro` re-runs their stages "
@@ -861,12 +859,7 @@ def _print_status(info: dict[str, Any]) -> None:
     else:
         print(f"last pass {last['at']}: exit status {last['exit_code']}")
         for s in last["cameras"]:
-            ver = (
-                f" {s['deployed_version'] or '-'} -> {s['version']}"
-                if s["version"] and s["version"] != s["deployed_version"]
-                else ""
-            )
-            print(f"  {s['camera']}{ver}: {s['state']}" + (f": {s['message']}" if s["message"] else ""))
+            print("  " + describe(s))
     job = info.get("job")
     if job:
         if job.get("kind") == "local":

@@ -830,6 +830,19 @@ class CameraState:
         }
 
 
+def describe(s: CameraState | dict[str, Any]) -> str:
+    """`camera old -> new: state: message`, the one line a pass logs and `status` prints per camera."""
+    d = s.to_dict() if isinstance(s, CameraState) else s
+    cam, ver, dep = d["camera"], d.get("version"), d.get("deployed_version")
+    if ver and dep and ver != dep:
+        head = f"{cam} {dep} -> {ver}"
+    elif ver and not dep and d["state"] != "deployed":
+        head = f"{cam} (version {ver}, not in the deployed model)"
+    else:
+        head = cam
+    return f"{head}: {d['state']}" + (f": {d['message']}" if d.get("message") else "")
+
+
 def _label(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 

@@ -283,8 +283,8 @@ def compare(
         if geo["roi_points"] == 0:
             material.append("the old region of interest is not in view; cannot bound the change")
         else:
-            check(geo["max_px"], trigger.max_corner_px, "max ROI displacement", " px", "trigger.max_corner_px")
-            check(geo["p95_px"], trigger.p95_px, "p95 ROI displacement", " px", "trigger.p95_px")
+            check(geo["max_px"], trigger.max_corner_px, "max ROI displacement", " camera px", "trigger.max_corner_px")
+            check(geo["p95_px"], trigger.p95_px, "p95 ROI displacement", " camera px", "trigger.p95_px")
             if envelope.max_corner_px is not None:
                 lo = envelope.max_corner_px * geo["cam_px_per_model_px_min"]
                 hi = envelope.max_corner_px * geo["cam_px_per_model_px_max"]
