@@ -207,3 +207,36 @@ def test_a_gate_refusal_stays_visible_and_is_retried_until_a_retrain_passes(tmp_
     assert _deployed_version(root) != old and _state(root)["pending"] == {}
     code, out = _run_watcher(root)
     assert code == 0 and "fence_mid: deployed" in out
+
+
+def test_a_polling_watcher_stops_cleanly_between_passes(tmp_path):
+    from tests.calibration_helpers import make_project
+
+    root = make_project(tmp_path, cameras=("fence_mid",))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.recalibrate",
+        "watch",
+        "--interval",
+        "1",
+        "--deployed-model",
+        "models/deployed",
+    ]
+    watcher = subprocess.Popen(
+        cmd, cwd=root, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        state = root / ".thermops" / "trigger-state.json"
+        _wait_for(
+            lambda: state.exists() and (json.loads(state.read_text()).get("last_pass") or {}).get("at"), 60, "a pass"
+        )
+        first = json.loads(state.read_text())["last_pass"]["at"]
+        _wait_for(lambda: json.loads(state.read_text())["last_pass"]["at"] != first, 60, "a second pass")
+        watcher.send_signal(signal.SIGTERM)
+        out, _ = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 128 + signal.SIGTERM and "stopped by signal 15" in out
+    assert "fence_mid: deployed" in out

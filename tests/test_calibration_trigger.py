@@ -372,3 +372,24 @@ def test_polling_logs_errors_and_keeps_going(tmp_path, monkeypatch, caplog):
         cli.watch(interval_s=7.0, params_path=params, deployed_model=deployed_dir(root))
     assert passes == [7.0, 7.0, 7.0] and len(retrain.calls) == 1  # three passes, one retrain
     assert "error: " in caplog.text and "awaiting_deployment" in caplog.text
+
+
+def test_a_state_file_of_the_previous_format_is_read_with_its_history(tmp_path):
+    root = make_project(tmp_path)
+    new = _record(root, "fence_mid", **{"geometry.pitch_deg": 8.0})
+    old_state = {
+        "format": "thermops-trigger-state/1",
+        "handled": {"gate_wide": {"2026-10-01.1": {"fingerprint": "x", "material": False, "action": "none"}}},
+        "failed": {"fence_mid": {new.version: {"attempts": 2, "last_error": "`dvc repro` exited with status 1"}}},
+    }
+    (root / ".thermops").mkdir()
+    (root / ".thermops" / "trigger-state.json").write_text(json.dumps(old_state))
+    retrain = Retrain(root, status=1)
+    res = _watch(root)  # the third and last attempt
+    assert len(retrain.calls) == 1 and res.state_of("fence_mid").attempts == 3
+    state = _state(root)
+    assert (
+        state["format"] == "thermops-trigger-state/2"
+        and state["handled"]["gate_wide"] == old_state["handled"]["gate_wide"]
+    )
+    assert _watch(root).state_of("fence_mid").state == "gave_up" and len(retrain.calls) == 1
