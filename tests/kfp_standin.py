@@ -1,16 +1,20 @@
 """A STAND-IN for the Kubeflow Pipelines v2beta1 REST API, for tests only.
 
 Not a KFP server: a tiny `http.server` on 127.0.0.1 in a thread that answers the
-few endpoints `kfp.Client` uses to create a run (healthz, list/create experiment,
-create run) with the shapes of the v2beta1 API, and records every request so a
-test can check what the client sent. `fail_runs_with` makes run creation answer
-an error status, to test how errors reach the user.
+few endpoints `kfp.Client` uses to create and find a run (healthz, list/create
+experiment, create/get/list runs, the list filtered by display name) with the shapes
+of the v2beta1 API, and records every request so a test can check what the client
+sent. `fail_runs_with` makes run creation answer an error status, to test how errors
+reach the user. A slow server: `run_delay_s` holds the answer to a run creation that
+long (the run exists from the start unless `create_after_delay`), `healthz_delay_s`
+holds the health check; `slow_requests` shows whether a delayed request is in flight.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +38,9 @@ class KfpStandIn:
     """The stand-in server; use as a context manager, `url` is its address."""
 
     fail_runs_with: int | None = None
+    run_delay_s: float = 0.0
+    create_after_delay: bool = False
+    healthz_delay_s: float = 0.0
     requests: list[Recorded] = field(default_factory=list)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -47,11 +54,14 @@ class KfpStandIn:
 
             def _reply(self, status: int, obj: Any) -> None:
                 data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client died waiting: its problem
+                    pass
 
             def _record(self) -> Recorded:
                 url = urlparse(self.path)
@@ -65,7 +75,17 @@ class KfpStandIn:
             def do_GET(self) -> None:
                 rec = self._record()
                 if rec.path == "/apis/v2beta1/healthz":
+                    time.sleep(standin.healthz_delay_s)
                     return self._reply(200, {"multi_user": False})
+                if rec.path == "/apis/v2beta1/runs":
+                    flt = json.loads(rec.query.get("filter", ["{}"])[0] or "{}")
+                    names = [
+                        p.get("string_value") or p.get("stringValue")
+                        for p in flt.get("predicates", [])
+                        if p.get("key") == "display_name" and p.get("operation") == "EQUALS"
+                    ]
+                    found = [r for r in standin.runs.values() if not names or r.get("display_name") in names]
+                    return self._reply(200, {"runs": found, "total_size": len(found)} if found else {})
                 if rec.path == "/apis/v2beta1/experiments":
                     flt = json.loads(rec.query.get("filter", ["{}"])[0] or "{}")
                     names = [p.get("string_value") or p.get("stringValue") for p in flt.get("predicates", [])]
@@ -93,6 +113,9 @@ class KfpStandIn:
                             },
                         )
                     run = {**rec.body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+                    if not standin.create_after_delay:
+                        standin.runs[run["run_id"]] = run
+                    time.sleep(standin.run_delay_s)  # a slow answer; the client may die waiting
                     standin.runs[run["run_id"]] = run
                     return self._reply(200, run)
                 return self._reply(404, {"message": f"stand-in: no route {rec.path}"})
@@ -111,6 +134,13 @@ class KfpStandIn:
     def __exit__(self, *exc: Any) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def set_state(self, state: str, message: str = "") -> None:
+        """Every run moves to `state` (SUCCEEDED, FAILED, ...), with an error message if given."""
+        for run in self.runs.values():
+            run["state"] = state
+            if message:
+                run["error"] = {"code": 2, "message": message}
 
     def posted(self, path: str) -> list[Recorded]:
         """The POST requests to `path`."""

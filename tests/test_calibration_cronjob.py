@@ -77,6 +77,22 @@ def test_cronjob_runs_one_cluster_pass_with_persistent_state(docs):
     assert "git clone" in clone and "--depth" not in clone and clone.endswith(watcher["workingDir"])
 
 
+def test_the_deployed_lineage_is_the_served_model_never_the_gate_output(docs):
+    pod = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (watcher,) = pod["containers"]
+    argv = " ".join(watcher["args"]).split("exec python -m pipeline.recalibrate ")[1].split()
+    args = build_parser().parse_args(argv)
+    inits = {c["name"]: c for c in pod["initContainers"]}
+    fetch = " ".join(inits["deployed-model"]["args"])
+    # The init container fills the folder the watcher reads, on the volume both mount.
+    assert fetch.rstrip().endswith(str(args.deployed_model)) and "$THERMOPS_DEPLOYED_MODEL" in fetch
+    assert "card.json" in fetch and "calibration/*" in fetch
+    mounts = {m["mountPath"] for m in inits["deployed-model"]["volumeMounts"]}
+    assert any(str(args.deployed_model).startswith(m + "/") for m in mounts)
+    assert "THERMOPS_DEPLOYED_MODEL" in docs["ConfigMap"]["data"]
+    assert "models/gated" not in MANIFEST.read_text().split("apiVersion", 1)[1]  # comments aside
+
+
 def test_schedule_matches_the_poll_interval(docs):
     interval = section(load_params(MANIFEST.parents[2] / "params.yaml"), "trigger", TriggerParams).poll_interval_s
     minute = docs["CronJob"]["spec"]["schedule"].split()[0]

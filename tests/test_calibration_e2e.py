@@ -170,7 +170,8 @@ def test_reaimed_camera_retrains_through_dvc_and_new_bento_carries_the_version(t
 
     # 3. The watcher sees a material change and runs `dvc repro` once.
     log = _run([sys.executable, "-m", "pipeline.recalibrate", "watch", "--once", "--mode", "local"], root, env)
-    assert "fence_mid 2026-11-01.1 -> 2026-11-22.1: MATERIAL" in log and "triggered: local: dvc repro" in log
+    assert "fence_mid 2026-11-01.1 -> 2026-11-22.1: MATERIAL" in log
+    assert "triggered: local: python -m dvc repro succeeded" in log
     ran = _ran(log)
     assert "synthesize@fence_mid" in ran and {"prepare", "finetune", "gate", "package"} <= ran
     assert not ran & {"synthesize@gate_wide", "synthesize@perimeter_long"}  # untouched cameras
@@ -186,4 +187,4 @@ def test_reaimed_camera_retrains_through_dvc_and_new_bento_carries_the_version(t
 
     # 5. A second pass finds the change handled: nothing runs.
     log = _run([sys.executable, "-m", "pipeline.recalibrate", "watch", "--once"], root, env)
-    assert "no retrain triggered" in log and not _ran(log)
+    assert "no retrain triggered" in log and not _ran(log) and "fence_mid: deployed" in log

@@ -149,3 +149,73 @@ def test_history_without_a_git_binary_reads_the_same_versions(tmp_path, monkeypa
     without = calibration_history(reg, "fence_mid")
     assert [e.calibration for e in without] == [e.calibration for e in with_git]
     assert [e.commit for e in without] == [e.commit for e in with_git] and len(without) == 2
+
+
+def test_record_a_confirmation_new_version_same_values(tmp_path, capsys):
+    root = make_project(tmp_path, cameras=("fence_mid",))
+    reg = root / "data" / "calibration"
+    old, new = record_calibration(
+        reg, "fence_mid", confirm=True, valid_from=DAY, description="re-checked, nothing moved"
+    )
+    assert new.version == "2026-11-22.1" and new.valid_from == DAY
+    assert new.geometry == old.geometry and new.radiometry == old.radiometry and new.nuc == old.nuc
+    main(["--calibrations", str(reg), "record", "fence_mid", "--confirm", "--valid-from", "2026-11-22"])
+    assert "confirmed fence_mid version 2026-11-22.2 (was 2026-11-22.1)" in capsys.readouterr().out
+    # Without --confirm an unchanged record is refused, and the error says how to confirm.
+    with pytest.raises(CalibrationError, match="use --confirm"):
+        record_calibration(reg, "fence_mid", valid_from=DAY)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["record", "fence_mid", "--confirm", "--set", "geometry.pitch_deg=8"], "contradicts --set and --from"),
+        (["record", "fence_mid", "--set", "geometry.pitch_deg=8", "--from", "x.yaml"], "give --set or --from"),
+        (["add", "cam9", "--from", "x.yaml", "--width", "640"], "--from FILE and --width contradict"),
+        (["add", "cam9", "--from", "x.yaml", "--description", "d"], "--from FILE and --description contradict"),
+        (["add", "cam9", "--width", "640"], "--width and --height"),
+        (["reset", "--all", "fence_mid"], "--all and a camera"),
+        (["reset"], "name a camera, or --all"),
+    ],
+)
+def test_cli_rejects_contradictory_flags_and_writes_nothing(tmp_path, capsys, argv, message):
+    root = make_project(tmp_path, cameras=("fence_mid",))
+    reg = root / "data" / "calibration"
+    before = _snapshot(reg)
+    extra = ["--params", str(root / "params.yaml")] if argv[0] == "reset" else []
+    with pytest.raises(SystemExit) as exc:
+        main(["--calibrations", str(reg), argv[0], *extra, *argv[1:]])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert _snapshot(reg) == before
+
+
+def test_add_says_what_happens_next(tmp_path, capsys):
+    main(["--calibrations", str(tmp_path), "add", "yard-east", "--width", "640", "--height", "512"])
+    out = capsys.readouterr().out
+    assert "next: commit data/calibration/yard-east.yaml" in out and "new camera" in out and "unused" in out
+
+
+def test_every_cli_write_is_canonical_and_fmt_restores_the_bytes(tmp_path, capsys):
+    from thermops.camera.registry import canonical_yaml, format_calibration, is_canonical
+
+    root = make_project(tmp_path, cameras=("fence_mid",))
+    reg = root / "data" / "calibration"
+    path = reg / "fence_mid.yaml"
+    _, new = record_calibration(reg, "fence_mid", assignments=[("geometry.pitch_deg", 8.0)], valid_from=DAY)
+    assert path.read_text() == canonical_yaml(new) and is_canonical(path, new)
+    canonical = path.read_bytes()
+    # A hand edit: a comment and two keys swapped. Same content, other bytes.
+    lines = path.read_text().splitlines(keepends=True)
+    i = next(n for n, line in enumerate(lines) if line.startswith("description:"))
+    lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    path.write_text("# re-aimed by the night shift\n" + "".join(lines))
+    assert load_calibration(path) == new and not is_canonical(path, new)
+    with pytest.raises(SystemExit) as exc:
+        main(["--calibrations", str(reg), "fmt", "--check"])
+    assert exc.value.code == 1 and "not canonical: " in capsys.readouterr().out
+    assert format_calibration(reg, "fence_mid") is True and path.read_bytes() == canonical
+    assert format_calibration(reg, "fence_mid") is False
+    main(["--calibrations", str(reg), "fmt", "--check"])
+    assert "1 calibration file(s) in the canonical form" in capsys.readouterr().out

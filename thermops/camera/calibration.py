@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -249,12 +250,35 @@ def load_calibration(path: str | Path) -> Calibration:
     return cal
 
 
-def load_calibrations(directory: str | Path) -> dict[str, Calibration]:
-    """Load every `<camera_id>.yaml` in a folder, keyed by camera id."""
+class CalibrationSet(Mapping[str, Calibration]):
+    """The `<camera_id>.yaml` files of a folder by camera id, each loaded and validated when first read.
+
+    A malformed file raises (CalibrationError, naming the file and field) when its
+    camera is read, so one bad file of a camera a step never reads does not stop it.
+    """
+
+    def __init__(self, directory: Path):
+        self._paths = {p.stem: p for p in sorted(directory.glob("*.yaml"))}
+        self._loaded: dict[str, Calibration] = {}
+
+    def __getitem__(self, camera_id: str) -> Calibration:
+        if camera_id not in self._loaded:
+            self._loaded[camera_id] = load_calibration(self._paths[camera_id])  # KeyError: no such camera
+        return self._loaded[camera_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def load_calibrations(directory: str | Path) -> CalibrationSet:
+    """Every `<camera_id>.yaml` in a folder, keyed by camera id (validated when read: `CalibrationSet`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CalibrationError(f"{directory}: calibration folder not found")
-    return {p.stem: load_calibration(p) for p in sorted(directory.glob("*.yaml"))}
+    return CalibrationSet(directory)
 
 
 def write_calibration(cal: Calibration, directory: str | Path) -> Path:

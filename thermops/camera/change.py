@@ -51,15 +51,27 @@ class TriggerParams:
     temp_range_c: tuple[float, float]
     roi_grid: int
     state_file: str
+    metrics_file: str
     poll_interval_s: float
     mode: str
+    retrain_command: tuple[str, ...]
     max_attempts: int
+    retry_backoff_s: float
+    stop_grace_s: float
+    submit_grace_s: float
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "cluster"):
             raise ValueError(f"mode must be local or cluster, not {self.mode!r}")
         if not self.temp_range_c[0] < self.temp_range_c[1]:
             raise ValueError("temp_range_c must be [low, high] with low < high")
+        if not self.retrain_command:
+            raise ValueError("retrain_command must name a command (e.g. [python, -m, dvc, repro])")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        for name in ("poll_interval_s", "retry_backoff_s", "stop_grace_s", "submit_grace_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -117,11 +129,20 @@ class ChangeReport:
     def material(self) -> bool:
         return bool(self.material_reasons)
 
+    @property
+    def new_camera(self) -> bool:
+        """A camera the deployed model was never trained on."""
+        return self.old_version is None
+
     def summary(self) -> str:
         """One line: the verdict and why."""
-        head = f"{self.camera_id} {self.old_version} -> {self.new_version}"
+        if self.new_camera:
+            head = f"{self.camera_id} (new camera, version {self.new_version})"
+        else:
+            head = f"{self.camera_id} {self.old_version} -> {self.new_version}"
         if self.material:
-            return f"{head}: MATERIAL ({'; '.join(self.material_reasons)})"
+            notes = f"; {'; '.join(self.notes)}" if self.notes else ""
+            return f"{head}: MATERIAL ({'; '.join(self.material_reasons)}){notes}"
         why = "; ".join(self.notes) if self.notes else "no difference"
         return f"{head}: immaterial, no retrain needed ({why})"
 
@@ -179,6 +200,7 @@ def geometric_figures(
     disp_model = disp / cam_px_per_model_px
     scale = np.abs(w_new / w_old - 1.0)
     scale = np.where(np.isnan(scale), np.inf, scale)
+    worst = int(np.argmax(disp_model))  # the point that decides against the envelope
     return {
         "roi_points": int(inside.sum()),
         "max_px": float(disp.max()),
@@ -188,8 +210,30 @@ def geometric_figures(
         "max_scale_change": float(scale.max()),
         "cam_px_per_model_px_min": float(cam_px_per_model_px.min()),
         "cam_px_per_model_px_max": float(cam_px_per_model_px.max()),
+        # At that point: its camera-pixel displacement, its depth, and how many camera
+        # pixels one model pixel is there (the envelope's allowance in camera pixels).
+        "worst_px": float(disp[worst]),
+        "worst_depth_m": float(z_o[worst]),
+        "worst_cam_px_per_model_px": float(cam_px_per_model_px[worst]),
         "range_m": [float(cam_old.min_range_m), float(cam_old.max_range_m)],
     }
+
+
+def camera_px_allowance(
+    cal: Calibration, model_px: float, *, window_m: float, input_size: int, grid: int
+) -> tuple[float, float] | None:
+    """The camera-pixel range that `model_px` model pixels span over a camera's ROI (far, near); None
+    when the geometry is unknown or the ROI is out of view."""
+    if not cal.geometry.known:
+        return None
+    cam = PinholeCamera.from_calibration(cal)
+    pts = cam.roi_ground_grid(grid)
+    uv, z = cam.project(np.column_stack([pts, np.zeros(len(pts))]))
+    inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= cam.width - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= cam.height - 1)
+    if not inside.any():
+        return None
+    per = 0.5 * (cam.fx + cam.fy) * window_m / z[inside] / input_size
+    return float(model_px * per.min()), float(model_px * per.max())
 
 
 def radiometric_figures(
@@ -239,15 +283,18 @@ def compare(
         if geo["roi_points"] == 0:
             material.append("the old region of interest is not in view; cannot bound the change")
         else:
-            check(geo["max_px"], trigger.max_corner_px, "max ROI displacement", " px", "trigger.max_corner_px")
-            check(geo["p95_px"], trigger.p95_px, "p95 ROI displacement", " px", "trigger.p95_px")
+            check(geo["max_px"], trigger.max_corner_px, "max ROI displacement", " camera px", "trigger.max_corner_px")
+            check(geo["p95_px"], trigger.p95_px, "p95 ROI displacement", " camera px", "trigger.p95_px")
             if envelope.max_corner_px is not None:
                 lo = envelope.max_corner_px * geo["cam_px_per_model_px_min"]
                 hi = envelope.max_corner_px * geo["cam_px_per_model_px_max"]
+                there = envelope.max_corner_px * geo["worst_cam_px_per_model_px"]
                 if not geo["max_model_px"] <= envelope.max_corner_px:
                     material.append(
-                        f"max ROI displacement {geo['max_model_px']:.3g} model px > envelope.geometric.max_corner_px "
-                        f"{envelope.max_corner_px:.3g} model px ({lo:.3g}-{hi:.3g} camera px over the working range)"
+                        f"max ROI displacement {geo['max_model_px']:.3g} model px = {geo['worst_px']:.3g} camera px "
+                        f"at {geo['worst_depth_m']:.3g} m > envelope.geometric.max_corner_px "
+                        f"{envelope.max_corner_px:.3g} model px = {there:.3g} camera px there "
+                        f"({lo:.3g}-{hi:.3g} camera px over the working range)"
                     )
             scale_limit = min(x for x in (trigger.max_scale_change, envelope.max_scale_change) if x is not None)
             src = (
@@ -257,9 +304,16 @@ def compare(
             )
             check(geo["max_scale_change"], scale_limit, "scale change", "", src)
             if not material:
+                env = ""
+                if envelope.max_corner_px is not None:
+                    env = (
+                        f" against the envelope's {envelope.max_corner_px:.3g} model px = "
+                        f"{envelope.max_corner_px * geo['worst_cam_px_per_model_px']:.3g} camera px there"
+                    )
                 rep.notes.append(
-                    f"geometry moves the ROI by at most {geo['max_px']:.3g} px (p95 {geo['p95_px']:.3g} px, "
-                    f"{geo['max_model_px']:.3g} model px), scale change {geo['max_scale_change']:.3g}"
+                    f"geometry moves the ROI by at most {geo['max_px']:.3g} camera px (p95 {geo['p95_px']:.3g} "
+                    f"camera px; {geo['max_model_px']:.3g} model px = {geo['worst_px']:.3g} camera px at "
+                    f"{geo['worst_depth_m']:.3g} m{env}), scale change {geo['max_scale_change']:.3g}"
                 )
     # Radiometry.
     ro, rn = old.radiometry, new.radiometry
@@ -299,8 +353,45 @@ def compare(
     return rep
 
 
-def new_camera_report(new: Calibration) -> ChangeReport:
-    """A camera the deployed model never saw: always material."""
-    return ChangeReport(
-        new.camera_id, None, new.version, material_reasons=["camera not in the deployed model's calibrations"]
+def envelope_for(cal: Calibration, envelope: Envelope, *, window_m: float, input_size: int, grid: int) -> str:
+    """The envelope stated for one camera: geometric bounds in its own camera pixels, radiometric bounds."""
+    parts = []
+    if envelope.max_corner_px is not None:
+        size = envelope.input_size or input_size
+        span = camera_px_allowance(cal, envelope.max_corner_px, window_m=window_m, input_size=size, grid=grid)
+        if span is None:
+            parts.append(f"{envelope.max_corner_px:.3g} model px (geometry unknown: no camera-pixel equivalent)")
+        else:
+            g = cal.geometry
+            parts.append(
+                f"{envelope.max_corner_px:.3g} model px = {span[0]:.3g}-{span[1]:.3g} camera px over its "
+                f"{g.min_range_m:g}-{g.max_range_m:g} m working range"
+            )
+    if envelope.max_scale_change is not None:
+        parts.append(f"scale change {envelope.max_scale_change:.3g}")
+    if cal.radiometry.radiometric:
+        if envelope.max_gain_change is not None:
+            parts.append(f"gain change {envelope.max_gain_change:.3g}")
+        if envelope.max_offset_k is not None:
+            inv = ", uniform offsets invariant" if envelope.uniform_offset_invariant else ""
+            parts.append(f"offset {envelope.max_offset_k:.3g} K{inv}")
+    else:
+        parts.append("display8: no radiometric bound applies")
+    return "; ".join(parts) if parts else "the deployed model states no envelope"
+
+
+def new_camera_report(
+    new: Calibration, envelope: Envelope | None = None, *, window_m: float = 0.0, input_size: int = 0, grid: int = 21
+) -> ChangeReport:
+    """A camera the deployed model never saw: always material (a retrain adds it, the gate then judges it)."""
+    rep = ChangeReport(
+        new.camera_id,
+        None,
+        new.version,
+        material_reasons=["new camera, not in the deployed model: a retrain adds it and the gate validates it"],
     )
+    if envelope is not None and window_m > 0 and input_size > 0:
+        stated = envelope_for(new, envelope, window_m=window_m, input_size=input_size, grid=grid)
+        rep.notes.append(f"the retrained model must hold the gate's envelope for it too (deployed: {stated})")
+        rep.figures["envelope"] = stated
+    return rep

@@ -9,7 +9,16 @@ calibration, found again by its `version` (`calibration_history`,
 
 Versions are `<valid_from>.<n>` (e.g. `2026-11-20.1`, then `2026-11-20.2` for a
 second calibration the same day); a new calibration must carry a new version and
-must not be valid from before the one it replaces.
+must not be valid from before the one it replaces. A re-calibration that found
+nothing moved is recorded as a confirmation (`confirm=True`): a new version, the
+same values.
+
+Every file the CLI writes is in one canonical form (`canonical_yaml`: every field,
+in the schema's order, no comments), so the same content is always the same bytes.
+That matters because DVC hashes bytes: a comment or a reordered key is no change to
+the watcher (it compares content) but a changed dependency to `dvc repro`.
+`format_calibration` rewrites a hand-edited file in the canonical form, which gives
+back the exact bytes DVC recorded when only comments or key order were touched.
 """
 
 from __future__ import annotations
@@ -90,6 +99,26 @@ def _read_yaml(path: Path) -> Any:
         raise CalibrationError(f"{path}: not valid YAML: {err}") from None
 
 
+def canonical_yaml(cal: Calibration) -> str:
+    """The one form the CLI writes: every field in schema order, PyYAML's default style, no comments."""
+    return cal.to_yaml()
+
+
+def is_canonical(path: str | Path, cal: Calibration) -> bool:
+    """Whether a file holds exactly the canonical bytes of its calibration."""
+    return Path(path).read_text() == canonical_yaml(cal)
+
+
+def format_calibration(directory: str | Path, camera_id: str) -> bool:
+    """Rewrite a camera's file in the canonical form (content unchanged); True if its bytes changed."""
+    path = camera_path(directory, camera_id)
+    cal = load_calibration(path)
+    if is_canonical(path, cal):
+        return False
+    write_calibration(cal, directory)
+    return True
+
+
 def _content(cal: Calibration) -> dict[str, Any]:
     d = cal.model_dump(mode="json")
     d.pop("version")
@@ -120,6 +149,9 @@ def add_camera(
         raise CalibrationError(f"{target}: camera {camera_id!r} already registered; use `record` for a new calibration")
     valid_from = valid_from or dt.date.today()
     if from_file is not None:
+        given = [f for f, v in (("--width", width), ("--height", height)) if v is not None]
+        if given:
+            raise CalibrationError(f"add: --from FILE and {' and '.join(given)} contradict (the file gives the size)")
         data = _read_yaml(Path(from_file))
         if not isinstance(data, dict):
             raise CalibrationError(f"{from_file}: expected a mapping at the top level")
@@ -158,13 +190,22 @@ def record_calibration(
     version: str | None = None,
     valid_from: dt.date | None = None,
     description: str | None = None,
+    confirm: bool = False,
 ) -> tuple[Calibration, Calibration]:
     """Record a new calibration of a registered camera; returns (previous, new).
 
     The new content is the current file with `assignments` applied (or `from_file`),
     with a bumped version and a valid-from date (today unless given). Validated
-    before anything is written.
+    before anything is written. `confirm`: a re-calibration that found every value
+    unchanged (a new version, the same values; a new `description` may say so); it
+    contradicts `assignments` and `from_file`.
     """
+    if confirm and (assignments or from_file is not None):
+        raise CalibrationError(
+            "record: --confirm records a re-calibration that changed nothing; it contradicts --set and --from"
+        )
+    if assignments and from_file is not None:
+        raise CalibrationError("record: give --set or --from, not both (which one would win is not obvious)")
     current = load_calibration(camera_path(directory, camera_id))
     if from_file is not None:
         data = _read_yaml(Path(from_file))
@@ -205,8 +246,11 @@ def record_calibration(
         raise CalibrationError(
             f"record: version {new.version!r} is the current one; a new calibration needs a new version"
         )
-    if _content(new) == _content(current):
-        raise CalibrationError("record: nothing changed besides version and valid_from")
+    if _content(new) == _content(current) and not confirm:
+        raise CalibrationError(
+            "record: nothing changed besides version and valid_from; to record a re-calibration that found "
+            "nothing moved, use --confirm"
+        )
     write_calibration(new, directory)
     return current, new
 
