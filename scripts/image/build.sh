@@ -55,10 +55,10 @@ else
     done
     # ... and every local folder those configurations (and PIP_* variables) name:
     # find-links folders, and file:// indexes (the folder above .../simple, whose
-    # pages link to ../files).
+    # pages link to ../files), and constraint files a pip.conf names.
     declare -A seen=()
     while read -r path; do
-        [[ -n "$path" && -d "$path" && -z "${seen[$path]:-}" ]] || continue
+        [[ -n "$path" && -e "$path" && -z "${seen[$path]:-}" ]] || continue
         seen[$path]=1
         volumes+=(--volume "$path:$path:ro")
     done < <("$py" "$repo/scripts/image/pip_sources.py")

@@ -1,9 +1,11 @@
-"""Print the local folders this machine's pip reads packages from, one per line.
+"""Print the local paths this machine's pip reads, one per line.
 
 Sources: `pip config list` (every configuration file pip reads) and the PIP_*
-environment variables; kept: find-links folders and file:// indexes (for an index
+environment variables; kept: find-links folders, file:// indexes (for an index
 `file:///opt/pypi/simple` the folder printed is `/opt/pypi`, because its pages
-link to `../files`). The image build mounts these read-only.
+link to `../files`) and constraint files (a pip.conf with `constraint = FILE`
+makes every pip that reads it fail unless FILE is there too). The image build
+mounts these read-only at the same paths.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 KEYS = ("find-links", "index-url", "extra-index-url")
+FILE_KEYS = ("constraint", "build-constraint")
 
 
 def local_folder(entry: str) -> Path | None:
@@ -52,8 +55,8 @@ def _read_config_files() -> str:
     return "\n".join(lines)
 
 
-def pip_entries() -> list[str]:
-    """Every find-links / index URL value pip would use, from config files and env."""
+def pip_entries(keys: tuple[str, ...] = KEYS) -> list[str]:
+    """Every value pip would use for `keys` (find-links / index URLs by default), from config files and env."""
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
         capture_output=True,
@@ -64,9 +67,9 @@ def pip_entries() -> list[str]:
     entries: list[str] = []
     for line in out.splitlines():
         key, _, value = line.partition("=")
-        if key.rsplit(".", 1)[-1] in KEYS:
+        if key.rsplit(".", 1)[-1] in keys:
             entries.extend(value.strip().strip("'\"").split())
-    for key in KEYS:
+    for key in keys:
         entries.extend(os.environ.get("PIP_" + key.upper().replace("-", "_"), "").split())
     return entries
 
@@ -96,6 +99,11 @@ def main() -> None:
         if folder is not None and folder not in seen:
             seen.add(folder)
             print(folder)
+    for entry in pip_entries(FILE_KEYS):
+        path = Path(entry)
+        if path.is_absolute() and path.is_file() and path not in seen:
+            seen.add(path)
+            print(path)
 
 
 if __name__ == "__main__":
