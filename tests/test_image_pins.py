@@ -222,3 +222,22 @@ def test_pip_sources_mount_the_local_folders_and_translate_for_uv(tmp_path):
         f'find-links = ["{tmp_path / "wheels"}"]',
         f'extra-index-url = ["{index}", "https://example.org/simple"]',
     ]
+
+
+def test_pip_sources_name_the_constraint_file_a_pip_conf_points_to(tmp_path):
+    """A pip.conf with `constraint = FILE` breaks every pip in the build unless FILE is mounted too."""
+
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("torch<=2.14.1\n")
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nconstraint = {constraints}\nfind-links = {tmp_path}\n")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(conf)}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "image" / "pip_sources.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.splitlines()
+    assert str(constraints) in out
+    assert str(tmp_path) in out
