@@ -216,16 +216,23 @@ def assemble_candidate(bento_tag: str, model_tag: str, dest: Path) -> Path:
     return dest
 
 
-def export_candidate(bento_json: str | Path, store: ModelStore) -> dict[str, str]:
+def export_candidate(
+    bento_json: str | Path, store: ModelStore, archive_out: str | Path | None = None
+) -> dict[str, str]:
     """Put the candidate named in models/bento.json (from the local BentoML store) into `store`.
 
     Returns {"digest", "model_tag", "bento_tag", "store"}. The Kubeflow package task calls
     this, so a candidate leaves the pod; a promotion from the workspace calls it too.
+    `archive_out` also receives the bento archive (the serving-image task builds from it).
     """
     info = read_json(bento_json)
     with tempfile.TemporaryDirectory(prefix="thermops-candidate-") as tmp:
         folder = assemble_candidate(info["bento_tag"], info["model_tag"], Path(tmp) / "candidate")
         digest = store.put_folder(folder)
+        if archive_out is not None:
+            entry = read_json(folder / "entry.json")
+            Path(archive_out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / entry["bento_archive"], archive_out)
     return {"digest": digest, "model_tag": info["model_tag"], "bento_tag": info["bento_tag"], "store": store.url}
 
 
@@ -376,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("import", help="import the production bento into the local BentoML store; prints its tag")
     ex = sub.add_parser("export", help="put the workspace's packaged candidate into the store; prints its digest")
     ex.add_argument("--bento-json", type=Path, default=Path("models/bento.json"))
+    ex.add_argument("--archive-out", type=Path, default=None, help="also copy the bento archive here")
     args = ap.parse_args(argv)
     root = args.root.resolve()
     try:
@@ -418,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "import":
             print(import_bento(root, args.store))
         elif args.command == "export":
-            res = export_candidate(args.bento_json, open_store(root, args.store))
+            res = export_candidate(args.bento_json, open_store(root, args.store), args.archive_out)
             print(json.dumps(res, indent=2, sort_keys=True))
     except (ValueError, FileNotFoundError, KeyError) as err:  # RegistryError, StoreError, ParamsError
         print(f"error: {err}", file=sys.stderr)
