@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser_helpers import inspect_page, needs_chromium
 from robustness_helpers import gate_params, one_thread, save_tiny, train_tiny  # noqa: F401 (autouse fixture)
 from training_helpers import make_prepared
 
@@ -274,3 +275,14 @@ def test_the_production_model_is_re_measured_when_the_data_changed(world, passed
     assert res["baseline"]["metrics_source"].startswith("re-measured")
     assert any(r.startswith("regression:robust_accuracy[linf][0.05]") for r in res["reasons"]), res["reasons"]
     assert "the production model's" in res["mean_ce_note"] and res["mean_ce"] != 1.0
+
+
+@needs_chromium
+def test_the_gate_report_opened_alone_shows_its_images(passed, tmp_path):
+    """The KFP HTML artifact is the page alone: copied into an empty folder, every image still decodes."""
+    _, out, _ = passed
+    alone = tmp_path / "artifact.html"
+    shutil.copyfile(out / "report" / "index.html", alone)
+    seen = inspect_page(alone)
+    assert len(seen["images"]) == 6 and all(i["ok"] for i in seen["images"]), seen["images"]
+    assert seen["text_chars"] > 500

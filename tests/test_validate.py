@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from browser_helpers import inspect_page, needs_chromium
 
 from components import validate
 from thermops.data.prepared import MANIFEST_COLUMNS
@@ -254,3 +255,20 @@ def test_an_asset_the_vendored_set_lacks_is_an_error(tmp_path):
     )
     with pytest.raises(ValueError, match="vendor/web does not hold"):
         offline_docs(tmp_path)
+
+
+@needs_chromium
+def test_data_docs_and_the_results_page_render_with_the_network_off(prepared_dir, tmp_path):
+    _validate(prepared_dir, tmp_path)
+    report = tmp_path / "report"
+    pages = [report / "datadocs" / "index.html"]
+    pages += sorted((report / "datadocs" / "validations").rglob("*.html"))
+    assert len(pages) == 3
+    for page in pages:
+        seen = inspect_page(page)
+        assert seen["images"] and all(i["ok"] for i in seen["images"]), (page.name, seen["images"])
+        assert len(seen["styles"]) == 6 and all(s["rules"] > 0 for s in seen["styles"]), (page.name, seen["styles"])
+        assert {"jQuery", "vegaEmbed", "bootstrap"} <= set(seen["globals"]), (page.name, seen["globals"])
+        assert seen["bootstrap_tables"] >= 1 and seen["text_chars"] > 300
+    seen = inspect_page(report / "index.html")
+    assert seen["text_chars"] > 2000 and seen["images"] == [] and seen["styles"] == []
