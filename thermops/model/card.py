@@ -166,13 +166,30 @@ def make_card(
         "input": input_spec.to_dict(),
         "calibrations": dict(sorted(calibrations.items())),
         "data": data,
-        "metrics": metrics or {},
+        "metrics": without_timings(metrics or {}),
         "params": params or {},
         "git_revision": lin["code"]["commit"] + ("-dirty" if lin["code"]["dirty"] else ""),
         "lineage": lin,
     }
     card.update(extra)
     return card
+
+
+def is_timing_key(key: str) -> bool:
+    """A wall-clock figure by its name (`seconds`, `comparison_seconds`, `timing_s`, `*_time_s`)."""
+    k = str(key).lower()
+    return k.endswith(("seconds", "_secs", "_s")) or k.startswith("timing") or k in ("time", "wall_time")
+
+
+def without_timings(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` less its wall-clock figures, at any depth: a card is a function of code, data and
+    params, byte-stable across runs (no timing may make the model's DVC hash change)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if is_timing_key(k):
+            continue
+        out[k] = without_timings(v) if isinstance(v, dict) else v
+    return out
 
 
 def validate_card(card: Any, origin: str = "card.json") -> dict[str, Any]:
