@@ -1,6 +1,6 @@
 """Step `baseline`: the production model, fetched from the store, as the gate's baseline.
 
-    python -m components.baseline --params params.yaml --registry models/production.json \
+    python -m components.baseline --params params.yaml --registry deploy/production.json \
         --out models/baseline
 
 Reads the production registry (git-tracked, written only by `python -m pipeline.production`)
@@ -28,7 +28,7 @@ from thermops.model.store import ModelStore, StoreError
 # What the gate reads from a production version (the bento archive stays in the store).
 FILES = ("model.pt", "card.json", "calibration", "entry.json")
 NONE_NOTE = (
-    "no production model: nothing has been promoted (models/production.json); the gate runs without a "
+    "no production model: nothing has been promoted (deploy/production.json); the gate runs without a "
     "baseline. Promote a gated model with `python -m pipeline.production promote --note ...`."
 )
 
@@ -38,7 +38,7 @@ def run(params: ProductionParams, registry_path: Path, out: Path, base: Path = P
 
     Args:
         params: the `production` section (the store URL).
-        registry_path: models/production.json.
+        registry_path: deploy/production.json.
         out: the baseline folder, replaced atomically.
         base: folder a relative store path resolves against (the repository root under dvc).
 
@@ -74,7 +74,7 @@ def run(params: ProductionParams, registry_path: Path, out: Path, base: Path = P
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: paths only; the store comes from params.yaml (`production.store`)."""
-    a = parser(__doc__, ("--registry", "models/production.json"), ("--out", "models/baseline")).parse_args(argv)
+    a = parser(__doc__, ("--registry", "deploy/production.json"), ("--out", "models/baseline")).parse_args(argv)
 
     def go() -> str:
         p = section(load_params(a.params), "production", ProductionParams)

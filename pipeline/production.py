@@ -7,7 +7,7 @@ pipeline promotes: `dvc repro`, `dvc exp run` and Kubeflow runs only read produc
 
 Where it lives (docs/production.md says why):
 
-- `models/production.json`, tracked by git: which version is production, every version
+- `deploy/production.json`, tracked by git: which version is production, every version
   promoted so far and every promotion and rollback with its time and note
   (`thermops.model.releases`). Written only by this module; commit it (`--commit`).
 - the store (params `production.store`: a folder, or `s3://bucket/prefix` on any S3-API
@@ -72,7 +72,7 @@ from thermops.model.releases import (
 from thermops.model.store import ModelStore, StoreError, check_digest
 
 ROOT = Path(__file__).resolve().parent.parent
-REGISTRY = Path("models/production.json")
+REGISTRY = Path("deploy/production.json")
 CACHE = Path(".thermops/production")
 # What the gate, the service's camera registry and the calibration watcher read from a version.
 MODEL_FILES = ("model.pt", "card.json", "calibration", "entry.json")
@@ -121,7 +121,7 @@ def current(root: str | Path = ROOT, *, fetch: bool = True, store: str | None = 
     """The production model, or None when nothing has been promoted.
 
     Args:
-        root: the repository (models/production.json, params.yaml).
+        root: the repository (deploy/production.json, params.yaml).
         fetch: fetch the version from the store when it is not in `.thermops/production/` yet.
         store: a store URL overriding params `production.store`.
     """
@@ -264,7 +264,7 @@ def promote(
     bento_json: str | Path | None = None,
     store: str | None = None,
 ) -> Release:
-    """Make a candidate production and record it in models/production.json.
+    """Make a candidate production and record it in deploy/production.json.
 
     The candidate is a stored digest (e.g. exported by a Kubeflow run), or else the
     workspace's packaged model (models/bento.json and the local BentoML store), which is
@@ -363,7 +363,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.production <command>`: see --help."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.production", description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=ROOT, help="repository (models/production.json, params.yaml)")
+    ap.add_argument("--root", type=Path, default=ROOT, help="repository (deploy/production.json, params.yaml)")
     ap.add_argument("--store", default=None, help="store URL (default: params production.store)")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create an empty registry (nothing in production)")
@@ -373,11 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", required=True, help="why (recorded)")
     p.add_argument("--digest", default=None, help="a stored candidate (e.g. from a Kubeflow run)")
     p.add_argument("--bento-json", type=Path, default=None, help="default: models/bento.json (the workspace's)")
-    p.add_argument("--commit", action="store_true", help="git commit models/production.json")
+    p.add_argument("--commit", action="store_true", help="git commit deploy/production.json")
     r = sub.add_parser("rollback", help="make an earlier version production again")
     r.add_argument("--to", type=int, default=None, help="version (default: the previous production)")
     r.add_argument("--note", required=True, help="why (recorded)")
-    r.add_argument("--commit", action="store_true", help="git commit models/production.json")
+    r.add_argument("--commit", action="store_true", help="git commit deploy/production.json")
     pl = sub.add_parser("pull", help="fetch the production model files (model.pt, card.json, calibration/)")
     pl.add_argument("--out", type=Path, default=None, help="also copy them here")
     sub.add_parser("import", help="import the production bento into the local BentoML store; prints its tag")

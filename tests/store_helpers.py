@@ -148,8 +148,8 @@ def toy_repo(root: Path, store: str) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump({"production": {"store": store}}))
-    (root / "models").mkdir(exist_ok=True)
-    (root / "models" / "production.json").write_text(
+    (root / "deploy").mkdir(exist_ok=True)
+    (root / "deploy" / "production.json").write_text(
         json.dumps({"format": "thermops-production/1", "current": None, "versions": [], "events": []})
     )
     return root

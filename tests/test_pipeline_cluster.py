@@ -138,9 +138,9 @@ def test_the_production_registry_travels_as_an_argument_of_the_baseline_task_onl
     params = spec["root"]["inputDefinitions"]["parameters"]
     from pipeline.task import decode_file
 
-    registry_bytes = (cluster_repo / "models" / "production.json").read_bytes()
-    assert decode_file(params["file__models_production_json"]["defaultValue"]) == registry_bytes
-    readers = [k for k, t in task_inputs(spec).items() if "file__models_production_json" in t["params"]]
+    registry_bytes = (cluster_repo / "deploy" / "production.json").read_bytes()
+    assert decode_file(params["file__deploy_production_json"]["defaultValue"]) == registry_bytes
+    readers = [k for k, t in task_inputs(spec).items() if "file__deploy_production_json" in t["params"]]
     assert readers == ["baseline"]
     assert task_inputs(spec)["gate"]["artifacts"]["models_baseline"] == "baseline"
 
@@ -154,7 +154,7 @@ def test_a_promotion_changes_the_baseline_argument_not_the_data_hash(cluster_rep
     graph = build_graph(cluster_repo, params)
     before = datahash.embedded_hash(graph, params)
     assert "baseline" not in {s.name for s in datahash.data_stages(graph, params)}
-    reg = cluster_repo / "models" / "production.json"
+    reg = cluster_repo / "deploy" / "production.json"
     saved = reg.read_text()
     try:
         reg.write_text(saved.replace('"current": null', '"current": null ') + " ")

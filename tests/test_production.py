@@ -248,7 +248,7 @@ def _baseline(repo: Path, out: Path, env: dict | None = None) -> subprocess.Comp
     import os
 
     cmd = [sys.executable, "-m", "components.baseline", "--params", str(repo / "params.yaml")]
-    cmd += ["--registry", str(repo / "models" / "production.json"), "--out", str(out)]
+    cmd += ["--registry", str(repo / "deploy" / "production.json"), "--out", str(out)]
     return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 

@@ -173,7 +173,7 @@ def test_cards_from_the_run_are_not_dirty(world):
 @pytest.fixture(scope="module")
 def experiment(world):
     a = world["a"]
-    registry = (a / "models" / "production.json").read_bytes()
+    registry = (a / "deploy" / "production.json").read_bytes()
     proc = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "gate.attack_subset=6"], a, world["env_a"])
     return proc, registry
 
@@ -184,8 +184,8 @@ def test_an_experiment_does_not_change_production(world, experiment):
     proc, registry_before = experiment
     a = world["a"]
     assert "Running stage 'gate'" in proc.stdout and "gate passed" in proc.stdout
-    assert (a / "models" / "production.json").read_bytes() == registry_before
-    assert _git(a, "diff", "HEAD", "--", "models/production.json") == ""
+    assert (a / "deploy" / "production.json").read_bytes() == registry_before
+    assert _git(a, "diff", "HEAD", "--", "deploy/production.json") == ""
     os.environ.update(world["s3"].env())
     assert current(a).version == 1 and len(history(a)) == 1
     gate = json.loads((a / "reports" / "gate" / "gate.json").read_text())

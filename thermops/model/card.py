@@ -61,13 +61,19 @@ def _git(args: list[str], cwd: str | Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def code_lineage(paths: list[str] | tuple[str, ...] | None = None, cwd: str | Path = ".") -> dict[str, Any]:
+# Where the running code lives: its repository is the one whose commits name it (a Kubeflow
+# task runs in a scratch folder, the code at kubeflow.project_root).
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_lineage(paths: list[str] | tuple[str, ...] | None = None, cwd: str | Path | None = None) -> dict[str, Any]:
     """The commit that last touched the code, and whether the code differs from it.
 
     Args:
         paths: code paths relative to the repository root; default: the project files this
             process imported (`loaded_code`), i.e. exactly the code behind the result.
-        cwd: a folder inside the repository.
+        cwd: a folder inside the repository (default: the one holding this code, whatever the
+            working directory).
 
     Returns {"commit", "dirty", "files"}. DVC rewrites dvc.lock and metrics during a run;
     those are not code, so they never make a card dirty, and the commit does not move when
@@ -75,7 +81,7 @@ def code_lineage(paths: list[str] | tuple[str, ...] | None = None, cwd: str | Pa
     from `THERMOPS_CODE_COMMIT` (set by the image build) and `dirty` is None (unknown).
     """
     try:
-        top = _git(["rev-parse", "--show-toplevel"], cwd)
+        top = _git(["rev-parse", "--show-toplevel"], CODE_ROOT if cwd is None else cwd)
         files = list(paths) if paths is not None else loaded_code(top)
         commit = _git(["log", "-1", "--format=%H", "--", *files], top) if files else ""
         changed = _git(["status", "--porcelain", "--untracked-files=normal", "--", *files], top) if files else ""
@@ -86,7 +92,7 @@ def code_lineage(paths: list[str] | tuple[str, ...] | None = None, cwd: str | Pa
     return {"commit": os.environ.get("THERMOPS_CODE_COMMIT") or "unknown", "dirty": None, "files": 0}
 
 
-def git_revision(cwd: str | Path = ".", paths: list[str] | None = None) -> str:
+def git_revision(cwd: str | Path | None = None, paths: list[str] | None = None) -> str:
     """The commit of the code (`code_lineage`), with `-dirty` only when that code has changes."""
     code = code_lineage(paths, cwd)
     return code["commit"] + ("-dirty" if code["dirty"] else "")

@@ -1,6 +1,6 @@
 """The production registry: which stored model version is in production, and how it got there.
 
-The registry is one small JSON file, `models/production.json`, tracked by git and written
+The registry is one small JSON file, `deploy/production.json`, tracked by git and written
 only by the promotion CLI (`python -m pipeline.production`): a promotion or a rollback is
 an explicit act, recorded with its time and note, and committed like code. The model
 files live in a content-addressed store (`thermops.model.store`, params `production.store`)
@@ -159,7 +159,7 @@ def empty_registry() -> Registry:
     return Registry({}, [], None)
 
 
-def parse_registry(data: Any, origin: str = "models/production.json") -> Registry:
+def parse_registry(data: Any, origin: str = "deploy/production.json") -> Registry:
     """Validate and parse the registry mapping."""
     if not isinstance(data, dict) or data.get("format") != REGISTRY_FORMAT:
         raise RegistryError(f"{origin}: not a {REGISTRY_FORMAT} registry")
