@@ -48,14 +48,14 @@ def test_the_code_commit_moves_with_the_code_only_and_dirty_means_the_code(tmp_p
     _git(repo, "commit", "-qm", "code")
     code_commit = _git(repo, "rev-parse", "HEAD").strip()
     paths = ["pkg/step.py"]
-    assert code_lineage(paths, repo) == {"commit": code_commit, "dirty": False, "files": 1}
+    assert code_lineage(paths, repo) == {"commit": code_commit, "dirty": False}
     (repo / "dvc.lock").write_text("v2: rewritten by dvc repro\n")  # what a run changes
     (repo / "metrics.json").write_text("{}")
     assert code_lineage(paths, repo)["dirty"] is False
     _git(repo, "commit", "-qam", "dvc.lock")  # committing run outputs does not move the code's commit
     assert code_lineage(paths, repo)["commit"] == code_commit
     (repo / "pkg" / "step.py").write_text("X = 2\n")
-    assert code_lineage(paths, repo) == {"commit": code_commit, "dirty": True, "files": 1}
+    assert code_lineage(paths, repo) == {"commit": code_commit, "dirty": True}
     _git(repo, "commit", "-qam", "new code")
     new = code_lineage(paths, repo)
     assert new["commit"] != code_commit and new["dirty"] is False
@@ -65,16 +65,21 @@ def test_the_code_commit_moves_with_the_code_only_and_dirty_means_the_code(tmp_p
 
 def test_outside_git_the_image_names_the_commit(tmp_path, monkeypatch):
     monkeypatch.setenv("THERMOPS_CODE_COMMIT", "0123456789ab")
-    assert code_lineage(["x.py"], tmp_path) == {"commit": "0123456789ab", "dirty": None, "files": 0}
+    assert code_lineage(["x.py"], tmp_path) == {"commit": "0123456789ab", "dirty": None}
     monkeypatch.delenv("THERMOPS_CODE_COMMIT")
     assert code_lineage(["x.py"], tmp_path)["commit"] == "unknown"
 
 
 def test_the_default_code_is_what_this_process_imported():
-    code = code_lineage(cwd=ROOT)
-    assert code["files"] >= 3  # thermops.model.card and what it imports, at least
-    head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "thermops"], capture_output=True)
-    assert head.returncode == 0 and len(code["commit"]) == 40
+    from thermops.model.card import loaded_code
+
+    files = loaded_code(ROOT)
+    assert "thermops/model/card.py" in files and "thermops/io.py" in files
+    assert not any(f.startswith((".venv", "tests/")) and "site-packages" in f for f in files)
+    last = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", *files], capture_output=True, text=True
+    ).stdout.strip()
+    assert code_lineage()["commit"] == last  # from anywhere: the repository of the code, not the cwd
 
 
 def test_a_card_is_byte_stable_and_holds_no_timing(tmp_path):

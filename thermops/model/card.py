@@ -75,7 +75,7 @@ def code_lineage(paths: list[str] | tuple[str, ...] | None = None, cwd: str | Pa
         cwd: a folder inside the repository (default: the one holding this code, whatever the
             working directory).
 
-    Returns {"commit", "dirty", "files"}. DVC rewrites dvc.lock and metrics during a run;
+    Returns {"commit", "dirty"}. DVC rewrites dvc.lock and metrics during a run;
     those are not code, so they never make a card dirty, and the commit does not move when
     only they are committed. Outside a git checkout (a container image) the commit comes
     from `THERMOPS_CODE_COMMIT` (set by the image build) and `dirty` is None (unknown).
@@ -86,10 +86,10 @@ def code_lineage(paths: list[str] | tuple[str, ...] | None = None, cwd: str | Pa
         commit = _git(["log", "-1", "--format=%H", "--", *files], top) if files else ""
         changed = _git(["status", "--porcelain", "--untracked-files=normal", "--", *files], top) if files else ""
         if commit:
-            return {"commit": commit, "dirty": bool(changed), "files": len(files)}
+            return {"commit": commit, "dirty": bool(changed)}
     except (OSError, subprocess.CalledProcessError):
         pass
-    return {"commit": os.environ.get("THERMOPS_CODE_COMMIT") or "unknown", "dirty": None, "files": 0}
+    return {"commit": os.environ.get("THERMOPS_CODE_COMMIT") or "unknown", "dirty": None}
 
 
 def git_revision(cwd: str | Path | None = None, paths: list[str] | None = None) -> str:
