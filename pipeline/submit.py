@@ -139,7 +139,12 @@ def prepare_submission(
     kf = kubeflow_params(params)
     graph = build_graph(root, params)
     rev = datahash.resolve(root, params, data_source=kf.data_source, rev=data_rev, graph=graph)
-    pipe = build_pipeline(root=root, params=params, data_hash=rev.data_hash, git_rev=rev.git_rev, image=image)
+    from pipeline.pipeline import ClusterConfigError
+
+    try:
+        pipe = build_pipeline(root=root, params=params, data_hash=rev.data_hash, git_rev=rev.git_rev, image=image)
+    except ClusterConfigError as err:  # one error type for callers (the calibration watcher)
+        raise SubmitError(str(err)) from None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(pipe, str(path))
