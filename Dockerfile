@@ -62,6 +62,8 @@ RUN pip install --no-deps /app \
 # everything after it would be rebuilt (an ARG is part of the cache key of every
 # RUN after it, so GIT_REVISION is declared here too).
 ARG GIT_REVISION=unknown
+# Outside a git checkout, model cards name the code by this commit (thermops.model.card.code_lineage).
+ENV THERMOPS_CODE_COMMIT=${GIT_REVISION}
 LABEL org.opencontainers.image.title="thermops" \
       org.opencontainers.image.description="thermops pipeline components: validate, pretrain, finetune, gate, package" \
       org.opencontainers.image.licenses="Apache-2.0" \

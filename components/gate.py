@@ -1,14 +1,20 @@
-"""The gate step: robustness and adversarial gate of the fine-tuned model.
+"""The gate step: robustness and adversarial gate of the fine-tuned model against production.
 
     python -m components.gate --params params.yaml --model models/finetuned \
-        --data data/prepared --blessed models/blessed --out models/gated \
+        --data data/prepared --baseline models/baseline --out models/gated \
         --report reports/gate --metrics metrics/gate.json
 
-Reads the fine-tuned model dir, the prepared test split and (if it exists) the
-blessed baseline; writes `metrics/gate.json`, the HTML/PNG report, and the gated
-model dir (the card gains `gate` and `envelope`). A passing model becomes the new
-blessed one. With `gate.enforce: true` a failing gate exits 1, so `dvc repro`
-stops before packaging.
+Reads the fine-tuned model dir, the prepared test split and the baseline: the production
+model as the `baseline` stage fetched it (models/baseline; with nothing promoted yet it
+holds only `production.json` saying so, and the gate says it runs without a baseline).
+Writes the gated model dir (the card gains `gate`, `envelope` and the gate's lineage),
+`reports/gate/` (a self-contained `index.html` with its images inlined, the PNGs, and
+`gate.json`, the full record) and `metrics/gate.json`, the decision figures only.
+
+Passing the gate makes a candidate, never production: promotion is
+`python -m pipeline.production promote`. With `gate.enforce: true` a failing gate exits
+3, so `dvc repro` stops before packaging. Timings go to `.thermops/timings/gate.json`
+(`thermops.io.write_timings`), never into a tracked file.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import numpy as np
 from components._cli import Refused, parser, run_cli
 from thermops.config import load_params, section, seed_everything, seed_of
 from thermops.data.prepared import PreparedDataError, load_prepared
-from thermops.io import atomic_dir, write_json
-from thermops.model.card import input_spec_from_card, load_model_dir
+from thermops.io import atomic_dir, read_json, write_json, write_timings
+from thermops.model.card import ModelCardError, input_spec_from_card, lineage, load_model_dir
 from thermops.robustness.params import GateParams
 
 
@@ -32,8 +38,22 @@ class GateFailed(Refused):
     """The model did not pass the gate (raised by `main` only when `gate.enforce` is true): exit 3."""
 
 
-def _blessed_metrics(
-    blessed_dir: Path,
+def baseline_record(baseline_dir: Path) -> dict[str, Any]:
+    """What models/baseline holds: the production version record, or {"version": None, "note"}."""
+    rec_path = Path(baseline_dir) / "production.json"
+    if not rec_path.is_file():
+        raise ModelCardError(
+            f"{baseline_dir}: no production.json; the baseline comes from the `baseline` stage "
+            "(python -m components.baseline), not from a folder of its own"
+        )
+    rec = read_json(rec_path)
+    if rec.get("version") is not None and not (Path(baseline_dir) / "card.json").is_file():
+        raise ModelCardError(f"{baseline_dir}: production version {rec['version']} without its card.json")
+    return rec
+
+
+def _baseline_metrics(
+    baseline_dir: Path,
     tubelets: np.ndarray,
     units: list[str],
     labels: np.ndarray,
@@ -41,22 +61,55 @@ def _blessed_metrics(
     seed: int,
     d_hash: str,
     p_hash: str,
-) -> tuple[dict | None, dict | None]:
-    """The blessed model's metrics: stored in its card when data and protocol match, else re-measured."""
+) -> tuple[dict | None, dict]:
+    """The production model's metrics: stored in its card when data and protocol match, else re-measured."""
     from thermops.robustness.evaluate import evaluate
 
-    if not (blessed_dir / "card.json").is_file():
-        return None, None
-    model, card = load_model_dir(blessed_dir)
+    rec = baseline_record(baseline_dir)
+    if rec.get("version") is None:
+        return None, {"version": None, "note": rec.get("note", "no production model")}
+    model, card = load_model_dir(baseline_dir)
     stored = card.get("gate", {}).get("metrics")
-    info = {"path": str(blessed_dir), "git_revision": card.get("git_revision"), "data": card.get("data")}
+    info = {
+        "version": rec["version"],
+        "tag": rec.get("tag"),
+        "digest": rec.get("digest"),
+        "git_revision": card.get("git_revision"),
+        "data": card.get("data"),
+    }
     if stored and stored.get("data_hash") == d_hash and stored.get("params_hash") == p_hash:
-        info["metrics_source"] = "stored in the blessed card (same test data and protocol)"
+        info["metrics_source"] = "stored in the production card (same test data and protocol)"
         return stored, info
     m = evaluate(model, input_spec_from_card(card), tubelets, units, labels, p, seed, baseline=True)
     m.pop("_artefacts")
+    m.pop("timing_s", None)
     info["metrics_source"] = "re-measured on this test data (data or protocol changed)"
     return m, info
+
+
+def decision_figures(gate: dict[str, Any], params: GateParams) -> dict[str, Any]:
+    """The few numbers the decision rests on: metrics/gate.json (what `dvc metrics show` and KFP show).
+
+    Robust accuracy is the per-tubelet worst case over the attacks at each eps the
+    thresholds judge; everything else (curves, sweeps, every check) is in reports/gate/gate.json.
+    """
+    robust = {}
+    for threat, by_eps in params.thresholds.robust_accuracy.items():
+        curve = gate["robust_accuracy"].get(threat, {}).get("worst", {})
+        for eps in sorted(by_eps):
+            val = next((v for k, v in curve.items() if abs(float(k) - float(eps)) < 1e-9), None)
+            robust[f"{threat}@{eps:g}"] = None if val is None else round(float(val), 4)
+    base = gate["baseline"]
+    return {
+        "passed": bool(gate["passed"]),
+        "failed_checks": len(gate["reasons"]),
+        "clean_accuracy": round(float(gate["clean_accuracy"]), 4),
+        "robust": robust,
+        "mean_ce": round(float(gate["mean_ce"]), 4),
+        "flip_rate": round(float(gate["flip_rate"]), 4),
+        "slope": round(float(gate["stability_slope"]), 4),
+        "baseline": base.get("version") or 0,
+    }
 
 
 def run(
@@ -64,19 +117,20 @@ def run(
     seed: int,
     model_dir: Path,
     data_dir: Path,
-    blessed_dir: Path,
+    baseline_dir: Path,
     out_dir: Path,
     report_dir: Path,
     metrics_path: Path,
 ) -> dict[str, Any]:
-    """Evaluate, decide, report, write the gated model and update the blessed one.
+    """Evaluate against the production baseline, decide, report, write the gated model.
 
     Args:
         params: the `gate` section; seed: the top-level seed.
-        model_dir: fine-tuned model dir; data_dir: prepared dataset; blessed_dir: blessed
-            model dir (may be missing: the first passing model is blessed).
-        out_dir: gated model dir; report_dir: HTML + PNG report; metrics_path: gate.json.
-    Returns: the gate record written to `metrics_path` (`passed`, `reasons`, figures).
+        model_dir: fine-tuned model dir; data_dir: prepared dataset; baseline_dir: what the
+            `baseline` stage wrote (the production model, or the record that there is none).
+        out_dir: gated model dir; report_dir: report folder (index.html, PNGs, gate.json);
+        metrics_path: metrics/gate.json (decision figures).
+    Returns: the full gate record (reports/gate/gate.json): `passed`, `reasons`, figures.
     """
     import torch
 
@@ -91,6 +145,7 @@ def run(
         torch.set_num_threads(params.threads)
     seed_everything(seed)
     model, card = load_model_dir(model_dir)
+    baseline_record(baseline_dir)  # a malformed baseline fails before minutes of attacks
     spec = input_spec_from_card(card)
     classes = list(card["classes"])
     data = load_prepared(data_dir)
@@ -104,15 +159,20 @@ def run(
 
     m = evaluate(model, spec, tubelets, units, labels, params, seed)
     art = m.pop("_artefacts")
+    timings = {k: float(v) for k, v in m.pop("timing_s").items()}
     m["data_hash"], m["params_hash"] = d_hash, p_hash
 
-    blessed, blessed_info = _blessed_metrics(blessed_dir, tubelets, units, labels, params, seed, d_hash, p_hash)
-    normalizer = blessed["corruption_errors"] if blessed else m["corruption_errors"]
+    t0 = time.perf_counter()
+    base, base_info = _baseline_metrics(baseline_dir, tubelets, units, labels, params, seed, d_hash, p_hash)
+    timings["baseline"] = time.perf_counter() - t0
+    normalizer = base["corruption_errors"] if base else m["corruption_errors"]
     m["corruption_ce"], m["mean_ce"] = corruption_ce(m["corruption_errors"], normalizer)
     m["mean_ce_note"] = (
-        "CE_c = sum over 5 severities of this model's error / the blessed model's (ImageNet-C); mean CE averages CE_c"
-        if blessed
-        else "first model, no blessed baseline: the normalizer is the model itself, so every CE is 1.0"
+        "CE_c = sum over 5 severities of this model's error / the production model's (ImageNet-C); "
+        "mean CE averages CE_c"
+        if base
+        else "no production model to compare with: the normalizer is the model itself, so every CE is 1.0 "
+        "and there is no regression check"
     )
     th = params.thresholds
     clean_ok = m["clean_accuracy"] >= th.clean_accuracy
@@ -126,15 +186,15 @@ def run(
         clean_ok=clean_ok,
     )
     m["envelope"]["geometric"]["tubelet_frames"] = spec.frames
-    dec = D.decide(m, th, blessed, params.regression)
+    dec = D.decide(m, th, base, params.regression)
     gate = {
         **m,
         "passed": dec["passed"],
         "reasons": dec["reasons"],
         "checks": dec["checks"],
         "enforce": params.enforce,
-        "model": {"path": str(model_dir), "git_revision": card.get("git_revision"), "data": card.get("data")},
-        "blessed": blessed_info,
+        "model": {"git_revision": card.get("git_revision"), "data": card.get("data")},
+        "baseline": base_info,
         "units_note": (
             f"eps in model-input units (after normalization), per tubelet; for celsius tubelets 1 unit = "
             f"{spec.celsius_scale_k} K (InputSpec.celsius_scale_k); L2 norms over all T*H*W = "
@@ -189,11 +249,11 @@ def run(
             images.append(
                 (f"Saliency / Grad-CAM / occlusion (captum), clean and PGD-{threat} attacked", "attributions.png")
             )
-        gate["timing_s"]["report"] = time.perf_counter() - t0
-        gate["timing_s"]["total"] = time.perf_counter() - t_start
         R.write_html(rd, gate, images)
+        write_json(rd / "gate.json", gate)
+    timings["report"] = time.perf_counter() - t0
 
-    # The gated model: same weights, card with the decision and the envelope.
+    # The gated model: same weights, card with the decision, the envelope and the gate's lineage.
     summary = {
         k: gate[k]
         for k in (
@@ -209,29 +269,26 @@ def run(
         )
     }
     summary["robust_accuracy_worst"] = {t: v["worst"] for t, v in gate["robust_accuracy"].items()}
-    stored = {k: v for k, v in gate.items() if k not in ("checks", "reasons", "passed", "blessed", "model")}
+    stored = {k: v for k, v in gate.items() if k not in ("checks", "reasons", "passed", "baseline", "model")}
     new_card = dict(card)
     new_card["gate"] = {
         **summary,
         "decision": "pass" if gate["passed"] else "fail",
-        "blessed_baseline": blessed_info,
+        "baseline": base_info,
         "metrics": stored,
+        "lineage": lineage(
+            {"data/prepared": data_dir, "models/finetuned": model_dir, "models/baseline": baseline_dir},
+            {"seed": seed, "gate": params_hash(params)},
+        ),
     }
     new_card["envelope"] = {**gate["envelope"], "input_size": spec.size}
     with atomic_dir(out_dir) as od:
         shutil.copyfile(Path(model_dir) / "model.pt", od / "model.pt")
         write_json(od / "card.json", new_card)
-    write_json(metrics_path, gate)
-    if gate["passed"]:
-        with atomic_dir(blessed_dir) as bd:
-            shutil.copyfile(out_dir / "model.pt", bd / "model.pt")
-            write_json(bd / "card.json", new_card)
-    elif not Path(blessed_dir).exists():
-        # DVC declares models/blessed as an output: leave an empty baseline, not a missing path.
-        with atomic_dir(blessed_dir) as bd:
-            (bd / "README.txt").write_text(
-                "No model has passed the gate yet; the first passing model is blessed here.\n"
-            )
+    write_json(metrics_path, decision_figures(gate, params))
+    timings["total"] = time.perf_counter() - t_start
+    gate["timing_s"] = timings  # returned to the caller (and logged), never written to a tracked file
+    write_timings("gate", timings)
     return gate
 
 
@@ -241,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         __doc__,
         ("--model", "models/finetuned"),
         ("--data", "data/prepared"),
-        ("--blessed", "models/blessed"),
+        ("--baseline", "models/baseline (the production model, from the baseline stage)"),
         ("--out", "models/gated"),
         ("--report", "reports/gate"),
         ("--metrics", "metrics/gate.json"),
@@ -250,18 +307,22 @@ def main(argv: list[str] | None = None) -> None:
     def go() -> str:
         raw = load_params(a.params)
         p = section(raw, "gate", GateParams)
-        gate = run(p, seed_of(raw), a.model, a.data, a.blessed, a.out, a.report, a.metrics)
+        gate = run(p, seed_of(raw), a.model, a.data, a.baseline, a.out, a.report, a.metrics)
         status = "passed" if gate["passed"] else "FAILED"
+        base = gate["baseline"]
+        against = f"production version {base['version']}" if base.get("version") else "no production model"
         line = (
-            f"gate {status}: clean {gate['clean_accuracy']:.3f}, mean CE {gate['mean_ce']:.3f}, "
+            f"gate {status} (against {against}): clean {gate['clean_accuracy']:.3f}, mean CE {gate['mean_ce']:.3f}, "
             f"flip rate {gate['flip_rate']:.3f}, slope {gate['stability_slope']:.3f}, "
             f"{gate['timing_s']['total']:.1f} s"
         )
+        if not base.get("version"):
+            print("gate: " + base.get("note", "no production model"))
         if not gate["passed"] and p.enforce:
             print(line)
             raise GateFailed(
-                f"gate failed with {len(gate['reasons'])} reason(s) (gate.enforce is true; see {a.metrics}): "
-                + "; ".join(gate["reasons"])
+                f"gate failed with {len(gate['reasons'])} reason(s) (gate.enforce is true; see "
+                f"{a.report / 'index.html'}): " + "; ".join(gate["reasons"])
             )
         return line
 

@@ -163,7 +163,8 @@ def run(
         bentofile: the bento build file (its folder is the build context).
 
     Returns:
-        {"bento_tag", "model_tag", "bentoml_home"}.
+        {"bento_tag", "model_tag"}: content tags only (models/bento.json is hashed into dvc.lock,
+        so nothing of this machine, such as the BentoML home, may be in it).
     """
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     card = load_card(model_dir)
@@ -212,11 +213,7 @@ def run(
         # No half-packaged state: a model entry without its bento is removed again.
         bentoml.models.delete(tag)
         raise PackageError(f"{bentofile}: bento build failed: {type(err).__name__}: {err}") from err
-    result = {
-        "bento_tag": str(bento.tag),
-        "model_tag": str(tag),
-        "bentoml_home": os.environ.get("BENTOML_HOME", str(Path.home() / "bentoml")),
-    }
+    result = {"bento_tag": str(bento.tag), "model_tag": str(tag)}
     write_json(out, result)
     return result
 

@@ -3,9 +3,11 @@
     python -m components.validate --params params.yaml --data data/prepared \
         --calibration data/calibration --out reports/validation --metrics metrics/validate.json
 
-Writes GX Data Docs (`index.html`), `summary.json` and `summary.md` into `--out`
-and the DVC metric `--metrics`; exits 1 naming the failed checks when any
-expectation fails, so `dvc repro` stops before training.
+Writes into `--out`: `index.html` (every expectation's result, self-contained: the
+Kubeflow view), `datadocs/` (the Great Expectations Data Docs site, rendering offline),
+`summary.json` and `summary.md`; and the DVC metric `--metrics`. Every output is a
+function of the data, params and code (no run time, no random ids). Exits 1 naming the
+failed checks when any expectation fails, so `dvc repro` stops before training.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from thermops.data.validation import (
     ValidationFailed,
     balance_expectations,
     balance_table,
+    results_html,
     run_suites,
     summarize,
     summary_markdown,
@@ -50,7 +53,7 @@ def run(
         frames, size: the tubelet shape (T, H = W) asked of prepare (`prepare.frames`, `prepare.size`).
         data_dir: the prepared dataset (`tubelets.npy` (N, T, H, W), `manifest.csv`).
         calibration_dir: `data/calibration`.
-        out_dir: report folder, replaced atomically (index.html, summary.json, summary.md).
+        out_dir: report folder, replaced atomically (index.html, datadocs/, summary.json, summary.md).
         metrics_path: the DVC metric JSON.
 
     Returns:
@@ -67,8 +70,9 @@ def run(
         BALANCE_SUITE: (balance_table(labels, classes), balance_expectations(p, classes)),
     }
     with atomic_dir(out_dir) as tmp:
-        results = run_suites(tables, tmp)
+        results = run_suites(tables, tmp / "datadocs")
         summary = summarize(results, len(table), p.examples)
+        (tmp / "index.html").write_text(results_html(summary, results))
         write_json(tmp / "summary.json", summary)
         (tmp / "summary.md").write_text(summary_markdown(summary))
     write_json(

@@ -1,11 +1,19 @@
 """`python -m pipeline compile|submit`: the Kubeflow pipeline generated from dvc.yaml.
 
-    python -m pipeline compile [--out pipeline.yaml] [--data-source embedded|dvc] [--image IMG] [--data-rev REV]
-    python -m pipeline submit --host URL [--namespace NS] [--experiment NAME] [--token T]
-                              [-p key=value ...] [--data-rev REV] [--dry-run]
+    python -m pipeline compile [--out pipeline.yaml] [--data-source embedded|dvc] [--image IMG] [--data-rev REV] [--local]
+    python -m pipeline submit --host URL [--namespace NS] [--experiment NAME] [--token T] [--image IMG]
+                              [-p key=value ...] [--data-rev REV] [--caching|--no-caching]
+                              [--wait [--timeout S]] [--dry-run]
 
-Expected errors (bad override, unknown revision, server error) print one line
-`error: ...` on stderr and exit 1.
+Compiling or submitting for a cluster refuses an image that is not pinned (a digest or a
+content tag; `latest` never), a production store that is a local folder and a missing
+serving-image registry (`pipeline.pipeline.cluster_checks`); `compile --local` is for
+kfp.local and in-image test runs only.
+
+Exit status: 0 done (with --wait: the run SUCCEEDED); 1 an expected error (bad override,
+unknown revision, unpinned image, server error), one `error: ...` line on stderr; 2 bad
+command line; with --wait: 3 the run FAILED, 4 it was CANCELED or SKIPPED, 5 it had not
+finished after --timeout seconds.
 """
 
 from __future__ import annotations
@@ -35,18 +43,27 @@ def _compile(args: argparse.Namespace) -> int:
         image=args.image,
         git_rev=rev.git_rev,
         data_hash=rev.data_hash,
+        local=args.local,
     )
     print(out)
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.submit import parse_override, prepare_submission, send
+    from pipeline.submit import WAIT_EXIT, parse_override, prepare_submission, send, wait_for_run
 
     overrides = dict(parse_override(p) for p in args.param)
     token = args.token or os.environ.get("KFP_TOKEN")
     sub = prepare_submission(
-        args.host, overrides, args.namespace, args.experiment, args.root, args.data_rev, args.run_name
+        args.host,
+        overrides,
+        args.namespace,
+        args.experiment,
+        args.root,
+        args.data_rev,
+        args.run_name,
+        image=args.image,
+        enable_caching=args.caching,
     )
     if args.dry_run:
         summary = sub.summary()
@@ -59,8 +76,12 @@ def _submit(args: argparse.Namespace) -> int:
         return 0
     run_id, url = send(sub, token)
     print(f"run id: {run_id}")
-    print(f"url: {url}")
-    return 0
+    print(f"url: {url}", flush=True)
+    if not args.wait:
+        return 0
+    state = wait_for_run(sub, run_id, token, timeout=args.timeout, poll=args.poll)
+    print(f"run {run_id} finished: {state}" if state in WAIT_EXIT else f"run {run_id}: {state}")
+    return WAIT_EXIT.get(state, 5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--data-source", choices=["embedded", "dvc"], default=None, help="default: kubeflow.data_source")
     c.add_argument("--image", default=None, help="default: kubeflow.image")
     c.add_argument("--data-rev", default=None, help="git revision of the data for the defaults (default: HEAD)")
+    c.add_argument("--local", action="store_true", help="for kfp.local / in-image tests: no cluster checks")
     s = sub.add_parser("submit", help="create a run with kfp.Client")
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     s.add_argument("--namespace", default=None, help="multi-user Kubeflow namespace")
@@ -81,18 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="params.yaml override")
     s.add_argument("--data-rev", default=None, help="git revision of the data (resolved to a commit)")
     s.add_argument("--run-name", default=None)
+    s.add_argument("--image", default=None, help="default: kubeflow.image (must be pinned)")
+    cache = s.add_mutually_exclusive_group()
+    cache.add_argument("--caching", dest="caching", action="store_true", default=None, help="cache every task")
+    cache.add_argument("--no-caching", dest="caching", action="store_false", help="re-run every task")
+    s.add_argument("--wait", action="store_true", help="follow the run to its end; exit with its state")
+    s.add_argument("--timeout", type=float, default=24 * 3600.0, help="with --wait: seconds (default 1 day)")
+    s.add_argument("--poll", type=float, default=15.0, help="with --wait: seconds between state checks")
     s.add_argument("--dry-run", action="store_true", help="compile and print what would be sent")
     s.add_argument("--out", default=None, help="with --dry-run: also write the pipeline spec here")
     args = ap.parse_args(argv)
 
     from pipeline.datahash import DataRevisionError
     from pipeline.graph import GraphError
+    from pipeline.pipeline import ClusterConfigError
     from pipeline.submit import SubmitError
     from thermops.config import ParamsError
 
     try:
         return _compile(args) if args.command == "compile" else _submit(args)
-    except (SubmitError, DataRevisionError, GraphError, ParamsError, FileNotFoundError) as err:
+    except (SubmitError, DataRevisionError, GraphError, ParamsError, ClusterConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

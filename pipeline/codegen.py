@@ -146,6 +146,12 @@ def stage_spec(graph: Graph, stage: Stage, project_root: str, settings: dict[str
         "source": source,
         "gate": gate if gate.get("stage") == stage.name else None,
         "nproc_per_node": nproc,
+        "files": {p: n for p, n in (settings.get("files") or {}).items() if p in graph.static_deps[stage.name]},
+        "export": (
+            {"store_param": "production__store", "bento_json": settings["export"]["bento_json"]}
+            if settings.get("export_stage") and settings.get("export_stage") == stage.name
+            else None
+        ),
     }
 
 
@@ -156,7 +162,12 @@ def component_source(graph: Graph, stage: Stage, spec: dict[str, Any]) -> str:
         args += ["data_hash: str", "git_rev: str"]
     args += [f"{i['name']}: Input[{_input_type(graph, stage, i['name'])}]" for i in spec["inputs"]]
     args += [f"{o['name']}: Output[{o['type']}]" for o in spec["outputs"]]
+    if spec.get("export"):
+        args.append("bento_archive: Output[Dataset]")
     args += [f"{param_ident(leaf)}: {param_annotation(graph.leaves[leaf])}" for leaf in spec["params"]]
+    args += [f"{name}: str" for name in spec.get("files", {}).values()]
+    if spec.get("export") and spec["export"]["store_param"] not in spec["params"].values():
+        args.append(f"{spec['export']['store_param']}: str")
     ret = " -> bool" if spec["gate"] else ""
     fn = stage.ident
     return (
@@ -216,3 +227,30 @@ def make_fetch_component(graph: Graph, image: str, project_root: str, settings: 
     src, _ = fetch_source(graph, project_root, settings)
     fn = _register_source("fetch", src)["fetch"]
     return dsl.component(fn, base_image=image, install_kfp_package=False)
+
+
+SERVING_IMAGE_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "image" / "serving_image.sh"
+
+
+def make_serving_image_component(builder: str, registry: str):
+    """A container component: build the bento's image with buildah and push it, tagged by content.
+
+    Runs `scripts/image/serving_image.sh` (its text is compiled into the spec) in the
+    `builder` image (buildah). Input: the bento archive the export task wrote; outputs:
+    `image` (`<registry>/<bento name>@sha256:<digest>`) and the same reference in a
+    Markdown artifact. Registry credentials come from the environment
+    (`kubeflow.secrets.registry`), read by the script with `--password-stdin`.
+    """
+    script = SERVING_IMAGE_SCRIPT.read_text()
+    source = (
+        "from kfp import dsl\n"
+        "from kfp.dsl import Dataset, Input, Markdown, Output, OutputPath\n\n\n"
+        "@dsl.container_component\n"
+        "def serving_image(bento_archive: Input[Dataset], image: OutputPath(str), report: Output[Markdown]):\n"
+        "    return dsl.ContainerSpec(\n"
+        f"        image={builder!r},\n"
+        f"        command=['sh', '-ec', {script!r}, 'serving_image.sh'],\n"
+        f"        args=[bento_archive.path, {registry!r}, image, report.path],\n"
+        "    )\n"
+    )
+    return _register_source("serving_image", source)["serving_image"]

@@ -58,12 +58,22 @@ def head_or_unknown(root: str | Path) -> str:
         return "unknown"
 
 
+def data_stages(graph: Graph, params: dict[str, Any]) -> list:
+    """The source stages that make data: all but those reading a `kubeflow.file_params` file.
+
+    The baseline stage is a source stage too, but its input (the production registry) is its
+    own run argument: a promotion must re-run the gate, not the data stages.
+    """
+    files = set((params.get("kubeflow") or {}).get("file_params") or [])
+    return [s for s in graph.source_stages() if not files & set(graph.static_deps[s.name])]
+
+
 def embedded_hash(graph: Graph, params: dict[str, Any]) -> str:
     """Content hash of the embedded world: generator stages' cmd, static deps and params."""
     from thermops.io import hash_files
 
     h = hashlib.sha256()
-    for stage in graph.source_stages():
+    for stage in data_stages(graph, params):
         files = [graph.root / d for d in graph.static_deps[stage.name]]
         missing = [str(f) for f in files if not f.exists()]
         if missing:
@@ -74,7 +84,7 @@ def embedded_hash(graph: Graph, params: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def dvc_hash(root: str | Path, graph: Graph, commit: str) -> str:
+def dvc_hash(root: str | Path, graph: Graph, commit: str, params: dict[str, Any] | None = None) -> str:
     """Hash of the md5s `dvc.lock` records, at `commit`, for the source stages' outs."""
     root = Path(root)
     try:
@@ -84,7 +94,7 @@ def dvc_hash(root: str | Path, graph: Graph, commit: str) -> str:
     lock = yaml.safe_load(text) or {}
     stages = lock.get("stages", {})
     record = {}
-    for stage in graph.source_stages():
+    for stage in data_stages(graph, params or {}):
         entry = stages.get(stage.name, {})  # foreach stages are recorded as `name@item`
         outs = entry.get("outs")
         if not outs:
@@ -115,7 +125,7 @@ def resolve(
     graph = graph or build_graph(root, params)
     if data_source == "dvc":
         commit = resolve_commit(root, rev or "HEAD")
-        return DataRevision(dvc_hash(root, graph, commit), commit, "dvc")
+        return DataRevision(dvc_hash(root, graph, commit, params), commit, "dvc")
     if data_source != "embedded":
         raise DataRevisionError(f"data source {data_source!r}: expected embedded or dvc")
     commit = resolve_commit(root, rev) if rev else head_or_unknown(root)

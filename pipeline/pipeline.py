@@ -7,17 +7,25 @@ plus `data_hash` and `git_rev`, resolved before submission (`pipeline.datahash`)
 given to the first data tasks only, so the hash reaches later tasks through artifacts.
 Everything KFP fixes at compile time (GPU type and count, node selector, tolerations,
 resources, retries, caching, secrets) comes from the `kubeflow` section of params.yaml.
+
+What a cluster run leaves behind (issue 15): the `kubeflow.export.stage` task (package)
+exports the gated model and its bento to the object store (`production.store`, S3 API),
+and a `serving_image_task` builds the bento's image with buildah and pushes it to
+`kubeflow.serving_image.registry`, tagged by the bento's content version and returned by
+digest. Compiling for a cluster (`local=False`) refuses an image that is not pinned (a
+digest or a content tag, never `latest`), a local-path store and a missing registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.graph import Graph, build_graph, param_ident
+from pipeline.graph import Graph, build_graph, get_key, param_ident
 from thermops.config import load_params, section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,10 +62,26 @@ class GateParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    """Which task's candidate leaves the pod: the bento and model named in `bento_json` go to the store."""
+
+    stage: str  # "" exports nothing (a graph without packaging)
+    bento_json: str
+
+
+@dataclass(frozen=True)
+class ServingImageParams:
+    """Where the serving image is built and pushed (the task after the export)."""
+
+    registry: str  # e.g. registry.example.org/thermops; "" only for local runs
+    builder: str  # a buildah image, pinned (repo@sha256:...)
+
+
+@dataclass(frozen=True)
 class KubeflowParams:
     """The `kubeflow` section of params.yaml."""
 
-    image: str
+    image: str  # pinned: repo@sha256:<digest> or repo:<git revision>; "" = unset (compile refuses)
     project_root: str  # where the image holds the repository
     pipeline_name: str
     data_source: Literal["embedded", "dvc"]
@@ -69,6 +93,58 @@ class KubeflowParams:
     gpu: GpuParams
     gate: GateParams
     secrets: dict[str, SecretParams]
+    file_params: list[str]  # small git-tracked deps that travel as run arguments (the production registry)
+    export: ExportParams
+    serving_image: ServingImageParams
+
+
+class ClusterConfigError(ValueError):
+    """The pipeline cannot be compiled for a cluster as configured (unpinned image, local store...)."""
+
+
+_DIGEST_REF = re.compile(r"[^@\s]+@sha256:[0-9a-f]{64}")
+_CONTENT_TAG = re.compile(r"[0-9a-f]{12,64}")
+
+
+def check_pinned(image: str, what: str = "kubeflow.image") -> str:
+    """`image` if it is pinned: `repo@sha256:<64 hex>` or `repo:<12-64 hex>` (a git revision or content hash).
+
+    A mutable tag (`latest`, `v1`, `<rev>-dirty`) keeps KFP's cache key the same after the code
+    changed (kubeflow/pipelines#13862), and a cluster may pull whatever it points at by then.
+    """
+    if not image:
+        raise ClusterConfigError(
+            f"{what} is not set: a cluster run needs a pinned image, e.g. registry/thermops@sha256:<digest> "
+            "(`make image-push REGISTRY=...` prints it) or registry/thermops:<git revision>; pass --image or set it"
+        )
+    if _DIGEST_REF.fullmatch(image):
+        return image
+    last = image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else ""
+    if tag and _CONTENT_TAG.fullmatch(tag):
+        return image
+    raise ClusterConfigError(
+        f"{what} {image!r} is not pinned: use repo@sha256:<digest> or repo:<git revision> (12+ hex digits); "
+        "never latest, a version tag or a -dirty build (KFP would serve cached results after the code changed)"
+    )
+
+
+def cluster_checks(kf: KubeflowParams, graph: Graph, params: dict[str, Any], image: str) -> None:
+    """What a cluster run needs besides dvc.yaml: a pinned image; with an export, object storage and a registry."""
+    check_pinned(image)
+    if kf.export.stage and kf.export.stage in {s.name for s in graph.stages}:
+        store = str(params.get("production", {}).get("store", ""))
+        if not store.startswith("s3://"):
+            raise ClusterConfigError(
+                f"production.store is {store!r}: a pod cannot reach a local folder; set it to s3://bucket/prefix "
+                "(any S3-API server; endpoint and credentials from the secret kubeflow.secrets.store)"
+            )
+        if not kf.serving_image.registry:
+            raise ClusterConfigError(
+                "kubeflow.serving_image.registry is not set: the run pushes the serving image there "
+                "(e.g. registry.example.org/thermops)"
+            )
+        check_pinned(kf.serving_image.builder, "kubeflow.serving_image.builder")
 
 
 def kubeflow_params(params: dict[str, Any]) -> KubeflowParams:
@@ -133,7 +209,42 @@ def pipeline_parameters(graph: Graph, kf: KubeflowParams, data_hash: str, git_re
     for leaf in [lf for lf in graph.leaves if lf in used]:  # params.yaml order
         value = graph.leaves[leaf]
         out.append((param_ident(leaf), types[param_annotation(value)], encode_param(value)))
+    for path, name in file_params(graph, kf, stages_run(graph, kf)).items():
+        out.append((name, str, encode_file(graph.root / path)))
+    names = {n for n, _, _ in out}
+    if kf.export.stage in {s.name for s in stages_run(graph, kf)} and param_ident("production.store") not in names:
+        # the export task writes to the store even when no other task reads it (data from DVC)
+        try:
+            store = get_key(graph.params, "production.store")
+        except KeyError:
+            raise ClusterConfigError("kubeflow.export needs production.store in params.yaml") from None
+        out.append((param_ident("production.store"), str, str(store)))
     return out
+
+
+def encode_file(path: Path) -> str:
+    """A file's bytes as one line (`base64:<...>`): KFP writes parameter defaults into a YAML
+    comment header that a multi-line value would break."""
+    import base64
+
+    return "base64:" + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def file_params(graph: Graph, kf: KubeflowParams, stages: list) -> dict[str, str]:
+    """{path: pipeline parameter} of the `kubeflow.file_params` some task reads (its text travels as an argument).
+
+    The production registry is such a file: a run uses the registry of the checkout that
+    submitted it (not the one baked into the image), and its text is part of the reading
+    task's cache key, so a promotion re-runs the baseline and the gate, and nothing else.
+    """
+    from pipeline.graph import ident
+
+    wanted = set(kf.file_params)
+    read = {d for s in stages for d in graph.static_deps[s.name] if d in wanted}
+    missing = [p for p in sorted(read) if not (graph.root / p).is_file()]
+    if missing:
+        raise ClusterConfigError(f"kubeflow.file_params: {', '.join(missing)} not found under {graph.root}")
+    return {p: f"file__{ident(p)}" for p in sorted(read)}
 
 
 def stages_run(graph: Graph, kf: KubeflowParams) -> list:
@@ -152,6 +263,7 @@ def build_pipeline(
     project_root: str | None = None,
     image: str | None = None,
     data_source: str | None = None,
+    local: bool = False,
 ):
     """The `@dsl.pipeline` function for the stages of `root/dvc.yaml`.
 
@@ -163,6 +275,8 @@ def build_pipeline(
             (default: `kubeflow.project_root`, the image's; tests use `root`).
         image: base image of every component (default: `kubeflow.image`).
         data_source: `embedded` or `dvc` (default: `kubeflow.data_source`).
+        local: for `kfp.local` runs (no image is pulled): skip the cluster checks
+            (`cluster_checks`: pinned image, object store, registry) and the serving-image task.
 
     Returns:
         A KFP `GraphComponent`, ready for `kfp.compiler.Compiler().compile` or a local run.
@@ -179,6 +293,10 @@ def build_pipeline(
     image = image or kf.image
     project_root = project_root or kf.project_root
     graph = build_graph(root, params)
+    if local:
+        image = image or "localhost/thermops:local-run-only"
+    else:
+        cluster_checks(kf, graph, params, image)
     names = {s.name for s in graph.stages}
     if kf.gate.stage in {s.step for s in graph.stages} and kf.gate.stage not in names:
         raise ValueError(f"gate stage {kf.gate.stage} is a foreach stage; it must be a single stage")
@@ -188,11 +306,18 @@ def build_pipeline(
         data_hash = data_hash if data_hash is not None else resolved.data_hash
     settings = _settings_dict(kf)
     run = stages_run(graph, kf)
+    settings["files"] = file_params(graph, kf, run)
+    settings["export_stage"] = kf.export.stage
     guarded = graph.downstream_closure({kf.gate.stage}) - {kf.gate.stage} if kf.gate.stage in names else set()
     made = {s.name: codegen.make_component(graph, s, image, project_root, settings) for s in run}
     fetch = codegen.make_fetch_component(graph, image, project_root, settings) if kf.data_source == "dvc" else None
     fetched = {s.name for s in graph.source_stages()} if fetch else set()
     plist = pipeline_parameters(graph, kf, data_hash, git_rev)
+    export = kf.export.stage if kf.export.stage in {s.name for s in run} else ""
+    store_param = param_ident("production.store")
+    image_op = None
+    if export and kf.serving_image.registry and not local:
+        image_op = codegen.make_serving_image_component(kf.serving_image.builder, kf.serving_image.registry)
 
     def body(*pos: Any, **kw: Any) -> None:
         kw.update(zip([n for n, _, _ in plist], pos))  # KFP passes placeholders by position
@@ -215,10 +340,18 @@ def build_pipeline(
                 args[out.ident] = tasks[up].outputs[out.ident]
             for pname in spec["params"].values():
                 args[pname] = kw[pname]
+            for pname in spec.get("files", {}).values():
+                args[pname] = kw[pname]
+            if spec.get("export"):
+                args[store_param] = kw[store_param]
             t = made[stage.name](**args)
             t.set_display_name(stage.task_name)
             _configure(t, stage.step, kf)
             tasks[stage.name] = t
+            if spec.get("export") and image_op is not None:
+                img = image_op(bento_archive=t.outputs["bento_archive"])
+                img.set_display_name("serving_image_task")
+                _configure(img, "serving_image", kf)
 
         for s in run:
             if s.name not in guarded:

@@ -40,10 +40,14 @@ class Submission:
     data_hash: str
     git_rev: str
     pipeline_yaml: str = field(repr=False, default="")
+    enable_caching: bool | None = None  # compiled into every task; None: kubeflow.caching
+    image: str = ""
 
     def summary(self) -> dict[str, Any]:
         """JSON-able view without the pipeline spec."""
         return {
+            "image": self.image,
+            "enable_caching": self.enable_caching,
             "host": self.host,
             "namespace": self.namespace,
             "experiment": self.experiment,
@@ -110,8 +114,14 @@ def prepare_submission(
     root: str | Path = ROOT,
     data_rev: str | None = None,
     run_name: str | None = None,
+    image: str | None = None,
+    enable_caching: bool | None = None,
 ) -> Submission:
-    """Compile the pipeline and resolve everything a run needs, without sending it."""
+    """Compile the pipeline and resolve everything a run needs, without sending it.
+
+    `image` overrides `kubeflow.image` (either must be pinned); `enable_caching` is KFP's
+    run-wide switch (None keeps each task's compiled `kubeflow.caching`).
+    """
     from kfp import compiler
 
     from pipeline import datahash
@@ -122,10 +132,19 @@ def prepare_submission(
     root = Path(root).resolve()
     base = load_params(root / "params.yaml")
     params = apply_overrides(base, dict(params_overrides or {}), root)
+    if enable_caching is not None:
+        # compiled into every task, those inside the gate's condition too: kfp 2.17's
+        # Client(enable_caching=...) only rewrites the root DAG's tasks
+        params["kubeflow"]["caching"] = bool(enable_caching)
     kf = kubeflow_params(params)
     graph = build_graph(root, params)
     rev = datahash.resolve(root, params, data_source=kf.data_source, rev=data_rev, graph=graph)
-    pipe = build_pipeline(root=root, params=params, data_hash=rev.data_hash, git_rev=rev.git_rev)
+    from pipeline.pipeline import ClusterConfigError
+
+    try:
+        pipe = build_pipeline(root=root, params=params, data_hash=rev.data_hash, git_rev=rev.git_rev, image=image)
+    except ClusterConfigError as err:  # one error type for callers (the calibration watcher)
+        raise SubmitError(str(err)) from None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(pipe, str(path))
@@ -141,7 +160,18 @@ def prepare_submission(
             if key != "kubeflow" and not key.startswith("kubeflow."):
                 raise SubmitError(f"override {key}: no stage of the pipeline reads it")
     name = run_name or f"{kf.pipeline_name} {rev.git_rev[:12]} data {rev.data_hash[:12]}"
-    return Submission(host, namespace, experiment or kf.pipeline_name, name, args, rev.data_hash, rev.git_rev, text)
+    return Submission(
+        host,
+        namespace,
+        experiment or kf.pipeline_name,
+        name,
+        args,
+        rev.data_hash,
+        rev.git_rev,
+        text,
+        enable_caching=enable_caching,
+        image=image or kf.image,
+    )
 
 
 def _server_message(err: Exception) -> str:
@@ -166,6 +196,8 @@ def submit_run(
     root: str | Path = ROOT,
     data_rev: str | None = None,
     run_name: str | None = None,
+    image: str | None = None,
+    enable_caching: bool | None = None,
 ) -> tuple[str | None, str | None]:
     """Create a run of the thermops pipeline on the KFP server at `host`.
 
@@ -179,6 +211,8 @@ def submit_run(
         root: repository holding dvc.yaml and params.yaml.
         data_rev: git revision of the data (dvc data source); resolved to a commit.
         run_name: display name (default: pipeline, commit and data hash).
+        image: overrides kubeflow.image (must be pinned).
+        enable_caching: the run-wide caching switch (None: each task's compiled setting).
 
     Returns:
         (run id, run URL); (None, None) for a dry run.
@@ -186,7 +220,9 @@ def submit_run(
     Raises:
         SubmitError: a bad override, an unreachable server or an error answer, in one line.
     """
-    sub = prepare_submission(host, params_overrides, namespace, experiment, root, data_rev, run_name)
+    sub = prepare_submission(
+        host, params_overrides, namespace, experiment, root, data_rev, run_name, image, enable_caching
+    )
     if dry_run:
         return None, None
     return send(sub, token)
@@ -232,3 +268,43 @@ def send(sub: Submission, token: str | None = None) -> tuple[str, str]:
             raise SubmitError(f"KFP at {sub.host} unreachable: {_server_message(err)}") from None
     run_id = result.run_id
     return run_id, f"{sub.host.rstrip('/')}/#/runs/details/{run_id}"
+
+
+# What `submit --wait` exits with, by the run's final state (v2beta1 RuntimeState).
+WAIT_EXIT = {"SUCCEEDED": 0, "FAILED": 3, "CANCELED": 4, "SKIPPED": 4}
+
+
+def wait_for_run(
+    sub: Submission, run_id: str, token: str | None = None, timeout: float = 86400.0, poll: float = 15.0
+) -> str:
+    """Follow a run to its end: print each state change; return the final state, or TIMEOUT.
+
+    Polls `kfp.Client.get_run` (transient connection errors are retried until `timeout`).
+    """
+    import time
+
+    import kfp
+    import kfp_server_api
+    import urllib3
+
+    client = kfp.Client(host=sub.host, namespace=sub.namespace or "kubeflow", existing_token=token)
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            run = client.get_run(run_id)
+            state = str(run.state or "PENDING")
+        except kfp_server_api.ApiException as err:
+            raise SubmitError(f"KFP at {sub.host}: {_server_message(err)}") from None
+        except (urllib3.exceptions.HTTPError, OSError, TimeoutError):
+            state = last or "UNKNOWN"  # the server blinked: keep following
+        if state != last:
+            print(f"run {run_id}: {state}", flush=True)
+            last = state
+        if state in WAIT_EXIT:
+            if state != "SUCCEEDED" and getattr(run, "error", None):
+                print(f"run {run_id}: {getattr(run.error, 'message', run.error)}", flush=True)
+            return state
+        if time.monotonic() >= deadline:
+            return "TIMEOUT"
+        time.sleep(max(0.0, min(poll, deadline - time.monotonic())))

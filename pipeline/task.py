@@ -28,6 +28,15 @@ from pipeline.codegen import decode_param
 from pipeline.graph import nest
 
 
+def decode_file(value: str) -> bytes:
+    """Inverse of `pipeline.pipeline.encode_file` (`base64:<...>`)."""
+    import base64
+
+    if not value.startswith("base64:"):
+        raise ValueError("a file argument must be 'base64:<data>' (pipeline.pipeline.encode_file)")
+    return base64.b64decode(value[len("base64:") :], validate=True)
+
+
 def _hash_value(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -106,25 +115,70 @@ def read_confusion(path: Path, classes: list[str] | None = None) -> tuple[list[s
     return labels, [[int(float(r[c])) for c in labels] for r in rows]
 
 
-def _report_html(src: Path) -> str:
+def _inline_images(page: str, folder: Path) -> str:
+    """Inline the images a page references by relative path (a KFP HTML artifact is shown alone)."""
+    import base64
+    import mimetypes
+    import re
+
+    def repl(m: re.Match) -> str:
+        quote, ref = m.group(2), m.group(3)
+        target = (folder / ref).resolve()
+        if ref.startswith(("data:", "http:", "https:", "//", "#")) or not target.is_file():
+            return m.group(0)
+        mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        data = base64.b64encode(target.read_bytes()).decode("ascii")
+        return f"{m.group(1)}{quote}data:{mime};base64,{data}{quote}"
+
+    return re.sub(r"(<img\b[^>]*?\bsrc=)(['\"])([^'\"]+)\2", repl, page)
+
+
+def _confusion_table(labels: list[str], matrix: list[list[int]]) -> str:
+    import html
+
+    head = "".join(f"<th>{html.escape(x)}</th>" for x in labels)
+    rows = "".join(
+        f"<tr><th>{html.escape(lab)}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+        for lab, row in zip(labels, matrix)
+    )
+    return f"<table><tr><th>actual \\ predicted</th>{head}</tr>{rows}</table>"
+
+
+def _report_html(src: Path, extra: str = "") -> str:
+    """The self-contained HTML view of a report out.
+
+    A report folder's own `index.html` is the view (images inlined if it references any by
+    path); otherwise a page is made: every PNG/SVG inlined with its name, text files shown,
+    and `extra` (e.g. the stage's confusion matrix) appended.
+    """
     import html
 
     if src.is_dir():
-        pages = sorted(src.rglob("*.html"))
-        if pages:
-            return pages[0].read_text()
+        index = src / "index.html"
+        if index.is_file():
+            return _inline_images(index.read_text(), src)
         files = sorted(p for p in src.rglob("*") if p.is_file())
     else:
         if src.suffix == ".html":
-            return src.read_text()
+            return _inline_images(src.read_text(), src.parent)
         files = [src]
-    parts = [f"<html><body><h1>{html.escape(src.name)}</h1>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif;margin:1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}</style>"
+        f"</head><body><h1>{html.escape(src.name)}</h1>"
+    ]
     for f in files:
-        if f.suffix in (".json", ".md", ".txt", ".csv", ".yaml"):
-            parts.append(f"<h2>{html.escape(f.name)}</h2><pre>{html.escape(f.read_text()[:100_000])}</pre>")
+        rel = html.escape(f.relative_to(src).as_posix() if src.is_dir() else f.name)
+        if f.suffix.lower() in (".png", ".svg", ".jpg", ".jpeg", ".gif"):
+            parts.append(f"<h2>{rel}</h2><img src='{rel}' alt='{rel}' style='max-width:100%'>")
+        elif f.suffix in (".json", ".md", ".txt", ".csv", ".yaml"):
+            parts.append(f"<h2>{rel}</h2><pre>{html.escape(f.read_text()[:100_000])}</pre>")
         else:
-            parts.append(f"<p>{html.escape(f.name)} ({f.stat().st_size} bytes)</p>")
-    return "\n".join(parts + ["</body></html>"])
+            parts.append(f"<p>{rel} ({f.stat().st_size} bytes)</p>")
+    if extra:
+        parts.append(extra)
+    page = "\n".join(parts + ["</body></html>"])
+    return _inline_images(page, src if src.is_dir() else src.parent)
 
 
 def _report_markdown(src: Path) -> str:
@@ -197,14 +251,18 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
     spec = json.loads(spec_json)
     root = Path(spec["project_root"])
     work = Path(tempfile.mkdtemp(prefix=f"thermops-{spec['stage'].replace('@', '-')}-"))
+    files = spec.get("files") or {}
     try:
         for dep in spec["static_deps"]:
-            if _is_code(root, dep):
+            if _is_code(root, dep) or dep in files:
                 continue
             src = root / dep
             if not src.exists():
                 raise FileNotFoundError(f"stage {spec['stage']}: dep {dep} not found under {root}")
             _link(src, work / dep)
+        for path, name in files.items():  # small deps that travel as arguments (the production registry)
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).write_bytes(decode_file(args[name]))
         for i in spec["inputs"]:
             _link(Path(args[i["name"]].path), work / i["path"])
         enc = set(spec.get("encoded", []))
@@ -213,6 +271,10 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
         prov = _provenance(args, spec, [args[i["name"]] for i in spec["inputs"]])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        # the pod's BentoML store and the step timings live in the scratch tree: nothing of
+        # either leaves the pod unless exported below
+        env["BENTOML_HOME"] = str(work / ".bentoml")
+        env["THERMOPS_TIMINGS_DIR"] = str(work / ".thermops" / "timings")
         cmd = _command(spec["cmd"], int(spec.get("nproc_per_node", 1)))
         print(f"[thermops] stage {spec['stage']}: {cmd}", flush=True)
         proc = subprocess.run(cmd, shell=True, cwd=work / spec["wdir"], env=env)
@@ -222,13 +284,19 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
             raise RuntimeError(f"stage {spec['stage']}: `{spec['cmd']}` exited {proc.returncode}")
         # a gate that exits 3 on a failed verdict (gate.enforce) stops `dvc repro` before
         # packaging; here it is a plain False output, and dsl.If skips the packaging
+        timings = _timings(work)
+        extra = _confusion_view(work, spec, params)
         for o in spec["outputs"]:
             src = work / o["path"]
             if not src.exists():
                 raise FileNotFoundError(f"stage {spec['stage']}: declared out {o['path']} was not written")
             art = args[o["name"]]
-            _export(art, o, src, params)
+            _export(art, o, src, params, extra)
             art.metadata.update({"stage": spec["stage"], "path": o["path"], **prov})
+            if timings:
+                art.metadata["timings_s"] = timings  # metadata, not metrics: KFP's metrics are decision figures
+        if spec.get("export"):
+            _export_candidate(work, spec, args, env, prov)
         if spec.get("gate"):
             if verdict is None:
                 raise FileNotFoundError(
@@ -240,11 +308,44 @@ def run_stage_task(spec_json: str, args: dict[str, Any]) -> bool | None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _export(art: Any, o: dict[str, Any], src: Path, params: dict[str, Any] | None = None) -> None:
+def _timings(work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in sorted((work / ".thermops" / "timings").glob("*.json")):
+        out[f.stem] = json.loads(f.read_text())
+    return out
+
+
+def _confusion_view(work: Path, spec: dict[str, Any], params: dict[str, Any]) -> str:
+    """The stage's confusion matrix as an HTML table, for its report view (empty when it has none)."""
+    for o in spec["outputs"]:
+        if o["type"] == "ClassificationMetrics" and (work / o["path"]).exists():
+            classes = params.get("classes")
+            labels, matrix = read_confusion(work / o["path"], classes if isinstance(classes, list) else None)
+            return f"<h2>Confusion matrix ({o['path']})</h2>" + _confusion_table(labels, matrix)
+    return ""
+
+
+def _export_candidate(work: Path, spec: dict[str, Any], args: dict[str, Any], env: dict[str, str], prov: dict) -> None:
+    """The gated model and its bento leave the pod: into the store (S3 API), and as the bento_archive artifact."""
+    exp = spec["export"]
+    store = args[exp["store_param"]]
+    archive = Path(args["bento_archive"].path)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pipeline.production", "--root", str(work), "--store", store, "export"]
+    cmd += ["--bento-json", str(work / exp["bento_json"]), "--archive-out", str(archive)]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {spec['stage']}: export to {store} failed: {proc.stderr.strip()[-2000:]}")
+    result = json.loads(proc.stdout)
+    print(f"[thermops] candidate {result['model_tag']} exported to {store} as {result['digest']}", flush=True)
+    args["bento_archive"].metadata.update({**result, "stage": spec["stage"], **prov})
+
+
+def _export(art: Any, o: dict[str, Any], src: Path, params: dict[str, Any] | None = None, extra: str = "") -> None:
     """Copy an out into its artifact and fill the typed parts (metrics, matrix, views)."""
     if o["role"] == "html":
         Path(art.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(art.path).write_text(_report_html(src))
+        Path(art.path).write_text(_report_html(src, extra))
         return
     if o["role"] == "markdown":
         Path(art.path).parent.mkdir(parents=True, exist_ok=True)
@@ -262,26 +363,66 @@ def _export(art: Any, o: dict[str, Any], src: Path, params: dict[str, Any] | Non
         art.log_confusion_matrix(labels, matrix)
 
 
+ASKPASS = """#!/bin/sh
+# git asks for a username, then a password: answer from the environment, never from a URL
+case "$1" in
+    Username*) printf '%s' "${THERMOPS_GIT_USER:-x-access-token}" ;;
+    *) printf '%s' "$THERMOPS_GIT_TOKEN" ;;
+esac
+"""
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """`text` with every secret value replaced by `***` (for anything a failed command prints)."""
+    for value in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+def _secret_values(env: dict[str, str]) -> list[str]:
+    keys = ("TOKEN", "PASSWORD", "SECRET", "ACCESS_KEY")
+    return [v for k, v in env.items() if any(s in k for s in keys)]
+
+
+def _run_redacted(cmd: list[str], env: dict[str, str], cwd: Path | None = None, what: str = "") -> None:
+    """Run `cmd`; print its output and raise on failure, with every secret of `env` redacted."""
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    secrets = _secret_values(env)
+    out = redact((proc.stdout or "") + (proc.stderr or ""), secrets)
+    if out.strip():
+        print(out.rstrip(), flush=True)
+    if proc.returncode != 0:
+        tail = "\n".join(out.strip().splitlines()[-5:])
+        raise RuntimeError(f"{what or cmd[0]} failed (exit {proc.returncode}): {tail}")
+
+
 def run_fetch_task(spec_json: str, args: dict[str, Any]) -> None:
     """Inside a KFP task: clone the data repo at a pinned commit and `dvc pull` the source stages' outs.
 
-    Credentials for git and the DVC remote come from the environment, which the
-    pipeline fills from Kubernetes secrets.
+    Credentials for git and the DVC remote come from the environment, which the pipeline
+    fills from Kubernetes secrets. The git token reaches git through GIT_ASKPASS, never the
+    clone URL, and every secret value is redacted from what a failed command prints.
     """
     spec = json.loads(spec_json)
     work = Path(tempfile.mkdtemp(prefix="thermops-fetch-"))
+    helper = Path(tempfile.mkdtemp(prefix="thermops-askpass-"))
     try:
         commit = args["git_rev"]
         url = args["data_repo"]
-        token = os.environ.get("GIT_TOKEN")  # from the dvc_remote secret, for a private repo
-        if token and url.startswith("https://"):
-            url = "https://x-access-token:" + token + "@" + url[len("https://") :]
-        subprocess.run(["git", "clone", "--quiet", url, str(work)], check=True)
-        subprocess.run(["git", "-C", str(work), "checkout", "--quiet", commit], check=True)
+        env = dict(os.environ)
+        token = env.pop("GIT_TOKEN", None)  # from the dvc_remote secret, for a private repo
+        env["GIT_TERMINAL_PROMPT"] = "0"
+        if token:
+            askpass = helper / "askpass.sh"
+            askpass.write_text(ASKPASS)
+            askpass.chmod(0o700)
+            env.update(GIT_ASKPASS=str(askpass), THERMOPS_GIT_TOKEN=token)
+        _run_redacted(["git", "clone", "--quiet", url, str(work)], env, what=f"git clone {url}")
+        _run_redacted(["git", "-C", str(work), "checkout", "--quiet", commit], env, what=f"git checkout {commit}")
         pull = [sys.executable, "-m", "dvc", "pull", *spec["stages"]]
         if args.get("dvc_remote"):
             pull += ["--remote", args["dvc_remote"]]
-        subprocess.run(pull, check=True, cwd=work)
+        _run_redacted(pull, env, cwd=work, what="dvc pull")
         for o in spec["outputs"]:
             art = args[o["name"]]
             _copy_out(work / o["path"], Path(art.path))
@@ -290,3 +431,4 @@ def run_fetch_task(spec_json: str, args: dict[str, Any]) -> None:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(helper, ignore_errors=True)

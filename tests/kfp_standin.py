@@ -41,6 +41,8 @@ class KfpStandIn:
     run_delay_s: float = 0.0
     create_after_delay: bool = False
     healthz_delay_s: float = 0.0
+    # states a run goes through, one per GET of the run (the last one stays): follows `--wait`
+    run_states: list[str] = field(default_factory=lambda: ["PENDING"])
     requests: list[Recorded] = field(default_factory=list)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -84,7 +86,11 @@ class KfpStandIn:
                         for p in flt.get("predicates", [])
                         if p.get("key") == "display_name" and p.get("operation") == "EQUALS"
                     ]
-                    found = [r for r in standin.runs.values() if not names or r.get("display_name") in names]
+                    found = [
+                        {k: v for k, v in r.items() if not k.startswith("_")}
+                        for r in standin.runs.values()
+                        if not names or r.get("display_name") in names
+                    ]
                     return self._reply(200, {"runs": found, "total_size": len(found)} if found else {})
                 if rec.path == "/apis/v2beta1/experiments":
                     flt = json.loads(rec.query.get("filter", ["{}"])[0] or "{}")
@@ -93,7 +99,14 @@ class KfpStandIn:
                     return self._reply(200, {"experiments": found, "total_size": len(found)} if found else {})
                 if rec.path.startswith("/apis/v2beta1/runs/"):
                     run = standin.runs.get(rec.path.rsplit("/", 1)[-1])
-                    return self._reply(200 if run else 404, run or {"message": "run not found"})
+                    if run:
+                        seen = run.setdefault("_gets", 0)
+                        run["state"] = standin.run_states[min(seen, len(standin.run_states) - 1)]
+                        run["_gets"] = seen + 1
+                        if run["state"] == "FAILED":
+                            run["error"] = {"code": 2, "message": "stand-in: task gate_task failed"}
+                    shown = {k: v for k, v in (run or {}).items() if not k.startswith("_")}
+                    return self._reply(200 if run else 404, shown or {"message": "run not found"})
                 return self._reply(404, {"message": f"stand-in: no route {rec.path}"})
 
             def do_POST(self) -> None:

@@ -100,7 +100,7 @@ TOY_DVC = {
 def kubeflow_section() -> dict:
     """A `kubeflow` params section like the project's, for the toy stages."""
     return {
-        "image": "ghcr.io/thermops/thermops:test",
+        "image": "ghcr.io/thermops/thermops@sha256:" + "0123456789abcdef" * 4,
         "project_root": "/app",
         "pipeline_name": "toy",
         "data_source": "embedded",
@@ -118,6 +118,9 @@ def kubeflow_section() -> dict:
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         },
         "gate": {"stage": "gate", "metrics": "metrics/gate.json", "key": "passed"},
+        "file_params": [],
+        "export": {"stage": "", "bento_json": "models/bento.json"},
+        "serving_image": {"registry": "", "builder": ""},
         "secrets": {
             "dvc_remote": {
                 "secret": "toy-dvc-remote",

@@ -1,15 +1,17 @@
-"""The gate step end to end on tiny real models: outputs, blessing, enforcement, regression, errors.
+"""The gate step end to end on tiny real models: outputs, baseline, enforcement, regression, errors.
 
-An adversarially trained tiny model passes the test thresholds and is blessed; a
-deliberately fragile one (plain training, judged against a robust-accuracy bar it
-cannot meet) fails, exits 1 under `gate.enforce` and leaves the blessed model alone;
-a model worse than the blessed one fails on regression even with loose absolute
-thresholds.
+An adversarially trained tiny model passes the test thresholds with no production model
+to compare with (and says so); promoted (its gated dir as the baseline stage would write
+it), it is the baseline of the next runs: a deliberately fragile model (plain training,
+judged against a robust-accuracy bar it cannot meet) fails and exits 3 under
+`gate.enforce`; a model worse than production fails on regression even with loose
+absolute thresholds. The gate never writes its baseline.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser_helpers import inspect_page, needs_chromium
 from robustness_helpers import gate_params, one_thread, save_tiny, train_tiny  # noqa: F401 (autouse fixture)
 from training_helpers import make_prepared
 
@@ -37,26 +40,46 @@ def world(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "prepared": prepared, "robust": robust, "plain": plain}
 
 
-def _run(world, model: Path, tag: str, blessed: Path, **over):
+@pytest.fixture(autouse=True)
+def _timings_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("THERMOPS_TIMINGS_DIR", str(tmp_path / "timings"))
+
+
+def no_baseline(folder: Path) -> Path:
+    """What the baseline stage writes when nothing has been promoted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "production.json").write_text(json.dumps({"version": None, "note": "no production model: test"}))
+    return folder
+
+
+def as_baseline(gated: Path, folder: Path, version: int = 1) -> Path:
+    """A gated model dir as the baseline stage writes a promoted one (model, card, production.json)."""
+    shutil.copytree(gated, folder)
+    rec = {"version": version, "tag": f"thermops-test:{version:016d}", "digest": "sha256:" + "a" * 64}
+    (folder / "production.json").write_text(json.dumps(rec))
+    return folder
+
+
+def _run(world, model: Path, tag: str, baseline: Path, **over):
     from components import gate
 
     p = section({"gate": gate_params(**over)}, "gate", GateParams)
     out = world["root"] / tag
-    res = gate.run(p, 7, model, world["prepared"], blessed, out / "gated", out / "report", out / "gate.json")
+    res = gate.run(p, 7, model, world["prepared"], baseline, out / "gated", out / "report", out / "gate.json")
     return res, out
 
 
 @pytest.fixture(scope="module")
 def passed(world):
-    blessed = world["root"] / "blessed"
-    res, out = _run(world, world["robust"], "pass", blessed)
-    return res, out, blessed
+    res, out = _run(world, world["robust"], "pass", no_baseline(world["root"] / "none"))
+    return res, out, as_baseline(out / "gated", world["root"] / "production-v1")
 
 
-def test_a_passing_model_is_gated_blessed_and_reported(passed):
-    res, out, blessed = passed
+def test_a_passing_model_is_gated_and_reported_without_a_baseline(passed, world):
+    res, out, _ = passed
     assert res["passed"], res["reasons"]
-    gate = json.loads((out / "gate.json").read_text())
+    assert res["baseline"]["version"] is None and "no production model" in res["baseline"]["note"]
+    gate = json.loads((out / "report" / "gate.json").read_text())
     for key in (
         "passed",
         "reasons",
@@ -73,8 +96,29 @@ def test_a_passing_model_is_gated_blessed_and_reported(passed):
         assert key in gate, key
     assert set(gate["robust_accuracy"]) == {"linf", "l2"}
     assert set(gate["robust_accuracy"]["linf"]) >= {"fgsm", "pgd", "apgd_ce", "apgd_dlr", "worst", "random_noise"}
-    assert len(gate["corruption_ce"]) == 9 and gate["mean_ce"] == pytest.approx(1.0)  # first model: its own normalizer
-    assert "normalizer is the model itself" in gate["mean_ce_note"]
+    assert len(gate["corruption_ce"]) == 9 and gate["mean_ce"] == pytest.approx(1.0)  # no baseline: its own normalizer
+    assert "normalizer is the model itself" in gate["mean_ce_note"] and "no regression check" in gate["mean_ce_note"]
+    assert "timing_s" not in gate and "timing" not in (out / "report" / "index.html").read_text().lower()
+    # metrics/gate.json: the decision figures only, flat enough for `dvc metrics show`
+    figures = json.loads((out / "gate.json").read_text())
+    assert set(figures) == {
+        "passed",
+        "failed_checks",
+        "clean_accuracy",
+        "robust",
+        "mean_ce",
+        "flip_rate",
+        "slope",
+        "baseline",
+    }
+    assert figures["passed"] is True and figures["failed_checks"] == 0 and figures["baseline"] == 0
+    assert figures["clean_accuracy"] == round(gate["clean_accuracy"], 4)
+    worst = gate["robust_accuracy"]
+    assert figures["robust"] == {
+        "linf@0.05": round(worst["linf"]["worst"]["0.05"], 4),
+        "l2@0.5": round(worst["l2"]["worst"]["0.5"], 4),
+    }
+    assert len((out / "gate.json").read_text()) < 400
     card = load_card(out / "gated")
     env = card["envelope"]
     for part, key in (
@@ -86,12 +130,23 @@ def test_a_passing_model_is_gated_blessed_and_reported(passed):
         assert isinstance(env[part][key], float) and env[part][key] >= 0.0
     assert env["geometric"]["input_size_px"] == 16 and env["geometric"]["window_px_median"] == 32.0
     assert card["gate"]["passed"] is True and card["gate"]["decision"] == "pass"
-    assert (out / "gated" / "model.pt").read_bytes() == (blessed / "model.pt").read_bytes()
-    assert load_card(blessed)["gate"]["passed"] is True
+    assert (out / "gated" / "model.pt").read_bytes() == (world["robust"] / "model.pt").read_bytes()
+    lin = card["gate"]["lineage"]
+    assert set(lin["inputs"]) == {"data/prepared", "models/finetuned", "models/baseline"}
+    assert all(v.endswith(".dir") for v in lin["inputs"].values())
     html = (out / "report" / "index.html").read_text()
     for png in ("accuracy_vs_eps.png", "corruptions.png", "stability.png", "adversarial_linf.png", "attributions.png"):
         assert (out / "report" / png).stat().st_size > 5000, png
-        assert png in html
+        assert f"alt='{png}'" in html
+    # self-contained: every image inlined, byte for byte, nothing loaded by path or URL
+    import base64
+    import re
+
+    srcs = re.findall(r"src='([^']*)'", html)
+    assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    inlined = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    assert (out / "report" / "attributions.png").read_bytes() in inlined
+    assert not re.search(r"(href|src)=['\"](?!data:|#)", html)
 
 
 def test_the_envelope_is_readable_by_the_calibration_watcher(passed):
@@ -102,25 +157,26 @@ def test_the_envelope_is_readable_by_the_calibration_watcher(passed):
     assert env.max_corner_px is not None and env.max_gain_change is not None and env.input_size == 16
 
 
-def test_a_fragile_model_fails_and_keeps_the_blessed_model(world, passed):
-    _, _, blessed = passed
-    before = (blessed / "model.pt").read_bytes()
+def test_a_fragile_model_fails_and_leaves_the_baseline_alone(world, passed):
+    _, _, baseline = passed
+    before = {p.name: p.read_bytes() for p in baseline.iterdir() if p.is_file()}
     res, out = _run(
         world,
         world["plain"],
         "fragile",
-        blessed,
+        baseline,
         thresholds={"robust_accuracy": {"linf": {0.1: 0.25}}},
         regression={"accuracy_tol": 1.0, "relative_tol": 10.0},
     )
     assert not res["passed"]
     assert any(r.startswith("robust_accuracy[linf][0.1]") for r in res["reasons"]), res["reasons"]
-    assert (blessed / "model.pt").read_bytes() == before
-    assert load_card(out / "gated")["gate"]["decision"] == "fail"
+    assert {p.name: p.read_bytes() for p in baseline.iterdir() if p.is_file()} == before
+    card = load_card(out / "gated")
+    assert card["gate"]["decision"] == "fail" and card["gate"]["baseline"]["version"] == 1
 
 
-def test_a_regression_against_the_blessed_model_is_caught(world, passed):
-    _, _, blessed = passed
+def test_a_regression_against_production_is_caught(world, passed):
+    _, _, baseline = passed
     loose = {
         "clean_accuracy": 0.0,
         "robust_accuracy": {"linf": {0.05: 0.0}},
@@ -128,15 +184,19 @@ def test_a_regression_against_the_blessed_model_is_caught(world, passed):
         "max_flip_rate": 1.0,
         "max_stability_slope": 100.0,
     }
-    res, _ = _run(world, world["plain"], "regress", blessed, thresholds=loose)
+    res, out = _run(world, world["plain"], "regress", baseline, thresholds=loose)
     assert not res["passed"]
-    assert res["blessed"]["metrics_source"].startswith("stored")
+    assert res["baseline"]["metrics_source"].startswith("stored") and res["baseline"]["version"] == 1
+    assert "production version 1 (thermops-test:0000000000000001)" in (out / "report" / "index.html").read_text()
+    assert json.loads((out / "gate.json").read_text())["baseline"] == 1
     regress = [r for r in res["reasons"] if r.startswith("regression:")]
     assert regress, res["reasons"]
     assert all(c["passed"] for c in res["checks"] if c["kind"] == "absolute")
 
 
-def _cli(world, tmp_path, model: Path, params_file: Path | None = None, **over) -> subprocess.CompletedProcess:
+def _cli(
+    world, tmp_path, model: Path, params_file: Path | None = None, baseline: Path | None = None, **over
+) -> subprocess.CompletedProcess:
     if params_file is None:
         params = {"seed": 7, "gate": gate_params(**over)}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -147,8 +207,8 @@ def _cli(world, tmp_path, model: Path, params_file: Path | None = None, **over) 
         str(model),
         "--data",
         str(world["prepared"]),
-        "--blessed",
-        str(tmp_path / "blessed"),
+        "--baseline",
+        str(baseline or no_baseline(tmp_path / "baseline")),
         "--out",
         str(tmp_path / "gated"),
         "--report",
@@ -156,7 +216,10 @@ def _cli(world, tmp_path, model: Path, params_file: Path | None = None, **over) 
         "--metrics",
         str(tmp_path / "gate.json"),
     ]
-    return subprocess.run([sys.executable, "-m", "components.gate", *args], cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "THERMOPS_TIMINGS_DIR": str(tmp_path / "timings")}
+    return subprocess.run(
+        [sys.executable, "-m", "components.gate", *args], cwd=ROOT, capture_output=True, text=True, env=env
+    )
 
 
 def test_enforce_makes_a_failing_gate_exit_nonzero(world, tmp_path):
@@ -173,14 +236,17 @@ def test_enforce_makes_a_failing_gate_exit_nonzero(world, tmp_path):
     assert proc.returncode == EXIT_GATE_FAILED == 3, proc.stderr
     assert "error: gate failed" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False
-    # DVC declares models/blessed as an output: it exists (empty) even before any model passed.
-    assert (tmp_path / "blessed" / "README.txt").is_file() and not (tmp_path / "blessed" / "card.json").exists()
+    assert "against no production model" in proc.stdout
+    # timings went to the untracked timings folder, nowhere else
+    assert json.loads((tmp_path / "timings" / "gate.json").read_text())["total"] > 0
 
 
 def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
     proc = _cli(world, tmp_path, tmp_path / "no-model")
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "card.json" in proc.stderr
+    proc = _cli(world, tmp_path, world["robust"], baseline=tmp_path)  # a folder that is no baseline stage output
+    assert proc.returncode == 1 and "no production.json" in proc.stderr and "Traceback" not in proc.stderr
     bad = gate_params()
     bad["threat_models"]["linf"]["eps"] = "big"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "gate": bad}))
@@ -189,12 +255,12 @@ def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_the_blessed_model_is_re_measured_when_the_data_changed(world, passed):
+def test_the_production_model_is_re_measured_when_the_data_changed(world, passed):
     from thermops.io import read_json, write_json
 
-    _, _, blessed = passed
-    copy = world["root"] / "blessed-other-data"
-    shutil.copytree(blessed, copy)
+    _, _, baseline = passed
+    copy = world["root"] / "baseline-other-data"
+    shutil.copytree(baseline, copy)
     card = read_json(copy / "card.json")
     card["gate"]["metrics"]["data_hash"] = "another-dataset"
     write_json(copy / "card.json", card)
@@ -206,6 +272,17 @@ def test_the_blessed_model_is_re_measured_when_the_data_changed(world, passed):
         "max_stability_slope": 100.0,
     }
     res, _ = _run(world, world["plain"], "remeasure", copy, thresholds=loose)
-    assert res["blessed"]["metrics_source"].startswith("re-measured")
+    assert res["baseline"]["metrics_source"].startswith("re-measured")
     assert any(r.startswith("regression:robust_accuracy[linf][0.05]") for r in res["reasons"]), res["reasons"]
-    assert "the blessed model's" in res["mean_ce_note"] and res["mean_ce"] != 1.0
+    assert "the production model's" in res["mean_ce_note"] and res["mean_ce"] != 1.0
+
+
+@needs_chromium
+def test_the_gate_report_opened_alone_shows_its_images(passed, tmp_path):
+    """The KFP HTML artifact is the page alone: copied into an empty folder, every image still decodes."""
+    _, out, _ = passed
+    alone = tmp_path / "artifact.html"
+    shutil.copyfile(out / "report" / "index.html", alone)
+    seen = inspect_page(alone)
+    assert len(seen["images"]) == 6 and all(i["ok"] for i in seen["images"]), seen["images"]
+    assert seen["text_chars"] > 500

@@ -4,7 +4,7 @@ Needs the image: `make image-test` builds it and runs this module with
 THERMOPS_IMAGE set (e.g. localhost/thermops:latest); in the normal suite, where
 no image is built, the module is skipped as a whole (building the image takes
 minutes and 6+ GB of disk). Everything runs for real: the pipeline is compiled
-with `python -m pipeline compile --image $THERMOPS_IMAGE`, and each step's
+with `python -m pipeline compile --local --image $THERMOPS_IMAGE`, and each step's
 container command from the compiled YAML runs with `buildah run` in the image,
 artifacts under a host folder mapped to /gcs as the KFP launcher maps a bucket.
 """
@@ -54,7 +54,8 @@ def in_image(container: str, *cmd: str) -> subprocess.CompletedProcess:
 def compiled(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
     subprocess.run(
-        [sys.executable, "-m", "pipeline", "compile", "--out", str(out), "--image", IMAGE],
+        # --local: an in-image test run (the image is a local build, not pushed and pinned)
+        [sys.executable, "-m", "pipeline", "compile", "--local", "--out", str(out), "--image", IMAGE],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -70,7 +70,7 @@ def test_bento_json_names_the_bento_and_model(packaged):
     params = small_package_params()
     assert re.fullmatch(rf"{params.bento_name}:[0-9a-f]{{16}}", result["bento_tag"])
     assert re.fullmatch(rf"{params.model_name}:[0-9a-f]{{16}}", result["model_tag"])
-    assert Path(result["bentoml_home"]) == home
+    assert set(result) == {"bento_tag", "model_tag"}  # nothing of this machine: dvc.lock hashes the file
     name, version = result["bento_tag"].split(":")
     assert (home / "bentos" / name / version / "bento.yaml").is_file()
 

@@ -24,6 +24,7 @@ from thermops.data.importers import IngestParams
 from thermops.data.validation import ValidateParams
 from thermops.model.network import ModelConfig
 from thermops.model.preprocess import InputSpec
+from thermops.model.releases import ProductionParams
 from thermops.robustness.params import GateParams
 from thermops.serve.requests import PackageParams
 from thermops.world.synth import SynthParams
@@ -43,6 +44,7 @@ SECTIONS = {
     "package": PackageParams,
     "trigger": TriggerParams,
     "kubeflow": KubeflowParams,
+    "production": ProductionParams,
 }
 
 

@@ -19,7 +19,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kfp_standin import KfpStandIn  # noqa: E402
-from pipeline_helpers import directly_changed, git, load_spec, make_toy_repo, resolved_inputs, task_inputs, toy_params  # noqa: E402
+from pipeline_helpers import (  # noqa: E402
+    directly_changed,
+    git,
+    kubeflow_section,
+    load_spec,
+    make_toy_repo,
+    resolved_inputs,
+    task_inputs,
+    toy_params,
+)
 
 from pipeline.codegen import encode_param  # noqa: E402
 from pipeline.graph import build_graph  # noqa: E402
@@ -116,7 +125,7 @@ def test_secrets_retries_caching_and_image(toy_spec):
     for key in task_inputs(spec):
         assert (
             spec["deploymentSpec"]["executors"][_executor(spec, key)]["container"]["image"]
-            == "ghcr.io/thermops/thermops:test"
+            == kubeflow_section()["image"]
         )
     tasks = dict(spec["root"]["dag"]["tasks"])
     for comp in spec["components"].values():

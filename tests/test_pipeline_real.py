@@ -66,14 +66,24 @@ def _task(name: str) -> str:
 # ------------------------------------------------------------ real graph, spec
 
 
+PINNED = "registry.example.org/thermops@sha256:" + "ab" * 32
+
+
+def cluster_params() -> dict:
+    """params.yaml as a cluster run needs it: an S3 store and a registry for the serving image."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["production"]["store"] = "s3://thermops-models/prod"
+    p["kubeflow"]["serving_image"] = {"registry": "registry.example.org/thermops", "builder": PINNED}
+    return p
+
+
 @pytest.fixture(scope="module")
 def real_spec(tmp_path_factory):
     """Compiled specs of the project's own dvc.yaml: embedded data, and DVC data (fetch task)."""
     out = tmp_path_factory.mktemp("real") / "pipeline.yaml"
-    emb, _ = load_spec(compile_pipeline(out.with_name("emb.yaml"), root=ROOT, data_hash="0" * 64, git_rev="1" * 40))
-    dvc = load_spec(
-        compile_pipeline(out.with_name("dvc.yaml"), root=ROOT, data_source="dvc", data_hash="0" * 64, git_rev="1" * 40)
-    )
+    kw = {"root": ROOT, "params": cluster_params(), "image": PINNED, "data_hash": "0" * 64, "git_rev": "1" * 40}
+    emb, _ = load_spec(compile_pipeline(out.with_name("emb.yaml"), **kw))
+    dvc = load_spec(compile_pipeline(out.with_name("dvc.yaml"), data_source="dvc", **kw))
     return emb, dvc
 
 
@@ -82,8 +92,8 @@ def test_real_graph_every_stage_is_a_task(real_spec):
     graph = build_graph(ROOT)
     assert {s.step for s in graph.stages} >= STEPS, "dvc.yaml lacks stages the pipeline needs"
     displays = {t["display"] for t in task_inputs(emb).values()}
-    assert displays == {s.task_name for s in graph.stages}
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert displays == {s.task_name for s in graph.stages} | {"serving_image_task"}
+    params = cluster_params()
     defs = emb["root"]["inputDefinitions"]["parameters"]
     for leaf in graph.leaves:  # defaults mirror params.yaml, exactly (types included)
         value = get_key(params, leaf)
@@ -115,10 +125,11 @@ def test_real_spec_gpu_secrets_condition_artifacts(real_spec):
         )
     ]
     assert secret_of("fetch") == [kf["secrets"]["dvc_remote"]["secret"]]
-    assert secret_of("package") == [kf["secrets"]["registry"]["secret"]]
+    assert secret_of("package") == [kf["secrets"]["store"]["secret"]]
+    assert secret_of("serving_image") == [kf["secrets"]["registry"]["secret"]]
     cond = [t for t in spec["root"]["dag"]["tasks"].values() if "triggerPolicy" in t]
     assert len(cond) == 1 and cond[0]["triggerPolicy"]["condition"].endswith("['pipelinechannel--gate-Output'] == true")
-    assert list(spec["components"][cond[0]["componentRef"]["name"]]["dag"]["tasks"]) == ["package"]
+    assert list(spec["components"][cond[0]["componentRef"]["name"]]["dag"]["tasks"]) == ["package", "serving-image"]
     out_types = lambda step: {  # noqa: E731
         n: a["artifactType"]["schemaTitle"]
         for n, a in spec["components"][tasks[by_display[f"{step}_task"]]["component"]]["outputDefinitions"][
@@ -150,6 +161,7 @@ def engines(tiny_params, tmp_path_factory):
     from kfp import local
 
     tmp = tmp_path_factory.mktemp("parity")
+    tiny_params = {**tiny_params, "production": {"store": str(tmp / "store")}}  # where the package task exports
     repo = copy_repo(ROOT, tmp / "repo", tiny_params)
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PATH")}
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -160,7 +172,7 @@ def engines(tiny_params, tmp_path_factory):
         assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         t1 = time.time()
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp / "kfp"), raise_on_error=True)
-        build_pipeline(root=repo, project_root=str(repo))()
+        build_pipeline(root=repo, project_root=str(repo), local=True)()
         t2 = time.time()
     finally:
         for k, v in saved.items():
@@ -236,6 +248,16 @@ def test_parity_dvc_repro_vs_kfp_local(engines):
     first = graph.source_stages()[0]
     h = meta(_task(first.name), first.outs[0].ident)["data_hash"]
     assert len(h) == 64 and meta("package", "models_bento_json")["data_hash"] == h
+    # the candidate left the task: in the store under the digest the bento_archive artifact names
+    from thermops.model.store import ModelStore
+
+    exported = meta("package", "bento_archive")
+    store = ModelStore(str(repo.parent / "store"))
+    assert store.digests() == [exported["digest"]] and (run / "package" / "bento_archive").stat().st_size > 10_000
+    # the candidate exported is the one this task packaged (tags are content hashes; the engines' cards
+    # differ where finetune records params it did not declare, so the tags differ between engines)
+    assert exported["model_tag"] == json.loads((run / "package" / "models_bento_json").read_text())["model_tag"]
+    assert "gate" in meta("gate", "metrics_gate_json")["timings_s"]  # timings: metadata, not metrics
     cm = meta("finetune", "metrics_confusion_csv")["confusionMatrix"]
     assert [a["displayName"] for a in cm["annotationSpecs"]] == list(
         yaml.safe_load((repo / "params.yaml").read_text())["classes"]
@@ -250,7 +272,7 @@ def test_param_change_reruns_same_stages_in_both_engines(engines, tmp_path):
         ).stdout
     )
     assert status() == {}, "dvc status is not clean after dvc repro"
-    spec, _ = load_spec(compile_pipeline(tmp_path / "p.yaml", root=repo))
+    spec, _ = load_spec(compile_pipeline(tmp_path / "p.yaml", root=repo, local=True))
     tasks = task_inputs(spec)
     graph = build_graph(repo)
     original = (repo / "params.yaml").read_text()
@@ -322,7 +344,9 @@ def test_real_gate_failing_skips_package(engines, tmp_path):
     out = json.loads((r / "gate" / "executor_output.json").read_text())
     assert out["parameterValues"]["Output"] is False
     verdict = json.loads((r / "gate" / "metrics_gate_json").read_text())
-    assert verdict["passed"] is False and any("clean_accuracy" in x for x in verdict["reasons"])
+    assert verdict["passed"] is False and verdict["failed_checks"] >= 1
+    record = json.loads((r / "gate" / "reports_gate" / "gate.json").read_text())
+    assert any("clean_accuracy" in x for x in record["reasons"])
     assert not (r / "package").exists()
 
 

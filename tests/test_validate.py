@@ -4,6 +4,7 @@ failed expectation, its column and example values for each bad case."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from browser_helpers import inspect_page, needs_chromium
 
 from components import validate
 from thermops.data.prepared import MANIFEST_COLUMNS
@@ -59,11 +61,15 @@ def test_good_prepared_data_passes_and_reports_render(prepared_dir, tmp_path):
     report = tmp_path / "report"
     assert json.loads((report / "summary.json").read_text()) == summary
     assert "**PASSED**" in (report / "summary.md").read_text()
+    # the run's results, every expectation, in one self-contained page (the Kubeflow view)
     index = (report / "index.html").read_text()
-    assert "validation result: prepared_tubelets</a> PASSED" in index
-    pages = sorted(p.relative_to(report).as_posix() for p in report.rglob("*.html") if "static" not in p.parts)
+    assert "PASSED" in index and index.count("<tr class='ok'>") == summary["expectations"]
+    assert not re.search(r"(src|href)=", index)
+    docs = report / "datadocs"
+    pages = sorted(p.relative_to(docs).as_posix() for p in docs.rglob("*.html") if "static" not in p.parts)
     assert "expectations/prepared_tubelets.html" in pages and "expectations/class_balance.html" in pages
-    suite_page = (report / "expectations" / "prepared_tubelets.html").read_text()
+    assert sum(p.startswith("validations/") for p in pages) == 2
+    suite_page = (docs / "expectations" / "prepared_tubelets.html").read_text()
     assert "t_hash" in suite_page and "track_splits" in suite_page  # the suite is shown, column by column
     metric = json.loads((tmp_path / "validate.json").read_text())
     assert metric == {
@@ -220,3 +226,49 @@ def test_cli_exits_1_with_the_reason_and_keeps_the_report(prepared_dir, tmp_path
     )
     assert proc.returncode == 1 and "not a prepared dataset" in proc.stderr
     assert not (tmp_path / "r2").exists() and not (tmp_path / "m2.json").exists()
+
+
+def test_reports_are_deterministic_and_load_nothing_from_the_network(prepared_dir, tmp_path):
+    """Two runs on the same data give the same bytes (DVC hashes the folder); every asset is local."""
+    _validate(prepared_dir, tmp_path / "a")
+    _validate(prepared_dir, tmp_path / "b")
+    a, b = tmp_path / "a" / "report", tmp_path / "b" / "report"
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()] == []
+    for page in (a / "datadocs").rglob("*.html"):
+        if "static" in page.relative_to(a / "datadocs").parts:
+            continue
+        text = page.read_text()
+        for _tag, _attr, url in re.findall(r"<(script|link|img)\b[^>]*?\b(src|href)=[\"']([^\"']+)", text):
+            assert not url.startswith(("http:", "https:", "//")), (page.name, url)
+            if not url.startswith(("#", "data:")):
+                assert (page.parent / url).resolve().is_file(), (page.name, url)
+        assert not re.search(r"20\d\d-\d\d-\d\dT", text)  # no run time of this machine
+
+
+def test_an_asset_the_vendored_set_lacks_is_an_error(tmp_path):
+    from thermops.data.validation import offline_docs
+
+    (tmp_path / "index.html").write_text(
+        '<html><head><script src="https://cdn.example.org/new.js"></script></head></html>'
+    )
+    with pytest.raises(ValueError, match="vendor/web does not hold"):
+        offline_docs(tmp_path)
+
+
+@needs_chromium
+def test_data_docs_and_the_results_page_render_with_the_network_off(prepared_dir, tmp_path):
+    _validate(prepared_dir, tmp_path)
+    report = tmp_path / "report"
+    pages = [report / "datadocs" / "index.html"]
+    pages += sorted((report / "datadocs" / "validations").rglob("*.html"))
+    assert len(pages) == 3
+    for page in pages:
+        seen = inspect_page(page)
+        assert seen["images"] and all(i["ok"] for i in seen["images"]), (page.name, seen["images"])
+        assert len(seen["styles"]) == 6 and all(s["rules"] > 0 for s in seen["styles"]), (page.name, seen["styles"])
+        assert {"jQuery", "vegaEmbed", "bootstrap"} <= set(seen["globals"]), (page.name, seen["globals"])
+        assert seen["bootstrap_tables"] >= 1 and seen["text_chars"] > 300
+    seen = inspect_page(report / "index.html")
+    assert seen["text_chars"] > 2000 and seen["images"] == [] and seen["styles"] == []

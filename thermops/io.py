@@ -132,3 +132,19 @@ def hash_files(paths: Iterable[str | Path], root: str | Path | None = None) -> s
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+TIMINGS_DIR = Path(".thermops/timings")
+
+
+def write_timings(step: str, timings: Mapping[str, float], folder: str | Path | None = None) -> Path:
+    """Record a step's wall-clock timings where no tracked file sees them.
+
+    Timings change on every run, so they never go into DVC metrics, dvc.lock-hashed outs or
+    git-tracked files (which would make `git status` dirty after `dvc repro`): they go to
+    `<folder>/<step>.json`, by default `.thermops/timings/` of the working directory
+    (git-ignored; `THERMOPS_TIMINGS_DIR` moves it). The Kubeflow task runtime copies them
+    into the task's artifact metadata.
+    """
+    folder = Path(folder or os.environ.get("THERMOPS_TIMINGS_DIR") or TIMINGS_DIR)
+    return write_json(folder / f"{step}.json", {k: round(float(v), 3) for k, v in timings.items()})

@@ -9,14 +9,18 @@ ephemeral GX context over two tables:
   `t_nonfinite`, `t_hash`) and `track_splits` (the splits a row's track occurs in);
 - `class_balance`: one row per thermops class with its count and fraction.
 
-The result is GX Data Docs HTML, a JSON/Markdown summary naming each failed
-expectation, its column and example values, and a small DVC metric.
+The result is GX Data Docs HTML (deterministic, and rendering offline: its CDN assets are
+vendored, see `offline_docs`), a self-contained page of every result (`results_html`), a
+JSON/Markdown summary naming each failed expectation, its column and example values, and a
+small DVC metric.
 Great Expectations and pandas are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,7 +285,7 @@ def run_suites(tables: dict[str, tuple[Any, list]], docs_dir: Path) -> list[dict
             batch_parameters={"dataframe": df},
             result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ids,
                            "partial_unexpected_count": 20},
-            run_id=RunIdentifier(run_name="thermops-validate"),
+            run_id=RunIdentifier(run_name="thermops-validate", run_time=RUN_TIME),
         )
         for r in result.results:
             cfg = r.expectation_config
@@ -302,44 +306,91 @@ def run_suites(tables: dict[str, tuple[Any, list]], docs_dir: Path) -> list[dict
                 "exception": (r.exception_info or {}).get("exception_message") if r.exception_info else None,
             })
     ctx.build_data_docs(site_names=["thermops"])
-    _offline_fallback(docs_dir, out)
+    offline_docs(docs_dir)
     return out
 
 
-# Data Docs take their styles, icons and the index table from CDNs; a pipeline
-# machine is often offline. These additions show pass/fail and the page list
-# without them (and change nothing visible when the CDNs load, except the icons).
-_FALLBACK_STYLE = """<style>/* thermops offline fallback */
-.fa-check-circle::before{content:"\\2714";color:#1a7f37;font-family:sans-serif;font-style:normal}
-.fa-times::before{content:"\\2718";color:#cf222e;font-family:sans-serif;font-style:normal}
-body{font-family:sans-serif} table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:2px 6px}
-</style>"""
+# Data Docs are a function of the data, the suites and the code: GX's run time (in page paths
+# and text) is fixed, and the per-build random ids and validation times are replaced, so the
+# site is byte-identical across runs of the same inputs (DVC hashes it).
+RUN_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+VENDOR = Path(__file__).resolve().parents[2] / "vendor" / "web"
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_STAMP = re.compile(r"\b\d{8}T\d{6}\.\d{6}Z\b")
+_ISO = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)")
+_GX_LOGO = re.compile(r"https://great-expectations-web-assets\.s3[^\"'\s]*/logo-long\.png[^\"'\s]*")
+# Loaded by the browser when the page opens (a link the reader may click is not an asset).
+_ASSET = re.compile(r"<(script|img|link)\b[^>]*?\b(src|href)\s*=\s*[\"'](https?:)?//[^\"']*[\"']", re.I)
 
 
-def _offline_fallback(docs_dir: Path, results: list[dict]) -> None:
-    """Add a static style and, on the index page, a plain list of the result pages."""
+def offline_docs(docs_dir: Path, vendor: Path = VENDOR) -> list[Path]:
+    """Make a Data Docs site render offline and deterministically; returns its pages.
+
+    Every CDN asset (scripts, styles, fonts: vendor/web/MANIFEST.json maps each URL to a
+    vendored file) is copied into `static/vendor/` and referenced by a relative path; GX's
+    logo comes from the site's own static folder. An asset URL the manifest does not know is
+    an error (a GX upgrade that needs a new asset must not silently load it from the network).
+    """
+    import json
+    import os
+    import shutil
+
+    manifest = json.loads((vendor / "MANIFEST.json").read_text())
+    target = docs_dir / "static" / "vendor"
+    for rel in manifest["files"]:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vendor / rel, target / rel)
+    pages = sorted(p for p in docs_dir.rglob("*.html") if "static" not in p.relative_to(docs_dir).parts)
+    epoch_stamp, epoch_iso = RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ"), "1970-01-01T00:00:00Z"
+    for page in pages:
+        text = page.read_text()
+        up = os.path.relpath(docs_dir, page.parent)
+        for url, rel in sorted(manifest["urls"].items(), key=lambda kv: -len(kv[0])):
+            text = re.sub(re.escape(url) + r"(?=[\"'])", f"{up}/static/vendor/{rel}", text)
+        text = _GX_LOGO.sub(f"{up}/static/images/logo-long.png", text)
+        # GX gets the depth of its own static folder wrong on validation pages (the favicon): fix every one
+        text = re.sub(r"([\"'])(?:\.\./)*static/", lambda m: f"{m.group(1)}{up}/static/", text)
+        left = _ASSET.search(text)
+        if left:
+            raise ValueError(f"{page}: Data Docs load {left.group(0)[:160]!r}, which vendor/web does not hold")
+        ids: dict[str, str] = {}
+        text = _UUID.sub(lambda m: ids.setdefault(m.group(0), f"id{len(ids):04d}"), text)
+        text = _STAMP.sub(epoch_stamp, text)
+        text = _ISO.sub(epoch_iso, text)
+        page.write_text(text)
+    return pages
+
+
+def results_html(summary: dict, results: list[dict]) -> str:
+    """A self-contained page of every expectation's result (the Kubeflow view of the validate step)."""
     import html
 
-    pages = sorted(p for p in docs_dir.rglob("*.html") if "static" not in p.relative_to(docs_dir).parts)
-    status = {}
-    for r in results:
-        status[r["suite"]] = status.get(r["suite"], True) and r["success"]
-    links = []
-    for p in pages:
-        rel = p.relative_to(docs_dir).as_posix()
-        if rel == "index.html":
-            continue
-        kind = "validation result" if rel.startswith("validations/") else "expectation suite"
-        suite = rel.split("/")[1].removesuffix(".html")
-        state = "" if kind == "expectation suite" else (" PASSED" if status.get(suite) else " FAILED")
-        links.append(f'<li><a href="{html.escape(rel)}">{kind}: {html.escape(suite)}</a>{state}</li>')
-    for p in pages:
-        text = p.read_text()
-        text = text.replace("</head>", _FALLBACK_STYLE + "</head>", 1)
-        if p.name == "index.html" and p.parent == docs_dir:
-            block = '<div id="thermops-pages"><h3>Pages (static list)</h3><ul>' + "".join(links) + "</ul></div>"
-            text = text.replace("</body>", block + "</body>", 1)
-        p.write_text(text)
+    def cell(v: Any) -> str:
+        return html.escape("" if v is None else str(v))
+
+    state = "PASSED" if summary["success"] else "FAILED"
+    rows = []
+    for r in sorted(results, key=lambda r: (r["success"], r["suite"], r["check"])):
+        shown = r["examples"][:5] or ([] if r["observed"] is None else [r["observed"]])
+        rows.append(
+            f"<tr class='{'ok' if r['success'] else 'fail'}'><td>{'ok' if r['success'] else 'FAIL'}</td>"
+            f"<td>{cell(r['suite'])}</td><td>{cell(r['check'])}</td><td>{cell(r['expectation'])}</td>"
+            f"<td>{cell(r['column'])}</td><td>{cell(r['condition'])}</td><td>{cell(r['unexpected_count'])}</td>"
+            f"<td>{cell(', '.join(map(str, shown))[:300])}</td></tr>"
+        )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>thermops data validation</title><style>"
+        "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}td,th{border:1px solid #bbb;"
+        "padding:2px 6px;font-size:13px}tr.fail td{background:#fde2e2}.PASSED{color:#080}.FAILED{color:#b00}"
+        "</style></head><body>"
+        f"<h1>Validation of the prepared data: <span class='{state}'>{state}</span></h1>"
+        f"<p>{summary['passed']} of {summary['expectations']} expectations met over {summary['tubelets']} "
+        "tubelets (Great Expectations; failed ones first). Full Data Docs: <code>datadocs/index.html</code> "
+        "in this report folder.</p><table><tr><th></th><th>suite</th><th>check</th><th>expectation</th>"
+        "<th>column</th><th>condition</th><th>unexpected</th><th>examples / observed</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>\n"
+    )
 
 
 def summarize(results: list[dict], n_tubelets: int, examples: int) -> dict:
@@ -364,7 +415,7 @@ def summary_markdown(summary: dict) -> str:
     lines = ["# Validation of the prepared data", ""]
     state = "PASSED" if summary["success"] else "FAILED"
     lines.append(f"**{state}**: {summary['passed']} of {summary['expectations']} expectations met "
-                 f"over {summary['tubelets']} tubelets. Data Docs: `index.html` in this folder.")
+                 f"over {summary['tubelets']} tubelets. Results: `index.html`; Data Docs: `datadocs/index.html`.")
     if summary["failed"]:
         lines += ["", "| check | expectation | column | condition | unexpected | examples | tubelets |",
                   "|---|---|---|---|---|---|---|"]

@@ -13,7 +13,11 @@ calibration watcher all read, so its keys are stated here once.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +36,114 @@ class ModelCardError(ValueError):
     """A model directory is missing files or its card is malformed."""
 
 
-def git_revision(cwd: str | Path = ".") -> str:
-    """The current git commit (with `-dirty` if the tree has changes), or 'unknown'."""
+def loaded_code(top: str | Path) -> list[str]:
+    """The project's own Python files this process has imported, relative to `top` (the repository root).
+
+    This is the code a step's result depends on: every file of its import closure is a dep of
+    its dvc.yaml stage (tests/test_structure.py), so a commit that changes one also re-runs the stage.
+    """
+    top = Path(top).resolve()
+    files = set()
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if not f or not f.endswith(".py"):
+            continue
+        try:
+            rel = Path(f).resolve().relative_to(top)
+        except ValueError:
+            continue
+        if rel.parts and not rel.parts[0].startswith(".") and "site-packages" not in rel.parts:
+            files.add(rel.as_posix())
+    return sorted(files)
+
+
+def _git(args: list[str], cwd: str | Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+# Where the running code lives: its repository is the one whose commits name it (a Kubeflow
+# task runs in a scratch folder, the code at kubeflow.project_root).
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_lineage(paths: list[str] | tuple[str, ...] | None = None, cwd: str | Path | None = None) -> dict[str, Any]:
+    """The commit that last touched the code, and whether the code differs from it.
+
+    Args:
+        paths: code paths relative to the repository root; default: the project files this
+            process imported (`loaded_code`), i.e. exactly the code behind the result.
+        cwd: a folder inside the repository (default: the one holding this code, whatever the
+            working directory).
+
+    Returns {"commit", "dirty"}. DVC rewrites dvc.lock and metrics during a run;
+    those are not code, so they never make a card dirty, and the commit does not move when
+    only they are committed. Outside a git checkout (a container image) the commit comes
+    from `THERMOPS_CODE_COMMIT` (set by the image build) and `dirty` is None (unknown).
+    """
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
+        top = _git(["rev-parse", "--show-toplevel"], CODE_ROOT if cwd is None else cwd)
+        files = list(paths) if paths is not None else loaded_code(top)
+        commit = _git(["log", "-1", "--format=%H", "--", *files], top) if files else ""
+        changed = _git(["status", "--porcelain", "--untracked-files=normal", "--", *files], top) if files else ""
+        if commit:
+            return {"commit": commit, "dirty": bool(changed)}
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        pass
+    return {"commit": os.environ.get("THERMOPS_CODE_COMMIT") or "unknown", "dirty": None}
+
+
+def git_revision(cwd: str | Path | None = None, paths: list[str] | None = None) -> str:
+    """The commit of the code (`code_lineage`), with `-dirty` only when that code has changes."""
+    code = code_lineage(paths, cwd)
+    return code["commit"] + ("-dirty" if code["dirty"] else "")
+
+
+def dvc_md5(path: str | Path) -> str:
+    """The hash DVC 3 records for `path` in dvc.lock: md5 of a file, or `<md5>.dir` of a folder.
+
+    A folder's hash is the md5 of the JSON list of its files' {"md5", "relpath"}, sorted by
+    path (dvc-data's `Tree.as_bytes`), so a card's data hash can be compared with dvc.lock.
+    """
+    path = Path(path)
+
+    def md5(p: Path) -> str:
+        h = hashlib.md5()  # noqa: S324 - DVC's content hash, not a security measure
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if path.is_file():
+        return md5(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    entries = [
+        {"md5": md5(p), "relpath": p.relative_to(path).as_posix()} for p in sorted(path.rglob("*")) if p.is_file()
+    ]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"  # noqa: S324
+
+
+def params_md5(values: dict[str, Any]) -> str:
+    """md5 of the canonical JSON of the params values a step read."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324
+
+
+def lineage(
+    inputs: dict[str, str | Path] | None = None,
+    params: dict[str, Any] | None = None,
+    code_paths: list[str] | None = None,
+) -> dict[str, Any]:
+    """What a model came from: code commit (dirty only when the code is), DVC hashes of inputs, params hash.
+
+    Byte-stable across runs of the same code, data and params: no wall-clock, no paths of this machine.
+    """
+    return {
+        "code": code_lineage(code_paths),
+        "inputs": {name: dvc_md5(p) for name, p in sorted((inputs or {}).items())},
+        "params": params_md5(params or {}),
+    }
 
 
 def make_card(
@@ -59,9 +155,16 @@ def make_card(
     data: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
+    inputs: dict[str, str | Path] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A model card with the required keys; `extra` keys are kept as given."""
+    """A model card with the required keys; `extra` keys are kept as given.
+
+    `inputs` ({dvc.yaml path: local path}, e.g. {"data/prepared": data_dir}) are recorded
+    in `lineage.inputs` with the hash DVC records for them; `lineage.code` names the commit
+    of the code and `git_revision` repeats it (with `-dirty` only when the code changed).
+    """
+    lin = lineage(inputs, params)
     card = {
         "format": CARD_FORMAT,
         "classes": list(classes),
@@ -69,12 +172,30 @@ def make_card(
         "input": input_spec.to_dict(),
         "calibrations": dict(sorted(calibrations.items())),
         "data": data,
-        "metrics": metrics or {},
+        "metrics": without_timings(metrics or {}),
         "params": params or {},
-        "git_revision": git_revision(),
+        "git_revision": lin["code"]["commit"] + ("-dirty" if lin["code"]["dirty"] else ""),
+        "lineage": lin,
     }
     card.update(extra)
     return card
+
+
+def is_timing_key(key: str) -> bool:
+    """A wall-clock figure by its name (`seconds`, `comparison_seconds`, `timing_s`, `*_time_s`)."""
+    k = str(key).lower()
+    return k.endswith(("seconds", "_secs", "_s")) or k.startswith("timing") or k in ("time", "wall_time")
+
+
+def without_timings(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` less its wall-clock figures, at any depth: a card is a function of code, data and
+    params, byte-stable across runs (no timing may make the model's DVC hash change)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if is_timing_key(k):
+            continue
+        out[k] = without_timings(v) if isinstance(v, dict) else v
+    return out
 
 
 def validate_card(card: Any, origin: str = "card.json") -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The gate report: static HTML plus PNGs (matplotlib, Agg) and captum attribution maps.
+"""The gate report: one self-contained HTML page (images inlined) plus the PNGs, and captum maps.
+
+`index.html` carries its figures as `data:` URIs and loads nothing else, so it shows
+everything when opened alone: as a Kubeflow HTML artifact, from an e-mail, offline at a
+site. The PNGs are written beside it for `dvc plots` and other tools.
 
 Figures: accuracy vs eps per threat model (every attack, the worst case and the
 random-noise baseline), corruption error vs severity, perspective stability
@@ -216,27 +220,41 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def _who(title: str, info: dict | None) -> str:
-    """One line naming a model dir: path, git revision, prepared-data hash, where its figures came from."""
+    """One line naming a model: production version and tag, git revision, data hash, figure source."""
     if not info:
-        return f"{title}: none (the first passing model is blessed)"
+        return html.escape(f"{title}: unknown")
+    if "version" in info and info.get("version") is None:
+        return html.escape(f"{title}: none. {info.get('note', '')}".strip())
     data = info.get("data") or {}
-    parts = [f"{title}: {info.get('path')}", f"git {info.get('git_revision')}"]
+    parts = [f"{title}:"]
+    if info.get("version") is not None:
+        parts.append(f"production version {info['version']} ({info.get('tag')}),")
+    parts.append(f"git {info.get('git_revision')}")
     if isinstance(data, dict) and data.get("prepared_hash"):
-        parts.append(f"data {str(data['prepared_hash'])[:12]}")
+        parts.append(f", data {str(data['prepared_hash'])[:12]}")
     if info.get("metrics_source"):
-        parts.append(str(info["metrics_source"]))
-    return html.escape(", ".join(parts))
+        parts.append(f", {info['metrics_source']}")
+    return html.escape(" ".join(parts).replace(" ,", ","))
+
+
+def data_uri(path: Path) -> str:
+    """A file as a `data:` URI (PNG, SVG, JPEG, GIF), so a page needs nothing beside it."""
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
-    """index.html: decision, reasons, every check, tables of figures, the PNGs."""
+    """index.html: decision, reasons, every check, tables of figures, the PNGs inlined (self-contained)."""
     status = "PASSED" if gate["passed"] else "FAILED"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>thermops gate report</title>",
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;margin:8px 0}"
         "td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px}.ok{color:#080}.fail{color:#b00}</style></head><body>",
         f"<h1>Gate: <span class='{'ok' if gate['passed'] else 'fail'}'>{status}</span></h1>",
-        "<p>" + _who("Model", gate.get("model")) + "<br>" + _who("Blessed baseline", gate.get("blessed")) + "</p>",
+        "<p>" + _who("Model", gate.get("model")) + "<br>" + _who("Baseline", gate.get("baseline")) + "</p>",
         f"<p>Units: {html.escape(gate['units_note'])}</p>",
     ]
     if gate["reasons"]:
@@ -289,8 +307,10 @@ def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
         f"<p>Worst-case homography (budget {wc['budget_px']} px per corner coordinate, {wc['steps']} steps, n={wc['n']}): "
         f"accuracy {wc['accuracy']:.3f} (clean {wc['clean_accuracy']:.3f}), flip rate {wc['flip_rate']:.3f}.</p>"
     )
-    parts.append("<h2>Timing (s)</h2>" + _table([[k, v] for k, v in gate["timing_s"].items()], ["part", "seconds"]))
     for title, name in images:
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='{html.escape(name)}' style='max-width:100%'>")
+        parts.append(
+            f"<h2>{html.escape(title)}</h2><img src='{data_uri(out / name)}' alt='{html.escape(name)}' "
+            "style='max-width:100%'>"
+        )
     parts.append("</body></html>")
     (out / "index.html").write_text("\n".join(parts))
