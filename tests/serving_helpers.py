@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from params_helpers import from_params
+from serving_payloads import counts_tubelet, display8_tubelet  # noqa: F401  (re-exported)
 
 from thermops.camera.calibration import Agc, Calibration, Geometry, Radiometry, write_calibration
 from thermops.io import write_json
@@ -99,24 +100,32 @@ def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str
     return {"model": model_dir, "gate": gate_json, "calibration": cal_dir}
 
 
-def small_package_params() -> PackageParams:
-    """Package params for tests: small batches, small limits (so oversize tests stay cheap)."""
+def small_package_params(**changes: Any) -> PackageParams:
+    """Package params for tests: small limits (so oversize tests stay cheap), a relative state dir."""
     return from_params(
         PackageParams,
         "package",
         model_name="thermops-test",
         bento_name="thermops-test",
         max_batch_size=16,
-        max_latency_ms=5000,
         max_frames=32,
         max_side=128,
         max_elements=200_000,
         max_upload_bytes=2_000_000,
-        max_request_bytes=8_000_000,
+        max_request_bytes=2_100_000,
+        max_json_bytes=4_000_000,
         workers=1,
         max_concurrency=64,
+        max_inflight_bytes=32_000_000,
         timeout_s=30,
+        state_dir="serve-state",
+        register_token_env="THERMOPS_TEST_REGISTER_TOKEN",
+        max_registered_cameras=4,
+        **changes,
     )
+
+
+REGISTER_TOKEN = "test-token-0123456789abcdef"
 
 
 def bento_env(home: Path) -> dict[str, str]:
@@ -128,6 +137,7 @@ def bento_env(home: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
+        THERMOPS_TEST_REGISTER_TOKEN=REGISTER_TOKEN,
     )
     return env
 
@@ -193,22 +203,6 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._fh.close()
-
-
-def counts_tubelet(t: int = 8, h: int = 24, w: int = 20, seed: int = 0) -> np.ndarray:
-    """A uint16 raw-counts tubelet (T, H, W) of the linear camera: a warm blob on a 15 C background."""
-    rng = np.random.default_rng(seed)
-    cal = radiometric_calibration()
-    yy, xx = np.mgrid[:h, :w]
-    blob = 6.0 * np.exp(-(((yy - h / 2) / (h / 5)) ** 2 + ((xx - w / 2) / (w / 6)) ** 2))
-    celsius = 15.0 + blob[None] + rng.normal(0, 0.05, (t, h, w))
-    return np.round(cal.radiometry.celsius_to_counts(celsius)).astype(np.uint16)
-
-
-def display8_tubelet(t: int = 5, h: int = 40, w: int = 48, seed: int = 1) -> np.ndarray:
-    """A uint8 display-levels tubelet (T, H, W)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(30, 220, (t, h, w)).astype(np.uint8)
 
 
 def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> dict[str, float]:
