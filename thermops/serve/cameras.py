@@ -155,6 +155,7 @@ class CameraRegistry:
             raise TubeletError(
                 f"camera_id {ascii(camera_id)[:80]} is not a camera id (lowercase letters, digits, _ and -)",
                 field="camera_id",
+                code="invalid_camera_id",
             )
         cal = self._trained.get(camera_id)
         if cal is not None:
@@ -179,12 +180,13 @@ class CameraRegistry:
         try:
             cal = parse_calibration(data, "calibration")
         except CalibrationError as err:
-            raise TubeletError(str(err), field="calibration") from None
+            raise TubeletError(str(err), field="calibration", code="invalid_calibration") from None
         if cal.radiometry.mode != "display8":
             raise TubeletError(
                 f"camera {cal.camera_id!r}: only display8 cameras can be registered at run time "
                 f"(got radiometry.mode {cal.radiometry.mode!r}); radiometric cameras go through the pipeline",
                 field="calibration",
+                code="invalid_calibration",
             )
         if cal.camera_id in self._trained:
             raise CameraConflict(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -85,6 +86,10 @@ def parse_npy(data: bytes, limits: Limits, field: str = "file") -> np.ndarray:
 
     if not data.startswith(NPY_MAGIC):
         raise TubeletError("upload is not an .npy file (missing the \\x93NUMPY magic)", field=field)
+    fast = _npy_header_fast(data)
+    if fast is not None:  # the header np.save writes: no literal_eval needed
+        shape, fortran, dtype, offset = fast
+        return _npy_array(data, shape, fortran, dtype, offset, limits, field)
     fp = io.BytesIO(data)
     try:
         version = npformat.read_magic(fp)
@@ -96,11 +101,33 @@ def parse_npy(data: bytes, limits: Limits, field: str = "file") -> np.ndarray:
             raise ValueError(f".npy format version {version[0]}.{version[1]} is not accepted (1.0 or 2.0)")
     except (ValueError, SyntaxError, EOFError, OSError, struct.error, TypeError) as err:
         raise TubeletError(f"unreadable .npy header: {err}", field=field) from None
+    return _npy_array(data, shape, fortran, dtype, fp.tell(), limits, field)
+
+
+NPY_HEADER = re.compile(
+    rb"\{'descr': '([<>|][uif][1248])', 'fortran_order': (True|False), 'shape': \((\d+), (\d+), (\d+)\), \} *\n"
+)
+
+
+def _npy_header_fast(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """(shape, fortran, dtype, data offset) of a version-1.0 header in np.save's own layout, else None."""
+    if data[6:8] != b"\x01\x00" or len(data) < 10:
+        return None
+    end = 10 + int.from_bytes(data[8:10], "little")
+    m = NPY_HEADER.fullmatch(data, 10, end)
+    if m is None:
+        return None
+    shape = (int(m[3]), int(m[4]), int(m[5]))
+    return shape, m[2] == b"True", np.dtype(m[1].decode()), end
+
+
+def _npy_array(
+    data: bytes, shape: tuple, fortran: bool, dtype: np.dtype, offset: int, limits: Limits, field: str
+) -> np.ndarray:
     if dtype.hasobject:
         raise TubeletError("unreadable .npy file: object arrays (pickles) are not accepted", field=field)
     check_dtype(dtype, field)
     t, h, w = check_shape(shape, limits, field)
-    offset = fp.tell()
     need = t * h * w * dtype.itemsize
     have = len(data) - offset
     if have < need:
@@ -162,6 +189,7 @@ TIFF_TYPES = {
 }
 BYTE_TYPES = (1, 2, 6, 7)  # become one bytes object, not a tuple of numbers
 MAX_IFD_ENTRIES = 1024
+DEFLATE_SLICE = 65536  # compressed bytes fed to zlib at a time
 MAX_NUMERIC_VALUES = 65536  # per tag: more strips or tiles than a page within the limits can have
 COMPRESSIONS = {1: "none", 8: "deflate", 32946: "deflate"}
 COMPRESSION_NAMES = {
@@ -418,21 +446,26 @@ def check_tiff_segments(data: bytes, page: TiffPageInfo, field: str = "file") ->
                 field=field,
             )
         return
+    view = memoryview(data)
+    cap = page.segment_bytes
     for k, (off, n) in enumerate(zip(page.offsets, page.byte_counts)):
         d = zlib.decompressobj()
+        produced = 0
         try:
-            out = d.decompress(data[off : off + n], page.segment_bytes)
-            # At the cap, ask for one byte more: pending output or input left means a bomb.
-            over = len(out) >= page.segment_bytes and len(d.decompress(d.unconsumed_tail, 1)) > 0
+            # Feed the segment in slices, asking for at most one byte over the cap: neither the
+            # output nor zlib's copy of unread input (unconsumed_tail) grows past one slice.
+            for at in range(off, off + n, DEFLATE_SLICE):
+                produced += len(d.decompress(view[at : min(at + DEFLATE_SLICE, off + n)], cap - produced + 1))
+                if produced > cap:
+                    break
         except zlib.error as err:
             raise TubeletError(f"corrupt TIFF file: page {page.index} segment {k}: {err}", field=field) from None
-        if over or len(out) > page.segment_bytes:
+        if produced > cap:
             raise PayloadTooLarge(
                 f"TIFF page {page.index} segment {k} decompresses to more than its declared "
-                f"{page.segment_bytes} bytes (a compression bomb?)",
+                f"{cap} bytes (a compression bomb?)",
                 field=field,
             )
-        del out
 
 
 def parse_tiff(data: bytes, limits: Limits, field: str = "file") -> np.ndarray:
