@@ -128,7 +128,13 @@ def _file_part(body: bytes) -> bytes:
 
 def test_the_decoder_cases_cover_the_issue_findings():
     names = {p.name for p in DECODER_CASES}
-    assert {"npy-declares-32GiB", "tiff-zlib-bomb-128MiB", "tiff-mixed-sizes", "tiff-rgb-planar", "tiff-truncated"} <= names
+    assert {
+        "npy-declares-32GiB",
+        "tiff-zlib-bomb-128MiB",
+        "tiff-mixed-sizes",
+        "tiff-rgb-planar",
+        "tiff-truncated",
+    } <= names
 
 
 @pytest.mark.parametrize("payload", DECODER_CASES, ids=lambda p: p.name)
