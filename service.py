@@ -90,6 +90,15 @@ def _error(err: ServeError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
 
+def state_dir() -> Path:
+    """`package.state_dir`; a relative one lives under BentoML's home ($BENTOML_HOME, else
+    ~/bentoml), which is writable wherever BentoML runs (the bento's own files are not)."""
+    path = Path(LIMITS.state_dir).expanduser()
+    if path.is_absolute():
+        return path
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / path
+
+
 def _rss_bytes() -> int:
     """Resident memory of this worker (Linux /proc; 0 elsewhere)."""
     try:
@@ -140,7 +149,8 @@ class ThermopsClassifier:
         )
         self.classes = list(self.card["classes"])
         self.radiometric = radiometric_units(self.card)
-        self.cameras = CameraRegistry.from_dir(path / "calibration", LIMITS.state_dir, LIMITS.max_registered_cameras)
+        self.cameras = CameraRegistry.from_dir(path / "calibration", state_dir(), LIMITS.max_registered_cameras)
+
         self.metadata_ = dict(self.model_ref.info.metadata)
         self.version = str(self.model_ref.tag)
         logger.info(

@@ -205,6 +205,39 @@ class Server:
         self._fh.close()
 
 
+def bento_args(home: Path, bento_tag: str) -> dict[str, Any]:
+    """The arguments a built bento serves with (its bento.yaml)."""
+    import yaml
+
+    name, version = bento_tag.split(":")
+    return yaml.safe_load((home / "bentos" / name / version / "bento.yaml").read_text())["args"]
+
+
+def source_server(home: Path, bento_tag: str, log: Path, **changes: Any) -> Server:
+    """`bentoml serve service:ThermopsClassifier` from this tree with the bento's arguments
+    plus `changes` (a served bento keeps its own arguments; `--arg` cannot change them)."""
+    args = {**bento_args(home, bento_tag), **changes}
+    extra = ["--working-dir", str(ROOT)] + [x for k, v in args.items() for x in ("--arg", f"{k}={v}")]
+    return Server("service:ThermopsClassifier", home, ROOT, log, extra=extra)
+
+
+def worker_rss(server: Server) -> int:
+    """Resident bytes of the server's worker processes (the children of `bentoml serve`)."""
+    import psutil
+
+    try:
+        procs = psutil.Process(server.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> dict[str, float]:
     """The prediction the service must give, computed in-process with the shared functions."""
     from thermops.model.card import input_spec_from_card, load_model_dir, radiometric_units

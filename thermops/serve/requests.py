@@ -62,7 +62,7 @@ class PackageParams:
         device: `auto` (CUDA when present), `cpu` or `cuda` (refuse to start without one).
         gpus: GPUs requested per service (BentoML `resources`); 0 on CPU hosts.
         state_dir: writable folder for the service's state (registered cameras), shared by
-            its workers; relative to the server's working directory.
+            its workers; a relative path is under BentoML's home ($BENTOML_HOME or ~/bentoml).
         register_token_env: environment variable holding the bearer token /register_camera
             needs (a Kubernetes secret on the cluster); unset: registration is switched off.
         max_registered_cameras: most cameras registered at run time.
