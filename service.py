@@ -281,6 +281,7 @@ class ThermopsClassifier:
         return {
             "pid": os.getpid(),
             "batch_sizes": self.runner.stats(),
+            **self.runner.timing(),
             "pending": self.batcher.pending,
             "inline_calls": self.batcher.inline_calls,
             "inflight": gate.inflight if gate else None,

@@ -15,7 +15,9 @@ Every request is recorded with its exact latency (time.perf_counter around the c
 locust's own statistics round to whole milliseconds below 100 ms); when the run stops,
 a summary goes to the JSON file named in the THERMOPS_LOAD configuration:
 per request kind, the count, status histogram, answers per second after the warm-up,
-latency percentiles, and for the storm the mismatches against the solo answers.
+latency percentiles, and for the storm the mismatches against the solo answers and the
+statuses per request. A 503 "overloaded" with Retry-After (above the stated capacity)
+is recorded as status 1503, apart from server errors.
 
     THERMOPS_LOAD='{"out": "/tmp/x.json", "warmup_s": 2}' locust -f benchmarks/locustfile.py \
         --headless -u 32 -r 32 -t 20s --host http://127.0.0.1:3000 NpyClient
@@ -48,8 +50,10 @@ EXPECTED: dict[str, dict[str, float]] = (
 )
 TOLERANCE = float(CONFIG.get("tolerance", 1e-5))
 RECORDS: list[tuple[float, str, float, int, bool]] = []  # (start, kind, ms, status, as expected)
+BY_NAME: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # storm: payload -> status -> count
 MISMATCHES: list[dict] = []
 T0 = time.perf_counter()
+CAPACITY = 1503  # recorded status of a 503 "overloaded" with Retry-After
 
 
 def _send(user: FastHttpUser, payload, kind: str) -> tuple[int, bytes]:
@@ -63,11 +67,16 @@ def _send(user: FastHttpUser, payload, kind: str) -> tuple[int, bytes]:
         ok = status in payload.statuses
         if ok and payload.fragment:
             ok = payload.fragment.encode() in body
+        if status == 503 and resp.headers.get("retry-after") and b'"overloaded"' in body:
+            status = CAPACITY  # above the stated capacity: refused as documented, counted apart
+            ok = not payload.good  # a good request below capacity must never get it
         if ok:
             resp.success()
         else:
             resp.failure(f"{payload.name}: {status}")
     RECORDS.append((start - T0, kind, ms, status, ok))
+    if kind.startswith("storm"):
+        BY_NAME[payload.name][str(status)] += 1
     return status, body
 
 
@@ -155,7 +164,8 @@ def summarize(records, warmup_s: float) -> dict:
             "statuses": dict(statuses),
             "as_expected": sum(r[4] for r in rows),
             "not_as_expected": sum(not r[4] for r in rows),
-            "server_errors": sum(r[3] >= 500 for r in rows),
+            "server_errors": sum(500 <= r[3] < 600 for r in rows),
+            "capacity_refusals": sum(r[3] == CAPACITY for r in rows),
             "good_answers_per_s": sum(r[3] == 200 and r[4] for r in steady) / window,
             "window_s": window,
             **(
@@ -171,5 +181,9 @@ def summarize(records, warmup_s: float) -> dict:
 def _write_summary(environment, **_) -> None:
     if not CONFIG.get("out"):
         return
-    result = {"kinds": summarize(RECORDS, float(CONFIG.get("warmup_s", 2.0))), "mismatches": MISMATCHES[:50]}
+    result = {
+        "kinds": summarize(RECORDS, float(CONFIG.get("warmup_s", 2.0))),
+        "mismatches": MISMATCHES[:50],
+        "by_name": {k: dict(v) for k, v in sorted(BY_NAME.items())},
+    }
     Path(CONFIG["out"]).write_text(json.dumps(result, indent=2))

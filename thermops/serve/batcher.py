@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class ModelRunner:
         self.model = model.to(self.device).eval()
         self.spec = spec
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.seconds = {"prepare": 0.0, "forward": 0.0}  # time spent, for /stats
         self._lock = threading.Lock()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -107,12 +109,18 @@ class ModelRunner:
 
     def __call__(self, jobs: list[Job]) -> list[np.ndarray | Exception]:
         """Jobs -> (C,) class probabilities each, or the error that refused the job."""
+        t0 = time.perf_counter()
         prepared = self.prepare(jobs)
         good = [i for i, x in enumerate(prepared) if isinstance(x, np.ndarray)]
-        with self._lock:
-            self.batch_sizes[len(good)] += 1
+        t1 = time.perf_counter()
         if good:
             logits = self.forward(np.concatenate([prepared[i] for i in good]))
+        t2 = time.perf_counter()
+        with self._lock:
+            self.batch_sizes[len(good)] += 1
+            self.seconds["prepare"] += t1 - t0
+            self.seconds["forward"] += t2 - t1
+        if good:
             z = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs = z / z.sum(axis=1, keepdims=True)
             for k, i in enumerate(good):
@@ -120,8 +128,15 @@ class ModelRunner:
         return prepared
 
     def stats(self) -> dict[str, int]:
+        """Model calls by batch size."""
         with self._lock:
             return {str(k): v for k, v in sorted(self.batch_sizes.items())}
+
+    def timing(self) -> dict[str, float]:
+        """Mean milliseconds per model call spent preparing inputs and in the forward pass."""
+        with self._lock:
+            calls = max(sum(self.batch_sizes.values()), 1)
+            return {f"{k}_ms_per_call": 1000 * v / calls for k, v in self.seconds.items()}
 
 
 class Batcher:
