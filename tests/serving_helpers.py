@@ -102,9 +102,7 @@ def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str
 
 def small_package_params(**changes: Any) -> PackageParams:
     """Package params for tests: small limits (so oversize tests stay cheap), a relative state dir."""
-    return from_params(
-        PackageParams,
-        "package",
+    base = dict(
         model_name="thermops-test",
         bento_name="thermops-test",
         max_batch_size=16,
@@ -121,8 +119,8 @@ def small_package_params(**changes: Any) -> PackageParams:
         state_dir="serve-state",
         register_token_env="THERMOPS_TEST_REGISTER_TOKEN",
         max_registered_cameras=4,
-        **changes,
     )
+    return from_params(PackageParams, "package", **{**base, **changes})
 
 
 REGISTER_TOKEN = "test-token-0123456789abcdef"
@@ -251,7 +249,7 @@ def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> 
 
 
 def package_in_subprocess(
-    paths: dict[str, Path], home: Path, out: Path, params_yaml: Path
+    paths: dict[str, Path], home: Path, out: Path, params_yaml: Path, bentofile: str = "bentofile.yaml"
 ) -> subprocess.CompletedProcess:
     """Run the package CLI as dvc would, with its own BENTOML_HOME."""
     cmd = [
@@ -267,7 +265,7 @@ def package_in_subprocess(
         "--calibration",
         str(paths["calibration"]),
         "--bentofile",
-        str(ROOT / "bentofile.yaml"),
+        str(ROOT / bentofile),
         "--out",
         str(out),
     ]
