@@ -50,7 +50,7 @@ EXPECTED: dict[str, dict[str, float]] = (
 )
 TOLERANCE = float(CONFIG.get("tolerance", 1e-5))
 RECORDS: list[tuple[float, str, float, int, bool]] = []  # (start, kind, ms, status, as expected)
-BY_NAME: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # storm: payload -> status -> count
+STORM_STATUSES: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # payload -> status -> count
 MISMATCHES: list[dict] = []
 T0 = time.perf_counter()
 CAPACITY = 1503  # recorded status of a 503 "overloaded" with Retry-After
@@ -76,7 +76,7 @@ def _send(user: FastHttpUser, payload, kind: str) -> tuple[int, bytes]:
             resp.failure(f"{payload.name}: {status}")
     RECORDS.append((start - T0, kind, ms, status, ok))
     if kind.startswith("storm"):
-        BY_NAME[payload.name][str(status)] += 1
+        STORM_STATUSES[payload.name][str(status)] += 1
     return status, body
 
 
@@ -184,6 +184,6 @@ def _write_summary(environment, **_) -> None:
     result = {
         "kinds": summarize(RECORDS, float(CONFIG.get("warmup_s", 2.0))),
         "mismatches": MISMATCHES[:50],
-        "by_name": {k: dict(v) for k, v in sorted(BY_NAME.items())},
+        "by_name": {k: dict(v) for k, v in sorted(STORM_STATUSES.items())},
     }
     Path(CONFIG["out"]).write_text(json.dumps(result, indent=2))

@@ -104,6 +104,27 @@ def locust(url: str, users: int, seconds: float, classes: list[str], config: dic
     return json.loads(out.read_text())
 
 
+def worker_cpu(server) -> dict[str, float]:
+    """CPU seconds (user + system) of the server's worker: its event-loop thread, its model
+    thread (as /stats names them, for thermops) and all its other threads together."""
+    import psutil
+
+    try:
+        ids = post(server.url, "/stats", json={}).json().get("threads", {})
+    except Exception:  # noqa: BLE001  (the floor has no /stats)
+        ids = {}
+    names = {v: k for k, v in ids.items()}
+    out: dict[str, float] = {}
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            for t in proc.threads():
+                name = names.get(t.id, "other")
+                out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def post(url: str, route: str, **kw):
     import requests
 
@@ -205,8 +226,15 @@ def main(argv: list[str] | None = None) -> None:
                         before = post(url, "/stats", json={}).json() if name == "thermops" else None
                         seq = locust(url, 1, a.sequential_seconds, [cls], {"warmup_s": 2}, root)["kinds"][kind]
                         rnd["load"][f"single-{kind}-{name}"] = load_avg()
+                        cpu0 = worker_cpu(servers[name])
                         conc = locust(url, a.clients, a.seconds, [cls], {"warmup_s": 3}, root)["kinds"][kind]
+                        cpu1 = worker_cpu(servers[name])
                         rnd["load"][f"{a.clients}-{kind}-{name}"] = load_avg()
+                        conc["server_cpu_ms_per_answer"] = {
+                            t: 1000 * (cpu1[t] - cpu0.get(t, 0.0)) / max(conc["statuses"].get("200", 0), 1)
+                            for t in cpu1
+                            if cpu1[t] - cpu0.get(t, 0.0) > 0.01
+                        }
                         rnd[f"{kind}/{name}"] = {"single": seq, f"clients{a.clients}": conc}
                         if before is not None:
                             after = post(url, "/stats", json={}).json()
@@ -285,6 +313,8 @@ def _targets(rnd: dict, clients: int) -> dict:
             "rps_ratio": t[f"clients{clients}"]["good_answers_per_s"] / f[f"clients{clients}"]["good_answers_per_s"],
             "rps_ok": t[f"clients{clients}"]["good_answers_per_s"] >= rps_bound,
             "errors_for_good": errs,
+            "floor_server_cpu_ms": sum(f[f"clients{clients}"].get("server_cpu_ms_per_answer", {}).values()),
+            "server_cpu_ms": t[f"clients{clients}"].get("server_cpu_ms_per_answer", {}),
         }
     return out
 

@@ -169,3 +169,16 @@ def test_runner_refuses_one_job_and_serves_the_others(runner):
     )
     assert isinstance(out[1], TubeletError) and "finite temperature" in str(out[1])
     assert all(isinstance(o, np.ndarray) and o.shape == (4,) and abs(o.sum() - 1) < 1e-5 for o in (out[0], out[2]))
+
+
+def test_the_model_runs_traced_and_gives_the_eager_answers(runner):
+    """The runner traces the model (its forward then holds the GIL only at its ends) and
+    falls back to eager only if the trace disagrees; both give the same probabilities."""
+    run, model_dir = runner
+    assert run.traced
+    model, _ = load_model_dir(model_dir)
+    eager = ModelRunner(model, "cpu", SPEC, trace=False)
+    assert not eager.traced
+    jobs = [Job(counts_tubelet(8, 32, 32, seed=s), radiometric_calibration(), "celsius") for s in range(3)]
+    for a, b in zip(run(jobs), eager(jobs)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
