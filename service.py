@@ -294,6 +294,7 @@ class ThermopsClassifier:
             "inflight": gate.inflight if gate else None,
             "inflight_bytes": gate.inflight_bytes if gate else None,
             "refused": gate.refused if gate else None,
+            "latency": gate.latency() if gate else None,
             "rss_bytes": _rss_bytes(),
         }
 

@@ -22,8 +22,10 @@ with each route's error answers. No BentoML import: the middleware speaks ASGI.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -311,6 +313,7 @@ class Gateway:
         self.inflight = 0
         self.inflight_bytes = 0
         self.refused = 0  # 503s for capacity since start
+        self.latency_ms: collections.deque[float] = collections.deque(maxlen=2000)  # model requests, in the server
         Gateway.current = self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -370,6 +373,7 @@ class Gateway:
         counted = 1 if spec.model else 0
         self.inflight += counted
         self.inflight_bytes += declared
+        start = time.perf_counter()
         try:
             body = await self._read(receive, spec.max_bytes)
             if body is None:
@@ -385,6 +389,8 @@ class Gateway:
         finally:
             self.inflight -= counted
             self.inflight_bytes -= declared
+            if spec.model:
+                self.latency_ms.append(1000 * (time.perf_counter() - start))
 
     @staticmethod
     async def _read(receive: Receive, limit: int) -> bytes | None:
@@ -436,6 +442,14 @@ class Gateway:
             timer.cancel()
 
     # ------------------------------------------------------------------ OpenAPI
+
+    def latency(self) -> dict[str, float]:
+        """p50 / p99 milliseconds the last 2,000 model requests spent in this worker (from the
+        gateway to the end of the answer), and how many."""
+        xs = sorted(self.latency_ms)
+        if not xs:
+            return {}
+        return {"n": len(xs), "p50_ms": xs[len(xs) // 2], "p99_ms": xs[min(len(xs) - 1, int(0.99 * len(xs)))]}
 
     async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
         start: dict[str, Any] = {}
