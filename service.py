@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import sys
 import threading
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from thermops.serve.schema import CameraId, JsonTubelet, Prediction, Registratio
 
 logger = logging.getLogger("thermops.serve")
 GIL_SWITCH_INTERVAL_S = 0.001
+GC_THRESHOLDS = (20_000, 20, 20)  # CPython's default is (700, 10, 10)
 INLINE_VALUES = 32768  # tubelets up to this many values are prepared on the event loop (no thread hop)
 
 
@@ -100,6 +103,22 @@ def state_dir() -> Path:
     if path.is_absolute():
         return path
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / path
+
+
+class GcTimer:
+    """A gc callback: collections and seconds spent in them, for /stats."""
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.collections += 1
+            self.seconds += time.perf_counter() - self._start
 
 
 def _rss_bytes() -> int:
@@ -167,6 +186,14 @@ class ThermopsClassifier:
             LIMITS.max_concurrency,
             LIMITS.max_inflight_bytes,
         )
+        # The startup heap (torch, BentoML, the model) is never garbage: keep the collector
+        # off it, and collect young objects less often. Measured (32 JSON clients, load 5):
+        # 3.7 s of 12 s in the collector, 0.36 s per full collection, 122 answers/s; frozen,
+        # lists released and these thresholds: 0.08 s and 192 answers/s (docs/serving.md).
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+        self.gc = GcTimer()
+        gc.callbacks.append(self.gc)
         self._ready = True
 
     def __is_ready__(self) -> bool:
@@ -225,7 +252,15 @@ class ThermopsClassifier:
     async def classify(self, tubelet: JsonTubelet, camera_id: CameraId) -> Prediction:
         """Classify one tubelet sent as a JSON array (T, H, W) in the camera's raw values."""
         values = len(tubelet) * (len(tubelet[0]) * len(tubelet[0][0]) if tubelet and tubelet[0] else 1)
-        return await self._answer(lambda: parse_json_tubelet(tubelet, LIMITS), camera_id, "tubelet", values)
+
+        def decode() -> np.ndarray:
+            arr = parse_json_tubelet(tubelet, LIMITS)
+            # Release the parsed lists now, not when the answer is sent: they would otherwise
+            # live through the batch and be scanned by the collector (one list per row).
+            tubelet.clear()
+            return arr
+
+        return await self._answer(decode, camera_id, "tubelet", values)
 
     @bentoml.api
     async def classify_upload(self, file: Path, camera_id: CameraId) -> Prediction:
@@ -295,6 +330,7 @@ class ThermopsClassifier:
             "inflight_bytes": gate.inflight_bytes if gate else None,
             "refused": gate.refused if gate else None,
             "latency": gate.latency() if gate else None,
+            "gc": {"collections": self.gc.collections, "seconds": round(self.gc.seconds, 4)},
             "rss_bytes": _rss_bytes(),
         }
 
