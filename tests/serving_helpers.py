@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from params_helpers import from_params
+from serving_payloads import counts_tubelet, display8_tubelet  # noqa: F401  (re-exported)
 
 from thermops.camera.calibration import Agc, Calibration, Geometry, Radiometry, write_calibration
 from thermops.io import write_json
@@ -99,24 +100,30 @@ def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str
     return {"model": model_dir, "gate": gate_json, "calibration": cal_dir}
 
 
-def small_package_params() -> PackageParams:
-    """Package params for tests: small batches, small limits (so oversize tests stay cheap)."""
-    return from_params(
-        PackageParams,
-        "package",
+def small_package_params(**changes: Any) -> PackageParams:
+    """Package params for tests: small limits (so oversize tests stay cheap), a relative state dir."""
+    base = dict(
         model_name="thermops-test",
         bento_name="thermops-test",
         max_batch_size=16,
-        max_latency_ms=5000,
         max_frames=32,
         max_side=128,
         max_elements=200_000,
         max_upload_bytes=2_000_000,
-        max_request_bytes=8_000_000,
+        max_request_bytes=2_100_000,
+        max_json_bytes=4_000_000,
         workers=1,
         max_concurrency=64,
+        max_inflight_bytes=32_000_000,
         timeout_s=30,
+        state_dir="serve-state",
+        register_token_env="THERMOPS_TEST_REGISTER_TOKEN",
+        max_registered_cameras=4,
     )
+    return from_params(PackageParams, "package", **{**base, **changes})
+
+
+REGISTER_TOKEN = "test-token-0123456789abcdef"
 
 
 def bento_env(home: Path) -> dict[str, str]:
@@ -128,6 +135,7 @@ def bento_env(home: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
+        THERMOPS_TEST_REGISTER_TOKEN=REGISTER_TOKEN,
     )
     return env
 
@@ -195,20 +203,37 @@ class Server:
         self._fh.close()
 
 
-def counts_tubelet(t: int = 8, h: int = 24, w: int = 20, seed: int = 0) -> np.ndarray:
-    """A uint16 raw-counts tubelet (T, H, W) of the linear camera: a warm blob on a 15 C background."""
-    rng = np.random.default_rng(seed)
-    cal = radiometric_calibration()
-    yy, xx = np.mgrid[:h, :w]
-    blob = 6.0 * np.exp(-(((yy - h / 2) / (h / 5)) ** 2 + ((xx - w / 2) / (w / 6)) ** 2))
-    celsius = 15.0 + blob[None] + rng.normal(0, 0.05, (t, h, w))
-    return np.round(cal.radiometry.celsius_to_counts(celsius)).astype(np.uint16)
+def bento_args(home: Path, bento_tag: str) -> dict[str, Any]:
+    """The arguments a built bento serves with (its bento.yaml)."""
+    import yaml
+
+    name, version = bento_tag.split(":")
+    return yaml.safe_load((home / "bentos" / name / version / "bento.yaml").read_text())["args"]
 
 
-def display8_tubelet(t: int = 5, h: int = 40, w: int = 48, seed: int = 1) -> np.ndarray:
-    """A uint8 display-levels tubelet (T, H, W)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(30, 220, (t, h, w)).astype(np.uint8)
+def source_server(home: Path, bento_tag: str, log: Path, **changes: Any) -> Server:
+    """`bentoml serve service:ThermopsClassifier` from this tree with the bento's arguments
+    plus `changes` (a served bento keeps its own arguments; `--arg` cannot change them)."""
+    args = {**bento_args(home, bento_tag), **changes}
+    extra = ["--working-dir", str(ROOT)] + [x for k, v in args.items() for x in ("--arg", f"{k}={v}")]
+    return Server("service:ThermopsClassifier", home, ROOT, log, extra=extra)
+
+
+def worker_rss(server: Server) -> int:
+    """Resident bytes of the server's worker processes (the children of `bentoml serve`)."""
+    import psutil
+
+    try:
+        procs = psutil.Process(server.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> dict[str, float]:
@@ -224,7 +249,7 @@ def in_process_scores(model_dir: Path, arr: np.ndarray, camera: Calibration) -> 
 
 
 def package_in_subprocess(
-    paths: dict[str, Path], home: Path, out: Path, params_yaml: Path
+    paths: dict[str, Path], home: Path, out: Path, params_yaml: Path, bentofile: str = "bentofile.yaml"
 ) -> subprocess.CompletedProcess:
     """Run the package CLI as dvc would, with its own BENTOML_HOME."""
     cmd = [
@@ -240,7 +265,7 @@ def package_in_subprocess(
         "--calibration",
         str(paths["calibration"]),
         "--bentofile",
-        str(ROOT / "bentofile.yaml"),
+        str(ROOT / bentofile),
         "--out",
         str(out),
     ]

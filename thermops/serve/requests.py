@@ -13,7 +13,6 @@ Shapes: a request carries one tubelet (T, H, W); the batchable model call takes
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,157 +21,122 @@ import torch
 
 from thermops.camera.calibration import Calibration
 from thermops.model.preprocess import InputSpec, prepare_batch, to_model_units
+from thermops.serve.decoders import (  # noqa: F401  (the request-level API, re-exported)
+    MIN_SIDE,
+    check_dtype,
+    check_shape,
+    parse_json_tubelet,
+    parse_npy,
+    parse_tiff,
+    parse_upload,
+)
+from thermops.serve.errors import PayloadTooLarge, TubeletError, UnsupportedMedia  # noqa: F401
 
-MIN_SIDE = 8  # smallest H, W the service accepts (the prepare step's min_window_px)
-# Numeric dtypes a tubelet may come in; bool, complex, object and strings are refused.
-ACCEPTED_KINDS = ("u", "i", "f")
-
-
-class TubeletError(ValueError):
-    """A request's tubelet is malformed (shape, dtype, values, file format)."""
-
-
-class PayloadTooLarge(TubeletError):
-    """A request's tubelet exceeds the service's size limits."""
-
-
-class UnsupportedMedia(TubeletError):
-    """An upload is neither an .npy array nor a TIFF."""
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
 class PackageParams:
-    """The `package` section of params.yaml: store names, batching and request limits.
+    """The `package` section of params.yaml: store names, the model call, limits, capacity, state.
+
+    Every field becomes a bento argument (service.py derives its arguments from this class).
 
     Attributes:
         model_name: name of the entry in the BentoML model store.
         bento_name: name of the bento (the service name).
-        batching: route /classify through the adaptively batched model call (false: call
-            the model per request; cheaper on a small CPU host, see docs/serving.md).
-        max_batch_size: largest adaptive batch of tubelets for one model call.
-        max_latency_ms: the batcher's latency budget; a request that cannot meet it gets a 503.
+        max_batch_size: most tubelets one model call takes; the in-process batcher sends what
+            has queued while the previous call ran (1: no batching).
         max_frames: largest T accepted.
         max_side: largest H or W accepted.
         max_elements: largest T * H * W accepted.
-        max_upload_bytes: largest uploaded file (.npy / .tiff).
-        max_request_bytes: largest HTTP request body (JSON or multipart); 413 beyond.
-        workers: server worker processes (1: registered cameras live in the worker).
-        max_concurrency: requests in flight before the server answers 503.
-        timeout_s: per-request timeout.
+        max_upload_bytes: largest uploaded file (.npy / TIFF part of a multipart body).
+        max_request_bytes: largest multipart body; 413 beyond.
+        max_json_bytes: largest JSON body of /classify; 413 beyond (JSON numbers cost ~30 bytes
+            of memory each once parsed, so this bounds the parse too).
+        workers: server worker processes (registered cameras are shared through `state_dir`).
+        max_concurrency: model requests in flight per worker; above it 503 with Retry-After.
+        max_inflight_bytes: request body bytes in flight per worker; above it 503 with Retry-After.
+        retry_after_s: the Retry-After of a 503.
+        timeout_s: per-request deadline; a request still unanswered gets a 503.
+        torch_threads: intra-op threads of torch per worker.
+        device: `auto` (CUDA when present), `cpu` or `cuda` (refuse to start without one).
+        gpus: GPUs requested per service (BentoML `resources`); 0 on CPU hosts.
+        state_dir: writable folder for the service's state (registered cameras), shared by
+            its workers; a relative path is under BentoML's home ($BENTOML_HOME or ~/bentoml).
+        register_token_env: environment variable holding the bearer token /register_camera
+            needs (a Kubernetes secret on the cluster); unset: registration is switched off.
+        max_registered_cameras: most cameras registered at run time.
+        access_log: BentoML's per-request access log at INFO (errors are logged once at WARNING
+            either way, and /metrics counts every request).
     """
 
     model_name: str
     bento_name: str
-    batching: bool
     max_batch_size: int
-    max_latency_ms: int
     max_frames: int
     max_side: int
     max_elements: int
     max_upload_bytes: int
     max_request_bytes: int
+    max_json_bytes: int
     workers: int
     max_concurrency: int
+    max_inflight_bytes: int
+    retry_after_s: int
     timeout_s: int
+    torch_threads: int
+    device: str
+    gpus: int
+    state_dir: str
+    register_token_env: str
+    max_registered_cameras: int
+    access_log: bool
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 2:
-            raise ValueError("max_batch_size must be at least 2 (BentoML rejects 1)")
-        if min(self.max_latency_ms, self.max_frames, self.max_elements, self.max_upload_bytes) <= 0:
-            raise ValueError("limits must be positive")
+        positive = (
+            "max_batch_size max_frames max_elements max_upload_bytes max_request_bytes max_json_bytes "
+            "workers max_concurrency max_inflight_bytes retry_after_s timeout_s torch_threads"
+        ).split()
+        bad = [k for k in positive if getattr(self, k) <= 0]
+        if bad:
+            raise ValueError(f"package params {', '.join(bad)} must be positive")
         if self.max_side < MIN_SIDE:
             raise ValueError(f"max_side must be at least {MIN_SIDE}")
+        if self.max_upload_bytes > self.max_request_bytes:
+            raise ValueError("max_upload_bytes must not exceed max_request_bytes (the upload is part of the body)")
+        if max(self.max_request_bytes, self.max_json_bytes) > self.max_inflight_bytes:
+            raise ValueError("max_inflight_bytes must hold at least one largest request")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} is not one of {DEVICES}")
+        if self.gpus < 0 or self.max_registered_cameras < 0:
+            raise ValueError("gpus and max_registered_cameras must not be negative")
+        if not self.state_dir or not self.register_token_env:
+            raise ValueError("state_dir and register_token_env must be set")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- parsing
-
-
-def parse_npy(data: bytes) -> np.ndarray:
-    """Decode an .npy file (no pickles: object arrays are refused)."""
-    if not data.startswith(b"\x93NUMPY"):
-        raise TubeletError("upload is not an .npy file (missing the \\x93NUMPY magic)")
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
-        # object arrays need pickles; numpy says so in a ValueError
-        raise TubeletError(f"unreadable .npy file: {err}") from None
-    except (EOFError, OSError) as err:
-        raise TubeletError(f"truncated or corrupt .npy file: {err}") from None
-    if not isinstance(arr, np.ndarray):
-        raise TubeletError(".npy upload must hold one array")
-    return arr
-
-
-def parse_tiff(data: bytes) -> np.ndarray:
-    """Decode a (multi-page) TIFF: one page per frame -> (T, H, W)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            arr = tif.asarray()
-    except Exception as err:  # tifffile raises many kinds on a broken file
-        raise TubeletError(f"truncated or corrupt TIFF file: {type(err).__name__}: {err}") from None
-    arr = np.asarray(arr)
-    if arr.ndim == 2:  # a single page is one frame
-        arr = arr[None]
-    return arr
-
-
-def parse_upload(data: bytes, filename: str | None = None, content_type: str | None = None) -> np.ndarray:
-    """Decode an uploaded tubelet: `.npy` or multi-page 16-bit (or 8-bit) TIFF, by content."""
-    if not data:
-        raise TubeletError("upload is empty")
-    if data.startswith(b"\x93NUMPY"):
-        return parse_npy(data)
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return parse_tiff(data)
-    name = filename or "upload"
-    raise UnsupportedMedia(
-        f"{name}: unsupported file type (content type {content_type or 'unknown'}); "
-        "send an .npy array or a multi-page TIFF"
-    )
-
-
-def parse_json_tubelet(data: Any) -> np.ndarray:
-    """Turn a JSON nested list into an array, refusing ragged or non-numeric lists."""
-    try:
-        arr = np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError) as err:
-        raise TubeletError(f"tubelet is not a regular (T, H, W) array of numbers: {err}") from None
-    return arr
-
-
 # --------------------------------------------------------------------------- validation
 
 
-def validate_tubelet(arr: np.ndarray, limits: PackageParams) -> np.ndarray:
-    """Check shape (T, H, W), size limits, dtype and finiteness; return float64 (T, H, W)."""
+def check_tubelet(arr: np.ndarray, limits: PackageParams) -> np.ndarray:
+    """Check shape (T, H, W), size limits, dtype and finiteness; return `arr` itself (no copy)."""
     if not isinstance(arr, np.ndarray):
         raise TubeletError(f"tubelet must be an array, got {type(arr).__name__}")
-    if arr.dtype.kind not in ACCEPTED_KINDS:
-        raise TubeletError(f"tubelet dtype {arr.dtype} is not numeric; send integer or float values")
-    if arr.ndim != 3:
-        raise TubeletError(f"tubelet must have shape (T, H, W), got {arr.ndim} dimension(s) {tuple(arr.shape)}")
-    t, h, w = arr.shape
-    if t < 1:
-        raise TubeletError("tubelet has no frames (T = 0)")
-    if h < MIN_SIDE or w < MIN_SIDE:
-        raise TubeletError(f"tubelet frames are {h} x {w} pixels; at least {MIN_SIDE} x {MIN_SIDE} needed")
-    if t > limits.max_frames:
-        raise PayloadTooLarge(f"tubelet has {t} frames; at most {limits.max_frames} accepted")
-    if max(h, w) > limits.max_side:
-        raise PayloadTooLarge(f"tubelet frames are {h} x {w} pixels; at most {limits.max_side} per side accepted")
-    if arr.size > limits.max_elements:
-        raise PayloadTooLarge(f"tubelet has {arr.size} values; at most {limits.max_elements} accepted")
-    out = arr.astype(np.float64, copy=False)
-    finite = np.isfinite(out)
-    if not finite.all():
-        bad = int((~finite).sum())
-        raise TubeletError(f"tubelet has {bad} non-finite value(s) (NaN or inf)")
-    return out
+    check_dtype(arr.dtype)
+    check_shape(arr.shape, limits)
+    if arr.dtype.kind == "f":  # integers are always finite
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int((~finite).sum())
+            raise TubeletError(f"tubelet has {bad} non-finite value(s) (NaN or inf)")
+    return arr
+
+
+def validate_tubelet(arr: np.ndarray, limits: PackageParams) -> np.ndarray:
+    """`check_tubelet`, then the values as float64 (T, H, W)."""
+    return check_tubelet(arr, limits).astype(np.float64, copy=False)
 
 
 # --------------------------------------------------------------------------- model input
@@ -181,6 +145,8 @@ def validate_tubelet(arr: np.ndarray, limits: PackageParams) -> np.ndarray:
 def check_camera_range(arr: np.ndarray, cal: Calibration) -> None:
     """Refuse values the camera cannot produce (0 .. 2^bit_depth - 1)."""
     top = 2**cal.radiometry.bit_depth - 1
+    if arr.dtype.kind == "u" and np.iinfo(arr.dtype).max <= top:
+        return  # an unsigned type narrower than the camera: in range by construction
     lo, hi = float(arr.min()), float(arr.max())
     if lo < 0 or hi > top:
         raise TubeletError(
