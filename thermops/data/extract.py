@@ -164,10 +164,12 @@ def extract_clip(
                     "tubelet_id": f"{source}/{clip.clip_id}/{track_id}/{win[0]:05d}",
                     "camera_id": clip.camera_id, "calibration_version": clip.calibration_version,
                     "source": source, "clip_id": clip.clip_id, "label": wa[0]["label"], "kind": "object",
+                    "source_label": wa[0]["source_label"],
                     "track_id": f"{source}/{clip.clip_id}/{track_id}", "frame_start": win[0], "frame_end": win[-1],
                     "boxes": [[round(a[k], 1) for k in ("x0", "y0", "x1", "y1")] for a in wa],
+                    "box_px": round(box_px, 1),
                     "distance_m": float(np.median(dists)) if dists else None, "window_m": window_m,
-                    "window_px": side, "units": units, **_stats(tub),
+                    "window_px": side, "units": units, "agc": clip.agc, **_stats(tub),
                 }
             )
             arrays.append(tub)
@@ -208,10 +210,11 @@ def _background(source, clip, values, units, anns, cam, p, seed):
             {
                 "tubelet_id": f"{source}/{clip.clip_id}/bg{k}/{win[0]:05d}", "camera_id": clip.camera_id,
                 "calibration_version": clip.calibration_version, "source": source, "clip_id": clip.clip_id,
-                "label": "nuisance", "kind": "background", "track_id": f"{source}/{clip.clip_id}/bg{k}",
+                "label": "nuisance", "kind": "background", "source_label": "background",
+                "track_id": f"{source}/{clip.clip_id}/bg{k}",
                 "frame_start": win[0], "frame_end": win[-1], "boxes": [[round(v, 1) for v in (x0, y0, x1, y1)]],
-                "distance_m": float(np.hypot(*ground)) if ground else None, "window_m": window_m,
-                "window_px": side, "units": units, **_stats(tub),
+                "box_px": None, "distance_m": float(np.hypot(*ground)) if ground else None, "window_m": window_m,
+                "window_px": side, "units": units, "agc": clip.agc, **_stats(tub),
             }
         )
         arrays.append(tub)
@@ -219,39 +222,61 @@ def _background(source, clip, values, units, anns, cam, p, seed):
     return rows, arrays
 
 
+def rank_split(units: list[str], fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """Split a group of units (tracks, or still images) by a seeded, stable ranking: unit -> split.
+
+    A unit's split depends only on the group's unit set and the seed (never on the
+    order the units were read), so the same images get the same split whichever
+    other sources are prepared with them.
+    """
+    ranked = sorted(set(units), key=lambda u: stable_unit(str(seed), u))
+    n = len(ranked)
+    n_train = int(round(fractions["train"] * n))
+    n_val = int(round(fractions["val"] * n))
+    if n >= 3:  # keep every split populated when the group allows it
+        n_train = min(max(n_train, 1), n - 2)
+        n_val = min(max(n_val, 1), n - n_train - 1)
+    return {u: "train" if i < n_train else "val" if i < n_train + n_val else "test" for i, u in enumerate(ranked)}
+
+
+def still_image_splits(still: dict[str, list[str]], fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """Split of every still image: `still` maps camera -> its still clips (`<source>/<clip_id>`).
+
+    A single image holds many one-frame tracks that share its scene and its moment;
+    they go together, by image, stratified by camera, so no image feeds both
+    training and test.
+    """
+    out: dict[str, str] = {}
+    for cam in sorted(still):
+        out.update(rank_split([f"clip:{c}" for c in still[cam]], fractions, seed))
+    return {u.removeprefix("clip:"): sp for u, sp in out.items()}
+
+
 def assign_splits(
     rows: list[dict], fractions: dict[str, float], seed: int, still_clips: frozenset[str] = frozenset()
 ) -> None:
     """Split by track, stratified by (camera, label): every track lives in one split.
 
+    Rows that already carry a split (a source's own clip-disjoint splits) keep it.
     A single image (a clip of one frame, `still_clips` holding `<source>/<clip_id>`)
     holds many one-frame tracks that share its scene and its moment; they are split
-    together, by image, stratified by camera, so no image feeds both training and test.
+    together, by image, stratified by camera (`still_image_splits`).
     """
-    def unit(r: dict) -> tuple[tuple[str, str], str]:
+    free = [r for r in rows if not r.get("split")]
+    still: dict[str, list[str]] = defaultdict(list)
+    tracks: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in free:
         clip = f"{r['source']}/{r['clip_id']}"
         if clip in still_clips:
-            return (r["camera_id"], "<still images>"), f"clip:{clip}"
-        return (r["camera_id"], r["label"]), r["track_id"]
-
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for r in rows:
-        key, u = unit(r)
-        if u not in groups[key]:
-            groups[key].append(u)
-    split_of: dict[str, str] = {}
-    for key in sorted(groups):
-        units = sorted(groups[key], key=lambda tr: stable_unit(str(seed), tr))
-        n = len(units)
-        n_train = int(round(fractions["train"] * n))
-        n_val = int(round(fractions["val"] * n))
-        if n >= 3:  # keep every split populated when the group allows it
-            n_train = min(max(n_train, 1), n - 2)
-            n_val = min(max(n_val, 1), n - n_train - 1)
-        for i, tr in enumerate(units):
-            split_of[tr] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
-    for r in rows:
-        r["split"] = split_of[unit(r)[1]]
+            still[r["camera_id"]].append(clip)
+        else:
+            tracks[(r["camera_id"], r["label"])].append(r["track_id"])
+    split_of = {f"clip:{k}": v for k, v in still_image_splits(still, fractions, seed).items()}
+    for key in sorted(tracks):
+        split_of.update(rank_split(tracks[key], fractions, seed))
+    for r in free:
+        clip = f"{r['source']}/{r['clip_id']}"
+        r["split"] = split_of[f"clip:{clip}" if clip in still_clips else r["track_id"]]
 
 
 def raw_folders(raw_root: Path, sources: list[str]) -> list[tuple[str, Path]]:
@@ -278,11 +303,18 @@ def extract_all(
     p: PrepareParams,
     classes: list[str],
     seed: int,
+    keep_splits: frozenset[str] | None = None,
 ) -> tuple[list[dict], np.ndarray]:
-    """All tubelets of all raw folders, split, sorted by id: (manifest rows, (N, T, H, W) array)."""
+    """All tubelets of all raw folders, split, sorted by id: (manifest rows, (N, T, H, W) array).
+
+    `keep_splits` (e.g. {"test"}): keep only rows of these splits. Still images of
+    other splits are not even cut (their split is known from the clip list alone),
+    which makes scoring a still-image set's test split cheap.
+    """
     rows: list[dict] = []
     arrays: list[np.ndarray] = []
-    still: set[str] = set()
+    work: list[tuple[str, Path, Clip, list[dict]]] = []
+    still: dict[str, list[str]] = defaultdict(list)
     for source, folder in folders:
         anns_by_clip: dict[str, list[dict]] = defaultdict(list)
         for a in read_annotations(folder):
@@ -296,18 +328,31 @@ def extract_all(
                     f"{folder}: clip {clip.clip_id} was recorded with calibration {clip.calibration_version!r} "
                     f"but data/calibration/{clip.camera_id}.yaml is version {cal.version!r}; re-run its import"
                 )
-            try:
-                frames = load_frames(folder, clip)
-            except RawDataError as err:
-                raise PrepareError(str(err)) from None
-            if clip.n_frames == 1:
-                still.add(f"{source}/{clip.clip_id}")
-            r, a = extract_clip(source, clip, frames, anns_by_clip.get(clip.clip_id, []), cal, p, classes, seed)
-            rows.extend(r)
-            arrays.extend(a)
+            if clip.n_frames == 1 and not clip.split:
+                still[clip.camera_id].append(f"{source}/{clip.clip_id}")
+            work.append((source, folder, clip, anns_by_clip.get(clip.clip_id, [])))
+    still_split = still_image_splits(still, p.splits, seed)
+    for source, folder, clip, anns in work:
+        fixed = clip.split or still_split.get(f"{source}/{clip.clip_id}", "")
+        if keep_splits is not None and fixed and fixed not in keep_splits:
+            continue
+        try:
+            frames = load_frames(folder, clip)
+        except RawDataError as err:
+            raise PrepareError(str(err)) from None
+        r, a = extract_clip(source, clip, frames, anns, calibrations[clip.camera_id], p, classes, seed)
+        for row in r:
+            row["split"] = fixed
+        rows.extend(r)
+        arrays.extend(a)
     if not rows:
         raise PrepareError("no tubelets: the selected sources hold no usable tracks")
-    assign_splits(rows, p.splits, seed, frozenset(still))
+    assign_splits(rows, p.splits, seed)
+    if keep_splits is not None:
+        keep = [i for i, r in enumerate(rows) if r["split"] in keep_splits]
+        rows, arrays = [rows[i] for i in keep], [arrays[i] for i in keep]
+        if not rows:
+            raise PrepareError(f"no tubelets in the splits {sorted(keep_splits)}")
     order = sorted(range(len(rows)), key=lambda i: rows[i]["tubelet_id"])
     if len({r["tubelet_id"] for r in rows}) != len(rows):
         raise PrepareError("duplicate tubelet ids (two sources or clips with the same name?)")

@@ -74,9 +74,23 @@ def _subgrid(win: tuple[int, int, int, int], s: int) -> tuple[np.ndarray, np.nda
     return np.meshgrid(us, vs)  # (Hs, Ws) each, pixel centres at integers
 
 
-def _composite(cv: Canvas, win, cov_sub: np.ndarray, temp: float, dist: float, s: int) -> None:
+def _samples(win: tuple[int, int, int, int], s_max: int) -> int:
+    """Supersampling per pixel axis for a window: full for small objects (their edges are most of
+    them), less for large ones, whose anti-aliased edge is a small share of their pixels."""
     u0, v0, u1, v1 = win
-    cov = cov_sub.reshape(v1 - v0, s, u1 - u0, s).mean(axis=(1, 3))
+    area = (u1 - u0) * (v1 - v0)
+    return s_max if area <= 2500 else max(1, min(s_max, 2 if area <= 20000 else 1))
+
+
+def _reduce(cov_sub: np.ndarray, win: tuple[int, int, int, int], s: int) -> np.ndarray:
+    """Supersampled coverage -> pixel coverage of the window."""
+    u0, v0, u1, v1 = win
+    return cov_sub.reshape(v1 - v0, s, u1 - u0, s).mean(axis=(1, 3)) if s > 1 else cov_sub
+
+
+def _composite(cv: Canvas, win, cov: np.ndarray, temp: float, dist: float) -> None:
+    """Blend `temp` into the window by pixel coverage `cov`, behind structures nearer than `dist`."""
+    u0, v0, u1, v1 = win
     cov = cov * (dist < cv.depth[v0:v1, u0:u1])  # structures in front hide the object
     cv.drawn += float(cov.sum())
     f = cv.field[v0:v1, u0:u1]
@@ -100,7 +114,7 @@ def draw_capsule(cv: Canvas, cap: Capsule, alpha: float = 1.0) -> tuple[np.ndarr
     win = _window(cam, lo - 1, hi + 1)
     if win is None:
         return lo, hi  # out of the frame: extent still reported, clipped by the caller
-    s = cv.supersample
+    s = _samples(win, cv.supersample)
     uu, vv = _subgrid(win, s)
     a, b = uv[0], uv[1]
     ab = b - a
@@ -113,7 +127,7 @@ def draw_capsule(cv: Canvas, cap: Capsule, alpha: float = 1.0) -> tuple[np.ndarr
     cov = (d2 <= r * r).astype(np.float64) * alpha
     mid = 0.5 * (pts[0] + pts[1])
     dist = _dist_to_camera(cam, mid)
-    _composite(cv, win, cov, cv.cond.atmosphere(cap.temp_c, dist), dist, s)
+    _composite(cv, win, _reduce(cov, win, s), cv.cond.atmosphere(cap.temp_c, dist), dist)
     return lo, hi
 
 
@@ -138,29 +152,41 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return np.array(lower[:-1] + upper[:-1])
 
 
-def draw_box(cv: Canvas, box: Box, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rasterize the silhouette (convex hull of the projected corners) of a box."""
-    cam = cv.camera
-    uv, z = cam.project(box.corners)
+def box_coverage(camera: PinholeCamera, corners: np.ndarray, supersample: int = 4):
+    """Anti-aliased pixel coverage of a box's silhouette (convex hull of its projected corners).
+
+    Returns (extent (lo, hi), window (u0, v0, u1, v1) or None, pixel coverage of the window
+    or None), or None when a corner is behind the camera.
+    """
+    uv, z = camera.project(corners)
     if np.any(z <= 0.5):
         return None
     lo, hi = uv.min(axis=0), uv.max(axis=0)
-    win = _window(cam, lo - 1, hi + 1)
-    if win is None:
-        return lo, hi
+    win = _window(camera, lo - 1, hi + 1)
     hull = _hull(uv)
-    s = cv.supersample
-    uu, vv = _subgrid(win, s)
+    if win is None or len(hull) < 3:
+        return (lo, hi), None, None
+    ss = _samples(win, supersample)
+    uu, vv = _subgrid(win, ss)
     inside = np.ones(uu.shape, dtype=bool)
     n = len(hull)
-    if n < 3:
-        return lo, hi
     for i in range(n):
         a, b = hull[i], hull[(i + 1) % n]
         inside &= (b[0] - a[0]) * (vv - a[1]) - (b[1] - a[1]) * (uu - a[0]) >= 0
-    dist = _dist_to_camera(cam, box.corners.mean(axis=0))
-    _composite(cv, win, inside.astype(np.float64) * alpha, cv.cond.atmosphere(box.temp_c, dist), dist, s)
-    return lo, hi
+    return (lo, hi), win, _reduce(inside.astype(np.float64), win, ss)
+
+
+def draw_box(cv: Canvas, box: Box, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rasterize the silhouette (convex hull of the projected corners) of a box."""
+    got = box_coverage(cv.camera, box.corners, cv.supersample)
+    if got is None:
+        return None
+    ext, win, cov = got
+    if win is None:
+        return ext
+    dist = _dist_to_camera(cv.camera, box.corners.mean(axis=0))
+    _composite(cv, win, cov * alpha, cv.cond.atmosphere(box.temp_c, dist), dist)
+    return ext
 
 
 def box_corners(center: np.ndarray, heading: float, length: float, width: float, z0: float, z1: float) -> np.ndarray:
@@ -245,8 +271,9 @@ class Person(Thing):
         lean = (0.12 if run else 0.03) * h * f
         hip = base + np.array([0, 0, 0.52 * h])
         neck = base + np.array([0, 0, 0.82 * h]) + lean
-        head_r = 0.065 * h
-        head = base + np.array([0, 0, h - head_r]) + lean
+        # Head about 0.13 h tall and 0.09 h wide: a short vertical capsule, not a ball.
+        head_r = 0.045 * h
+        head = base + np.array([0, 0, h - 0.065 * h]) + lean
         cloth = self.params["cloth_c"]
         trousers = self.params["trousers_c"]
         skin = skin_c(cond)
@@ -267,8 +294,9 @@ class Person(Thing):
             sh = neck + side * sh_w * r - np.array([0, 0, 0.02 * h])
             hand = sh + 0.36 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
             parts.append(Capsule(tuple(sh), tuple(hand), 0.03 * h, cloth))
-            parts.append(Capsule(tuple(hand), tuple(hand), 0.035 * h, 0.5 * (skin + cloth)))  # hand
-        parts.append(Capsule(tuple(head), tuple(head), head_r, skin))
+            parts.append(Capsule(tuple(hand), tuple(hand), 0.025 * h, 0.5 * (skin + cloth)))  # hand
+        up = np.array([0, 0, 0.02 * h])
+        parts.append(Capsule(tuple(head - up), tuple(head + up), head_r, skin))
         return parts
 
 
@@ -510,4 +538,64 @@ class RainStreak(Thing):
             if ui < u1 and vb > va:
                 seg = cv.field[va:vb, ui]
                 seg += 0.7 * (p["drop_c"] - seg)
+        return lo, hi
+
+
+class GlassReflection(Thing):
+    """A person's mirror image in a glossy vertical surface (shop window, glazed door, car side).
+
+    The panel is a thin box whose own apparent temperature is mostly reflected sky
+    (glass is opaque in LWIR and partly reflective; polished metal is a mirror,
+    THERMAL-FACTS). A person walking in front of it, out of view, appears behind
+    the panel plane as an upright, dimmer person: radiance panel + rho (T_part -
+    panel), cut by the panel's outline. A classic person-shaped false alarm.
+    The virtual person's foot point moves along the panel at `behind_m` behind it.
+    """
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        return []
+
+    def _panel(self) -> np.ndarray:
+        p = self.params
+        c = np.array([*p["panel_xy"], 0.0])
+        return box_corners(c, p["panel_heading"], p["panel_w"], 0.06, p["panel_z0"], p["panel_z0"] + p["panel_h"])
+
+    def ground_xy(self, t: float) -> np.ndarray:
+        return np.asarray(self.params["panel_xy"], dtype=np.float64)
+
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        p = self.params
+        panel_c = p["panel_c"]
+        corners = self._panel()
+        got = box_coverage(cv.camera, corners, cv.supersample)
+        if got is None:
+            return None
+        ext, win, cov = got
+        if win is None:
+            return ext
+        dist = _dist_to_camera(cv.camera, corners.mean(axis=0))
+        _composite(cv, win, cov, cv.cond.atmosphere(panel_c, dist), dist)
+        # The virtual person, drawn on a scratch copy without occluders, then kept inside the panel only.
+        along = np.array([math.sin(p["panel_heading"]), math.cos(p["panel_heading"])])
+        normal = np.array([along[1], -along[0]])
+        start = np.asarray(p["panel_xy"]) + normal * p["behind_m"] - along * (0.5 * p["panel_w"] + p["enter_m"])
+        heading = math.atan2(along[0], along[1])
+        ghost = Person("person", "person_walking", start, heading, self.speed, self.phase, p["person"])
+        scratch = Canvas(cv.camera, cv.cond, cv.field.copy(), np.full(cv.depth.shape, np.inf), cv.supersample)
+        rho = p["reflectivity"]
+        g_ext = None
+        for prt in ghost.parts(t, cv.cond):
+            e = draw_capsule(scratch, Capsule(prt.p0, prt.p1, prt.radius, panel_c + rho * (prt.temp_c - panel_c)))
+            if e is not None:
+                g_ext = e if g_ext is None else (np.minimum(g_ext[0], e[0]), np.maximum(g_ext[1], e[1]))
+        u0, v0, u1, v1 = win
+        mask = cov * (dist < cv.depth[v0:v1, u0:u1])
+        f = cv.field[v0:v1, u0:u1]
+        f += mask * (scratch.field[v0:v1, u0:u1] - f)
+        cv.drawn += float(mask.sum())
+        if g_ext is None:
+            return ext
+        lo, hi = np.maximum(ext[0], g_ext[0]), np.minimum(ext[1], g_ext[1])
+        if np.any(hi - lo < 1.0):
+            return ext  # the reflection is outside the panel: the box is the panel
         return lo, hi
