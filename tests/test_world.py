@@ -44,6 +44,7 @@ def small(cfg: SynthParams, clips: int = 1, frames: int = 4, **kw) -> SynthParam
         **{
             "clips": {"train": clips, "val": 0, "test": 0},
             "frames": {"train": frames, "val": frames, "test": frames},
+            "stills": {"train": 0, "val": 0, "test": 0},
             "outputs": {"counts": 1.0},
             **kw,
         },
@@ -226,7 +227,11 @@ def _run_cli(tmp: Path, params: dict, cam: str, out: Path, cal_path: Path | None
 
 def _tiny_params(params: dict, **synth) -> dict:
     out = dict(params)
-    tiny = {"clips": {"train": 2, "val": 0, "test": 1}, "frames": {"train": 4, "val": 4, "test": 8}}
+    tiny = {
+        "clips": {"train": 2, "val": 0, "test": 1},
+        "frames": {"train": 4, "val": 4, "test": 8},
+        "stills": {"train": 1, "val": 0, "test": 1},
+    }
     out["synth"] = {**params["synth"], **tiny, **synth}
     return out
 
@@ -321,6 +326,20 @@ def test_output_mix_follows_its_weights_and_splits_are_clip_disjoint(cfg):
         assert a.row == b.row and np.array_equal(a.frames, b.frames)
     tracks = {(r.row["split"], a["track_id"]) for r in res for a in r.annotations}
     assert len({t for _, t in tracks}) == len(tracks)  # no track in two splits
+
+
+def test_stills_are_single_frames_of_their_own_split(cfg):
+    cal = load_calibration(CAL_DIR / "fence_mid.yaml")
+    base = small(cfg, clips=1, frames=3)
+    res = synthesize_camera(dataclasses.replace(base, stills={"train": 2, "val": 0, "test": 3}), cal, 9)
+    stills = [r for r in res if "-still" in r.row["clip_id"]]
+    assert [r.row["clip_id"] for r in stills] == [f"fence_mid-{s}-still{i:03d}" for s, i in
+                                                  [("train", 0), ("train", 1), ("test", 0), ("test", 1), ("test", 2)]]  # fmt: skip
+    assert all(r.row["n_frames"] == 1 and r.frames.shape[0] == 1 for r in stills)
+    assert sum(len(r.annotations) for r in stills) >= 3 * 5  # several objects per still
+    # Adding stills leaves the sequences as they were.
+    (seq,) = synthesize_camera(base, cal, 9)
+    assert seq.row == res[0].row and np.array_equal(seq.frames, res[0].frames)
 
 
 def test_display_functions():

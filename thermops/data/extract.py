@@ -80,15 +80,15 @@ def crop_window(frames: np.ndarray, centers: np.ndarray, side: int, size: int) -
     would show the last row and column rather than an invented background.
     """
     t, h, w = frames.shape
-    pad = side
-    padded = np.pad(frames, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
     out = np.empty((t, side, side), dtype=np.float32)
+    span = np.arange(side)
     for i in range(t):
-        x0 = int(round(centers[i, 0] - side / 2)) + pad
-        y0 = int(round(centers[i, 1] - side / 2)) + pad
-        x0 = min(max(x0, 0), w + 2 * pad - side)
-        y0 = min(max(y0, 0), h + 2 * pad - side)
-        out[i] = padded[i, y0 : y0 + side, x0 : x0 + side]
+        # At most one window beyond the border (as if padded by `side`), edge pixels replicated.
+        x0 = min(max(int(round(centers[i, 0] - side / 2)), -side), w)
+        y0 = min(max(int(round(centers[i, 1] - side / 2)), -side), h)
+        rows = np.clip(y0 + span, 0, h - 1)
+        cols = np.clip(x0 + span, 0, w - 1)
+        out[i] = frames[i][rows[:, None], cols[None, :]]
     return resample(out, t, size).numpy()
 
 
@@ -188,15 +188,20 @@ def _background(source, clip, values, units, anns, cam, p, seed):
         top = int(np.clip(cam.horizon_v() + 4, 0, h - p.min_window_px))
     attempts = 0
     k = 0
-    while k < p.background_per_clip and attempts < 50 * max(1, p.background_per_clip):
-        attempts += 1
-        cx, cy = rng.uniform(0, w), rng.uniform(top, h)
+    max_attempts = 50 * max(1, p.background_per_clip)
+    # Candidate centres drawn at once, their ground points in one (iterative, undistorting) call.
+    cands = np.stack([rng.uniform(0, w, max_attempts), rng.uniform(top, h, max_attempts)], axis=1)
+    grounds = cam.pixel_to_ground(cands) if cam is not None and p.background_per_clip else None
+    while k < p.background_per_clip and attempts < max_attempts:
+        cx, cy = cands[attempts]
         ground = None
-        if cam is not None:
-            g = cam.pixel_to_ground(np.array([[cx, cy]]))[0]
+        if grounds is not None:
+            g = grounds[attempts]
             if not np.all(np.isfinite(g)):
+                attempts += 1
                 continue
             ground = (float(g[0]), float(g[1]))
+        attempts += 1
         side, window_m = _side_px(cam, p, ground, rng.uniform(8, 32), min(h, w))
         f0 = int(rng.integers(0, max(1, t - p.frames + 1)))
         win = window_frames(list(range(f0, min(t, f0 + p.frames))), p.frames, p.stride)[0]

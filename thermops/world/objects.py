@@ -101,11 +101,17 @@ def _dist_to_camera(camera: PinholeCamera, p: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(p, dtype=np.float64) - camera.center))
 
 
-def draw_capsule(cv: Canvas, cap: Capsule, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rasterize one capsule with anti-aliased coverage; returns its pixel extent (lo, hi) or None."""
+def draw_capsule(
+    cv: Canvas, cap: Capsule, alpha: float = 1.0, projected: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rasterize one capsule with anti-aliased coverage; returns its pixel extent (lo, hi) or None.
+
+    `projected`: its two end points' (pixels (2, 2), depths (2,)) when the caller projected
+    many parts at once (`Thing.draw`); otherwise they are projected here.
+    """
     cam = cv.camera
     pts = np.array([cap.p0, cap.p1], dtype=np.float64)
-    uv, z = cam.project(pts)
+    uv, z = cam.project(pts) if projected is None else projected
     if np.any(z <= 0.5):
         return None
     zm = float(z.mean())
@@ -235,8 +241,13 @@ class Thing:
         """Draw at time `t`; returns the unclipped pixel extent (lo, hi) or None if behind the camera."""
         lo, hi = np.array([np.inf, np.inf]), np.array([-np.inf, -np.inf])
         any_part = False
-        for p in self.parts(t, cv.cond):
-            ext = draw_capsule(cv, p) if isinstance(p, Capsule) else draw_box(cv, p)
+        parts = self.parts(t, cv.cond)
+        caps = [p for p in parts if isinstance(p, Capsule)]
+        if caps:  # one projection for every capsule end point (the per-call cost dominates small objects)
+            uv, z = cv.camera.project(np.array([q for c in caps for q in (c.p0, c.p1)], dtype=np.float64))
+            ends = {id(c): (uv[2 * i : 2 * i + 2], z[2 * i : 2 * i + 2]) for i, c in enumerate(caps)}
+        for p in parts:
+            ext = draw_capsule(cv, p, projected=ends[id(p)]) if isinstance(p, Capsule) else draw_box(cv, p)
             if ext is not None:
                 any_part = True
                 lo, hi = np.minimum(lo, ext[0]), np.maximum(hi, ext[1])

@@ -13,6 +13,7 @@ calibration changes only that camera's output.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class SynthParams:
         clips: clips per camera and split. Splits are clip-disjoint: no scene, hour,
             object or sensor state is shared between train, val and test clips.
         frames: frames per clip, per split (test clips of T frames give one tubelet per track).
+        stills: single-frame clips per camera and split: appearance without motion, as a
+            still-image set or a snapshot gives it (a tubelet of T copies), and cheap test data.
         fps: frame rate.
         objects_per_clip: people, vehicles and animals, drawn in turn (classes stay balanced).
         nuisance_per_clip: nuisances per clip.
@@ -110,6 +113,7 @@ class SynthParams:
 
     clips: dict[str, int]
     frames: dict[str, int]
+    stills: dict[str, int]
     fps: float
     objects_per_clip: int
     nuisance_per_clip: int
@@ -125,12 +129,14 @@ class SynthParams:
     sensor: SensorParams
 
     def __post_init__(self) -> None:
-        for name in ("clips", "frames"):
+        for name in ("clips", "frames", "stills"):
             d = getattr(self, name)
             if set(d) != set(SPLITS):
                 raise ValueError(f"{name} must name exactly {list(SPLITS)}")
-        if min(self.clips.values()) < 0 or sum(self.clips.values()) < 1:
-            raise ValueError("clips must be non-negative, at least one in all")
+        if min(self.clips.values()) < 0 or min(self.stills.values()) < 0:
+            raise ValueError("clips and stills must be non-negative")
+        if sum(self.clips.values()) + sum(self.stills.values()) < 1:
+            raise ValueError("clips and stills hold no clip at all")
         if min(self.frames.values()) < 1:
             raise ValueError("frames must be at least 1 per clip")
         if self.fps <= 0:
@@ -150,6 +156,20 @@ class SynthParams:
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
                 raise ValueError(f"{name} must be [lo, hi] with lo <= hi")
+
+
+def single_split(cfg: SynthParams, clips: int, frames: int, stills: int = 0, split: str = "train") -> SynthParams:
+    """`cfg` with only `clips` sequences of `frames` frames (and `stills` single frames) in one split,
+    e.g. unlabeled footage for pretraining: `synthesize_camera(single_split(cfg, 12, 24), cal, seed + k)`."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    zero = dict.fromkeys(SPLITS, 0)
+    return dataclasses.replace(
+        cfg,
+        clips={**zero, split: clips},
+        frames=dict.fromkeys(SPLITS, frames),
+        stills={**zero, split: stills},
+    )
 
 
 def camera_seed(seed: int, camera_id: str) -> int:
@@ -564,76 +584,78 @@ def synthesize_camera(cfg: SynthParams, cal: Calibration, seed: int) -> list[Cli
     weights /= weights.sum()
     gain = float(cal.radiometry.celsius_to_counts(21.0) - cal.radiometry.celsius_to_counts(20.0))  # counts per K
     out = []
-    for si, split in enumerate(SPLITS):
-        n = cfg.frames[split]
+    # Sequences first, then single frames (stills), each split and kind from its own random stream.
+    plan = [(split, si, ci, False) for si, split in enumerate(SPLITS) for ci in range(cfg.clips[split])]
+    plan += [(split, si, ci, True) for si, split in enumerate(SPLITS) for ci in range(cfg.stills[split])]
+    for split, si, ci, still in plan:
+        n = 1 if still else cfg.frames[split]
         t_mid = 0.5 * (n - 1) / cfg.fps
-        for ci in range(cfg.clips[split]):
-            rng = np.random.default_rng([base, 1 + si, ci])
-            clip_id = f"{cal.camera_id}-{split}{ci:03d}"
-            h_index = (ci + hour_offset + 2 * si) % len(cfg.hours)
-            hour = float(cfg.hours[h_index]) + float(rng.uniform(-0.25, 0.25))
-            weather = str(rng.choice(cfg.weathers))
-            cond = conditions(hour % 24.0, weather, float(rng.uniform(*cfg.mean_air_c)))
-            output = str(rng.choice(kinds, p=weights))
-            extra_blur = float(rng.uniform(*cfg.defocus_px))
-            tau_s = float(rng.uniform(*cfg.tau_ms)) / 1000.0
-            bg, depth, _ = background(camera, rays, lay, cond, geom)
-            things: list[Thing] = []
-            first = int(rng.integers(0, 3))
-            for k in range(cfg.objects_per_clip):
-                things.append(
-                    sample_object(
-                        LABELS[(first + k) % 3], camera, cond, rng, t_mid, cfg.near_fraction, cfg.static_fraction
-                    )
+        rng = np.random.default_rng([base, 1 + si + (len(SPLITS) if still else 0), ci])
+        clip_id = f"{cal.camera_id}-{split}{'-still' if still else ''}{ci:03d}"
+        h_index = (ci + hour_offset + 2 * si + (1 if still else 0)) % len(cfg.hours)
+        hour = float(cfg.hours[h_index]) + float(rng.uniform(-0.25, 0.25))
+        weather = str(rng.choice(cfg.weathers))
+        cond = conditions(hour % 24.0, weather, float(rng.uniform(*cfg.mean_air_c)))
+        output = str(rng.choice(kinds, p=weights))
+        extra_blur = float(rng.uniform(*cfg.defocus_px))
+        tau_s = float(rng.uniform(*cfg.tau_ms)) / 1000.0
+        bg, depth, _ = background(camera, rays, lay, cond, geom)
+        things: list[Thing] = []
+        first = int(rng.integers(0, 3))
+        for k in range(cfg.objects_per_clip):
+            things.append(
+                sample_object(
+                    LABELS[(first + k) % 3], camera, cond, rng, t_mid, cfg.near_fraction, cfg.static_fraction
                 )
-            for _ in range(cfg.nuisance_per_clip):
-                things.append(sample_nuisance(camera, cond, rng, t_mid, int(rng.integers(0, 2**31))))
-            tracks = [f"{clip_id}-t{j:02d}" for j in range(len(things))]
-            temps = np.empty((n, camera.height, camera.width), dtype=np.float32)
-            anns: list[dict] = []
-            for fi in range(n):
-                t = fi / cfg.fps
-                fld = bg.copy()
-                if cond.weather == "rain":
-                    rain_streaks(fld, cond, rng)
-                cv = Canvas(camera, cond, fld, depth)
-                # Painter's order: far objects first, so near ones cover them.
-                order = sorted(range(len(things)), key=lambda j: -float(camera.ground_range(things[j].ground_xy(t))[0]))
-                for j in order:
-                    before = cv.drawn
-                    ext = _draw(cv, things[j], t, tau_s)
-                    hidden = cv.drawn - before < 0.3 and not isinstance(things[j], (HeatShimmer, RainStreak))
-                    if ext is None or hidden:
-                        continue  # behind the camera, outside the frame, or hidden behind a structure
-                    row = _annotation(clip_id, fi, tracks[j], things[j], ext, camera, t)
-                    if row is not None:
-                        anns.append(row)
-                temps[fi] = fld
-            ffc_phase = float(rng.uniform(0, sensor.ffc_interval_s))
-            agc = ""
-            if output == "counts":
-                frames = sensor.counts(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
-                dtype, units = "uint16", "counts"
-            else:
-                c = sensor.counts_float(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
-                frames, agc = display_output(output, c, gain, cfg.display, rng)
-                dtype, units = "uint8", "display8"
-            row = {
-                "clip_id": clip_id,
-                "camera_id": cal.camera_id,
-                "calibration_version": cal.version,
-                "source": "synthetic",
-                "n_frames": n,
-                "height": camera.height,
-                "width": camera.width,
-                "dtype": dtype,
-                "units": units,
-                "fps": cfg.fps,
-                "time_of_day_h": round(hour % 24.0, 3),
-                "weather": weather,
-                "ambient_c": round(cond.air_c, 3),
-                "split": split,
-                "agc": agc,
-            }
-            out.append(ClipResult(row, anns, frames))
+            )
+        for _ in range(cfg.nuisance_per_clip):
+            things.append(sample_nuisance(camera, cond, rng, t_mid, int(rng.integers(0, 2**31))))
+        tracks = [f"{clip_id}-t{j:02d}" for j in range(len(things))]
+        temps = np.empty((n, camera.height, camera.width), dtype=np.float32)
+        anns: list[dict] = []
+        for fi in range(n):
+            t = fi / cfg.fps
+            fld = bg.copy()
+            if cond.weather == "rain":
+                rain_streaks(fld, cond, rng)
+            cv = Canvas(camera, cond, fld, depth)
+            # Painter's order: far objects first, so near ones cover them.
+            order = sorted(range(len(things)), key=lambda j: -float(camera.ground_range(things[j].ground_xy(t))[0]))
+            for j in order:
+                before = cv.drawn
+                ext = _draw(cv, things[j], t, tau_s)
+                hidden = cv.drawn - before < 0.3 and not isinstance(things[j], (HeatShimmer, RainStreak))
+                if ext is None or hidden:
+                    continue  # behind the camera, outside the frame, or hidden behind a structure
+                row = _annotation(clip_id, fi, tracks[j], things[j], ext, camera, t)
+                if row is not None:
+                    anns.append(row)
+            temps[fi] = fld
+        ffc_phase = float(rng.uniform(0, sensor.ffc_interval_s))
+        agc = ""
+        if output == "counts":
+            frames = sensor.counts(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
+            dtype, units = "uint16", "counts"
+        else:
+            c = sensor.counts_float(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
+            frames, agc = display_output(output, c, gain, cfg.display, rng)
+            dtype, units = "uint8", "display8"
+        row = {
+            "clip_id": clip_id,
+            "camera_id": cal.camera_id,
+            "calibration_version": cal.version,
+            "source": "synthetic",
+            "n_frames": n,
+            "height": camera.height,
+            "width": camera.width,
+            "dtype": dtype,
+            "units": units,
+            "fps": cfg.fps,
+            "time_of_day_h": round(hour % 24.0, 3),
+            "weather": weather,
+            "ambient_c": round(cond.air_c, 3),
+            "split": split,
+            "agc": agc,
+        }
+        out.append(ClipResult(row, anns, frames))
     return out

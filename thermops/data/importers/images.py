@@ -56,7 +56,7 @@ def _palette_lut(name: str) -> np.ndarray:
         # The ramp, densely resampled by arc length so equal grey steps are equal colour steps.
         seg = np.linalg.norm(np.diff(anchors, axis=0), axis=1)
         s = np.concatenate([[0.0], np.cumsum(seg)])
-        t = np.linspace(0.0, s[-1], 1024)
+        t = np.linspace(0.0, s[-1], 256)
         ramp = np.stack([np.interp(t, s, anchors[:, c]) for c in range(3)], axis=1)
         step = 2 ** (8 - _LUT_BITS)
         centres = np.arange(2**_LUT_BITS) * step + (step - 1) / 2
