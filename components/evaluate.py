@@ -52,6 +52,22 @@ def _binned(probs, target, rows, key: str, edges: list[float], classes, positive
     return out
 
 
+def _by_motion(probs, target, rows, classes, positive) -> dict:
+    """Figures of still tubelets (one frame repeated: still images, snapshots) and of sequences apart."""
+    still = np.array([r["frame_start"] == r["frame_end"] for r in rows], dtype=bool)
+    out = {}
+    for name, sel in (("still", still), ("sequence", ~still)):
+        if sel.any():
+            s = score(probs[sel], target[sel], classes, positive)
+            out[name] = {
+                "n": s["n"],
+                "accuracy": s["accuracy"],
+                "macro_f1": s["macro_f1"],
+                f"{positive}_balanced_accuracy": s[f"{positive}_vs_rest"]["balanced_accuracy"],
+            }
+    return out
+
+
 def metric_view(s: dict, positive: str) -> dict:
     """The decision figures of one source's full score (what metrics/real_eval.json keeps)."""
     pvr = s[f"{positive}_vs_rest"]
@@ -134,6 +150,7 @@ def run(
         view = {"status": "scored", "scope": scope, **metric_view(s, cfg.positive)}
         if source == SYNTHETIC:
             view["by_range_m"] = _binned(probs, target, rows, "distance_m", cfg.range_bins_m, classes, cfg.positive)
+            view["by_motion"] = _by_motion(probs, target, rows, classes, cfg.positive)
         metrics["sources"][source] = view
         details["sources"][source] = {
             "scope": scope,

@@ -119,6 +119,7 @@ def test_evaluate_scores_every_source_and_writes_a_self_contained_report(tmp_pat
     syn, tno, hit = m["sources"]["synthetic"], m["sources"]["tno-fel"], m["sources"]["hit-uav"]
     assert syn["scope"] == "test split" and syn["n"] == 4 and syn["accuracy"] == 1.0
     assert set(syn["by_range_m"]) == {"30-60"}  # every hand-made tubelet is at 50 m
+    assert set(syn["by_motion"]) == {"sequence"} and syn["by_motion"]["sequence"]["n"] == 4
     n_tno = sum(r["source"] == "tno-fel" for r in held_rows)
     n_tno_p = sum(r["source"] == "tno-fel" and r["label"] == "person" for r in held_rows)
     assert tno["n"] == n_tno and tno["n_person"] == n_tno_p

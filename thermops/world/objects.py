@@ -56,6 +56,12 @@ class Canvas:
     depth: np.ndarray  # (H, W) ray distance to structures (inf where none)
     supersample: int = 4
     drawn: float = 0.0  # total pixel coverage composited so far (to detect fully hidden objects)
+    reachable: float = 0.0  # the same before structures hide any of it (drawn / reachable = unoccluded share)
+    # Who is seen where: the id of the object last painted over each pixel (-1: none). The caller sets
+    # `current` before drawing each object; a pixel belongs to it when it covers more than half of it.
+    owner: np.ndarray | None = None
+    current: int = -1
+    reach: np.ndarray | None = None  # the same without structures in front (what the object would own)
 
 
 def _window(camera: PinholeCamera, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -91,10 +97,15 @@ def _reduce(cov_sub: np.ndarray, win: tuple[int, int, int, int], s: int) -> np.n
 def _composite(cv: Canvas, win, cov: np.ndarray, temp: float, dist: float) -> None:
     """Blend `temp` into the window by pixel coverage `cov`, behind structures nearer than `dist`."""
     u0, v0, u1, v1 = win
+    cv.reachable += float(cov.sum())
+    if cv.reach is not None:
+        cv.reach[v0:v1, u0:u1][cov > 0.5] = cv.current
     cov = cov * (dist < cv.depth[v0:v1, u0:u1])  # structures in front hide the object
     cv.drawn += float(cov.sum())
     f = cv.field[v0:v1, u0:u1]
     f += cov * (temp - f)
+    if cv.owner is not None:
+        cv.owner[v0:v1, u0:u1][cov > 0.5] = cv.current
 
 
 def _dist_to_camera(camera: PinholeCamera, p: np.ndarray) -> float:
@@ -270,45 +281,85 @@ def skin_c(cond: Conditions) -> float:
 
 
 class Person(Thing):
-    """A walking or running person: head, torso, two arms, two legs with a swinging gait."""
+    """A walking, running or standing person: head, torso, two arms, two legs with a swinging gait.
+
+    Optional `params` vary the figure so that no single silhouette or temperature pattern
+    defines "person": `build` (width factor), `sleeves` (0 short: warm forearms, 1 long),
+    `hood` (a cool cap over the head), `backpack`, `bag` (carried at one hand),
+    `patches` (per-part temperature offsets, K: folds, layers, wet patches).
+    """
 
     def parts(self, t: float, cond: Conditions) -> list:
-        h = self.params["height_m"]
+        pp = self.params
+        h = pp["height_m"]
         run = self.source_label == "person_running"
-        cadence = self.params.get("cadence_hz", 2.8 if run else 1.8)  # steps per second
-        swing = self.params.get("swing", 0.55 if run else 0.35)  # leg angle amplitude (rad)
+        cadence = pp.get("cadence_hz", 2.8 if run else 1.8)  # steps per second
+        swing = pp.get("swing", 0.55 if run else 0.35)  # leg angle amplitude (rad)
         ang = swing * math.sin(math.pi * cadence * t + self.phase)
         base, f, r = self._frame(t)
+        build = pp.get("build", 1.0)
+        patches = pp.get("patches", [0.0] * 8)
         lean = (0.12 if run else 0.03) * h * f
         hip = base + np.array([0, 0, 0.52 * h])
         neck = base + np.array([0, 0, 0.82 * h]) + lean
         # Head about 0.13 h tall and 0.09 h wide: a short vertical capsule, not a ball.
         head_r = 0.045 * h
         head = base + np.array([0, 0, h - 0.065 * h]) + lean
-        cloth = self.params["cloth_c"]
-        trousers = self.params["trousers_c"]
+        cloth = pp["cloth_c"]
+        trousers = pp["trousers_c"]
         skin = skin_c(cond)
-        leg_r = 0.055 * h * (1.1 if not run else 1.0)
-        sh_w = 0.13 * h
+        leg_r = 0.055 * h * (1.1 if not run else 1.0) * build
+        sh_w = 0.13 * h * build
+        z = np.array([0, 0, 1.0])
         parts = []
-        for side, sgn in ((-1, 1), (1, -1)):
+        for k, (side, sgn) in enumerate(((-1, 1), (1, -1))):
             a = sgn * ang
-            hip_s = hip + side * 0.05 * h * r
-            foot = hip_s + 0.52 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
+            hip_s = hip + side * 0.05 * h * build * r
+            foot = hip_s + 0.52 * h * (math.sin(a) * f - math.cos(a) * z)
             foot[2] = max(foot[2], leg_r)
-            parts.append(Capsule(tuple(hip_s), tuple(foot), leg_r, trousers))
-        parts.append(
-            Capsule(tuple(hip + np.array([0, 0, 0.06 * h])), tuple(neck - np.array([0, 0, 0.04 * h])), 0.11 * h, cloth)
-        )
-        for side, sgn in ((-1, -1), (1, 1)):
+            parts.append(Capsule(tuple(hip_s), tuple(foot), leg_r, trousers + patches[k]))
+        torso_r = 0.11 * h * build
+        torso = Capsule(tuple(hip + 0.06 * h * z), tuple(neck - 0.04 * h * z), torso_r, cloth + patches[2])
+        if pp.get("backpack"):  # behind the torso: near ambient, it insulates the back
+            back = hip + 0.2 * h * z - 0.09 * h * f + lean
+            parts.append(Box(box_corners(back - 0.05 * h * f, self.heading, 0.12 * h, 0.17 * h, back[2], back[2] + 0.26 * h),
+                             cond.wet(cond.air_c + 2.0 * cond.sun + patches[3])))  # fmt: skip
+        parts.append(torso)
+        forearm_c = skin - 1.0 if pp.get("sleeves", 1) == 0 else cloth + patches[4]
+        for k, (side, sgn) in enumerate(((-1, -1), (1, 1))):
             a = sgn * ang * (1.2 if run else 0.8)
-            sh = neck + side * sh_w * r - np.array([0, 0, 0.02 * h])
-            hand = sh + 0.36 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
-            parts.append(Capsule(tuple(sh), tuple(hand), 0.03 * h, cloth))
+            sh = neck + side * sh_w * r - 0.02 * h * z
+            elbow = sh + 0.18 * h * (math.sin(a) * f - math.cos(a) * z)
+            hand = sh + 0.36 * h * (math.sin(a) * f - math.cos(a) * z)
+            parts.append(Capsule(tuple(sh), tuple(elbow), 0.032 * h * build, cloth + patches[5 + k]))
+            parts.append(Capsule(tuple(elbow), tuple(hand), 0.027 * h * build, forearm_c))
             parts.append(Capsule(tuple(hand), tuple(hand), 0.025 * h, 0.5 * (skin + cloth)))  # hand
+            if pp.get("bag") and side == pp["bag"]:  # a bag hanging from this hand
+                parts.append(Box(box_corners(hand - 0.1 * h * z, self.heading, 0.2 * h, 0.06 * h, hand[2] - 0.22 * h,
+                                             hand[2] - 0.02 * h), cond.wet(cond.air_c + 1.0 * cond.sun)))  # fmt: skip
         up = np.array([0, 0, 0.02 * h])
         parts.append(Capsule(tuple(head - up), tuple(head + up), head_r, skin))
+        if pp.get("hood"):  # a hood or cap: the crown and back of the head read as cloth
+            parts.append(Capsule(tuple(head + 0.3 * up - 0.01 * h * f), tuple(head + 1.2 * up - 0.01 * h * f),
+                                 head_r * 1.05, cloth + patches[7]))  # fmt: skip
         return parts
+
+
+def person_params(rng: np.random.Generator, cond: Conditions) -> dict:
+    """Draw one person's figure and clothing (height, build, insulation, sleeves, hood, bags, patches)."""
+    ins = float(rng.uniform(0, 1))
+    warm = cond.air_c > 18.0
+    return {
+        "height_m": float(rng.uniform(1.55, 1.95)),
+        "build": float(rng.uniform(0.85, 1.25)),
+        "cloth_c": clothing_c(cond, ins),
+        "trousers_c": clothing_c(cond, min(1.0, ins + float(rng.uniform(-0.1, 0.4)))),
+        "sleeves": int(rng.random() < (0.3 if warm else 0.9)),
+        "hood": bool(rng.random() < (0.15 if warm else 0.4)),
+        "backpack": bool(rng.random() < 0.25),
+        "bag": int(rng.choice([0, 0, 0, -1, 1])),
+        "patches": [float(v) for v in rng.normal(0.0, 0.8, 8)],
+    }
 
 
 class Vehicle(Thing):
@@ -475,13 +526,14 @@ class Reflection(Thing):
         hit = False
         bg = cv.cond.surface("asphalt")
         for prt in parts:
-            mirrored = Capsule(
-                (prt.p0[0], prt.p0[1], -prt.p0[2]),
-                (prt.p1[0], prt.p1[1], -prt.p1[2]),
-                prt.radius,
-                bg + rho * (prt.temp_c - bg),
-            )
-            ext = draw_capsule(cv, mirrored)
+            temp = bg + rho * (prt.temp_c - bg)
+            if isinstance(prt, Capsule):
+                mirrored = Capsule(
+                    (prt.p0[0], prt.p0[1], -prt.p0[2]), (prt.p1[0], prt.p1[1], -prt.p1[2]), prt.radius, temp
+                )
+                ext = draw_capsule(cv, mirrored)
+            else:
+                ext = draw_box(cv, Box(prt.corners * np.array([1.0, 1.0, -1.0]), temp))
             if ext is not None:
                 hit = True
                 lo, hi = np.minimum(lo, ext[0]), np.maximum(hi, ext[1])
@@ -596,7 +648,11 @@ class GlassReflection(Thing):
         rho = p["reflectivity"]
         g_ext = None
         for prt in ghost.parts(t, cv.cond):
-            e = draw_capsule(scratch, Capsule(prt.p0, prt.p1, prt.radius, panel_c + rho * (prt.temp_c - panel_c)))
+            temp = panel_c + rho * (prt.temp_c - panel_c)
+            if isinstance(prt, Capsule):
+                e = draw_capsule(scratch, Capsule(prt.p0, prt.p1, prt.radius, temp))
+            else:
+                e = draw_box(scratch, Box(prt.corners, temp))
             if e is not None:
                 g_ext = e if g_ext is None else (np.minimum(g_ext[0], e[0]), np.maximum(g_ext[1], e[1]))
         u0, v0, u1, v1 = win
@@ -604,6 +660,11 @@ class GlassReflection(Thing):
         f = cv.field[v0:v1, u0:u1]
         f += mask * (scratch.field[v0:v1, u0:u1] - f)
         cv.drawn += float(mask.sum())
+        cv.reachable += float(cov.sum())
+        if cv.owner is not None:
+            cv.owner[v0:v1, u0:u1][mask > 0.5] = cv.current
+        if cv.reach is not None:
+            cv.reach[v0:v1, u0:u1][cov > 0.5] = cv.current
         if g_ext is None:
             return ext
         lo, hi = np.maximum(ext[0], g_ext[0]), np.minimum(ext[1], g_ext[1])

@@ -45,7 +45,7 @@ from thermops.world.objects import (
     Thing,
     Vegetation,
     Vehicle,
-    clothing_c,
+    person_params,
 )
 from thermops.world.scene import Conditions, background, camera_rays, conditions, layout, scene_geometry
 
@@ -99,6 +99,8 @@ class SynthParams:
             down to where they are cut by the bottom of the frame (large objects).
         static_fraction: share of people and animals standing still and of vehicles parked
             (cold engine, no exhaust).
+        min_visible: smallest visible share (not hidden by structures x box inside the frame)
+            at which an object is labelled in a frame.
         hours: hours of day cycled through (per-camera offset, +-15 min).
         weathers: drawn uniformly from the list (repeat to weight).
         mean_air_c: range of the day's mean air temperature.
@@ -119,6 +121,7 @@ class SynthParams:
     nuisance_per_clip: int
     near_fraction: float
     static_fraction: float
+    min_visible: float
     hours: list[float]
     weathers: list[str]
     mean_air_c: list[float]
@@ -149,7 +152,7 @@ class SynthParams:
         unknown = sorted(set(self.outputs) - set(OUTPUTS))
         if unknown or not self.outputs or min(self.outputs.values()) < 0 or sum(self.outputs.values()) <= 0:
             raise ValueError(f"outputs: weights >= 0 (some > 0) for {list(OUTPUTS)}, got {self.outputs}")
-        for name in ("near_fraction", "static_fraction"):
+        for name in ("near_fraction", "static_fraction", "min_visible"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
         for name in ("mean_air_c", "defocus_px", "tau_ms"):
@@ -244,12 +247,7 @@ def sample_object(
     static = bool(rng.random() < static_fraction)
     if label == "person":
         run = (not static) and rng.random() < 0.3
-        ins = float(rng.uniform(0, 1))
-        p = {
-            "height_m": float(rng.uniform(1.55, 1.95)),
-            "cloth_c": clothing_c(cond, ins),
-            "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)),
-        }
+        p = person_params(rng, cond)
         if static:  # standing, shifting weight a little
             p.update({"swing": float(rng.uniform(0.0, 0.08)), "cadence_hz": float(rng.uniform(0.2, 0.6))})
             speed, kind = float(rng.uniform(0.0, 0.15)), "person_standing"
@@ -341,7 +339,6 @@ def sample_nuisance(
         yaw = math.radians(camera.yaw_deg)
         # Panels roughly face the camera (the reflection is seen), turned by up to 50 degrees.
         heading = yaw + math.pi / 2 + float(rng.uniform(-0.9, 0.9))
-        ins = float(rng.uniform(0, 1))
         metal = rng.random() < 0.3  # polished metal (a car side, a steel door) mirrors more than glass
         p = {
             "panel_xy": [float(xy[0]), float(xy[1])],
@@ -354,11 +351,7 @@ def sample_nuisance(
             "reflectivity": float(rng.uniform(0.5, 0.85) if metal else rng.uniform(0.15, 0.45)),
             "behind_m": float(rng.uniform(0.5, 3.0)),
             "enter_m": float(rng.uniform(-1.0, 1.5)),
-            "person": {
-                "height_m": float(rng.uniform(1.55, 1.95)),
-                "cloth_c": clothing_c(cond, ins),
-                "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)),
-            },
+            "person": person_params(rng, cond),
         }
         return GlassReflection("nuisance", kind, np.asarray(xy), 0.0, float(rng.uniform(0.8, 1.6)), 0.0, p)
     if kind == "vegetation":
@@ -400,13 +393,7 @@ def sample_nuisance(
         return Bird("nuisance", kind, start3[:2].copy(), heading, speed, float(rng.uniform(0, 6.28)), p)
     if kind == "reflection":
         xy, _ = _place(camera, rng, rmin, min(rmax, rmin + 0.6 * (rmax - rmin)))
-        ins = float(rng.uniform(0, 1))
-        p = {
-            "height_m": float(rng.uniform(1.55, 1.95)),
-            "cloth_c": clothing_c(cond, ins),
-            "trousers_c": clothing_c(cond, min(1.0, ins + 0.2)),
-            "reflectivity": float(rng.uniform(0.25, 0.5)),
-        }
+        p = {**person_params(rng, cond), "reflectivity": float(rng.uniform(0.25, 0.5))}
         return _started(
             Reflection,
             "nuisance",
@@ -482,12 +469,31 @@ def rain_streaks(field: np.ndarray, cond: Conditions, rng: np.random.Generator) 
 # -- one camera ------------------------------------------------------------------------
 
 
-def _annotation(clip_id: str, frame: int, track: str, obj: Thing, ext, camera: PinholeCamera, t: float):
+def _annotation(
+    clip_id: str,
+    frame: int,
+    track: str,
+    obj: Thing,
+    ext,
+    camera: PinholeCamera,
+    t: float,
+    unoccluded: float = 1.0,
+    min_visible: float = 0.0,
+):
+    """The annotation row of `obj` at `t`, or None when too little of it is seen.
+
+    Visible share = `unoccluded` (its coverage not hidden by structures) x the share of its
+    box inside the frame; below `min_visible` the object is not labelled in this frame (a
+    detector would not see enough of it either, and a tubelet of a leg is label noise).
+    """
     lo, hi = ext
     x0, y0 = max(0.0, float(lo[0])), max(0.0, float(lo[1]))
     x1, y1 = min(float(camera.width), float(hi[0])), min(float(camera.height), float(hi[1]))
     if x1 - x0 < 1.0 or y1 - y0 < 1.0:
         return None  # outside the frame (or less than a pixel left inside)
+    full = max(float(hi[0] - lo[0]) * float(hi[1] - lo[1]), 1e-9)
+    if unoccluded * (x1 - x0) * (y1 - y0) / full < min_visible:
+        return None
     g = obj.ground_xy(t)
     return {
         "clip_id": clip_id,
@@ -604,9 +610,7 @@ def synthesize_camera(cfg: SynthParams, cal: Calibration, seed: int) -> list[Cli
         first = int(rng.integers(0, 3))
         for k in range(cfg.objects_per_clip):
             things.append(
-                sample_object(
-                    LABELS[(first + k) % 3], camera, cond, rng, t_mid, cfg.near_fraction, cfg.static_fraction
-                )
+                sample_object(LABELS[(first + k) % 3], camera, cond, rng, t_mid, cfg.near_fraction, cfg.static_fraction)
             )
         for _ in range(cfg.nuisance_per_clip):
             things.append(sample_nuisance(camera, cond, rng, t_mid, int(rng.integers(0, 2**31))))
@@ -618,16 +622,28 @@ def synthesize_camera(cfg: SynthParams, cal: Calibration, seed: int) -> list[Cli
             fld = bg.copy()
             if cond.weather == "rain":
                 rain_streaks(fld, cond, rng)
-            cv = Canvas(camera, cond, fld, depth)
+            owner = np.full(fld.shape, -1, dtype=np.int16)
+            cv = Canvas(camera, cond, fld, depth, owner=owner, reach=owner.copy())
             # Painter's order: far objects first, so near ones cover them.
             order = sorted(range(len(things)), key=lambda j: -float(camera.ground_range(things[j].ground_xy(t))[0]))
+            drawn = []
             for j in order:
-                before = cv.drawn
+                before, reach = cv.drawn, cv.reachable
+                cv.current = j
                 ext = _draw(cv, things[j], t, tau_s)
-                hidden = cv.drawn - before < 0.3 and not isinstance(things[j], (HeatShimmer, RainStreak))
+                field_like = isinstance(things[j], (HeatShimmer, RainStreak))  # no solid outline to hide
+                hidden = cv.drawn - before < 0.3 and not field_like
                 if ext is None or hidden:
                     continue  # behind the camera, outside the frame, or hidden behind a structure
-                row = _annotation(clip_id, fi, tracks[j], things[j], ext, camera, t)
+                seen = 1.0 if field_like else (cv.drawn - before) / max(cv.reachable - reach, 1e-9)
+                win = (max(0, int(ext[0][0]) - 1), max(0, int(ext[0][1]) - 1),
+                       int(np.ceil(ext[1][0])) + 2, int(np.ceil(ext[1][1])) + 2)  # fmt: skip
+                px = int((cv.reach[win[1] : win[3], win[0] : win[2]] == j).sum())  # its own pixels, parts united
+                drawn.append((j, ext, seen, px, win, field_like))
+            for j, ext, seen, px, win, field_like in drawn:
+                if px >= 4 and not field_like:  # what nearer objects and structures left of it in the frame
+                    seen = min(seen, float((owner[win[1] : win[3], win[0] : win[2]] == j).sum()) / px)
+                row = _annotation(clip_id, fi, tracks[j], things[j], ext, camera, t, seen, cfg.min_visible)
                 if row is not None:
                     anns.append(row)
             temps[fi] = fld
