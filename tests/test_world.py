@@ -24,7 +24,7 @@ from thermops.world.synth import LABELS, SynthParams, camera_seed, synthesize_ca
 
 ROOT = Path(__file__).resolve().parents[1]
 CAL_DIR = ROOT / "data" / "calibration"
-CAMERAS = ["gate_wide", "fence_mid", "perimeter_long", "street_cam"]
+CAMERAS = ["gate_wide", "fence_mid", "perimeter_long", "street_cam", "yard_cam"]
 
 
 @pytest.fixture(scope="module")

@@ -332,7 +332,7 @@ def motion_smear(patch: np.ndarray, velocity_px: tuple[float, float], tau_s: flo
     length = float(np.hypot(vx, vy)) * tau_s
     if length < 0.25:
         return x.copy()
-    n = int(min(24, np.ceil(3.0 * length))) + 1
+    n = int(min(12, np.ceil(3.0 * length))) + 1
     s = np.linspace(0.0, 3.0 * tau_s, n)
     w = np.exp(-s / tau_s)
     w /= w.sum()

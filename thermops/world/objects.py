@@ -85,7 +85,7 @@ def _samples(win: tuple[int, int, int, int], s_max: int) -> int:
     them), less for large ones, whose anti-aliased edge is a small share of their pixels."""
     u0, v0, u1, v1 = win
     area = (u1 - u0) * (v1 - v0)
-    return s_max if area <= 2500 else max(1, min(s_max, 2 if area <= 20000 else 1))
+    return s_max if area <= 900 else max(1, min(s_max, 2 if area <= 6400 else 1))
 
 
 def _reduce(cov_sub: np.ndarray, win: tuple[int, int, int, int], s: int) -> np.ndarray:
