@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     order = sorted(groups, key=lambda g: (args.labels.split(",").index(g.rsplit(": ", 1)[1]), g))
     rng = np.random.default_rng(args.seed)
     n = args.per_row
-    fig, axes = plt.subplots(len(order), n, figsize=(n * 0.95, len(order) * 1.1), squeeze=False)
+    fig, axes = plt.subplots(len(order), n, figsize=(n * 0.95, len(order) * 1.45), squeeze=False)
+    fig.subplots_adjust(hspace=0.75, wspace=0.1, top=0.97)
     for gi, g in enumerate(order):
         items = groups[g]
         pick = rng.choice(len(items), size=min(n, len(items)), replace=False)

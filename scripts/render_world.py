@@ -13,7 +13,6 @@ AGC output already; thermal-dogs-people through its Spectra palette inversion.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from thermops.camera.calibration import load_calibration
 from thermops.camera.sensor import agc_linear, agc_plateau
 from thermops.config import load_params, section
-from thermops.world.synth import SynthParams, synthesize_camera
+from thermops.world.synth import SynthParams, single_split, synthesize_camera
 
 COLOURS = {"person": "#ff3b30", "vehicle": "#34c759", "animal": "#ffcc00", "nuisance": "#0a84ff"}
 
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     cfg = section(params, "synth", SynthParams)
-    cfg = dataclasses.replace(cfg, clips={"train": args.clips, "val": 0, "test": 0})
+    cfg = single_split(cfg, args.clips, cfg.frames["train"])
     panels = []
     for cam in params["cameras"]:
         cal = load_calibration(args.calibration_dir / f"{cam}.yaml")
