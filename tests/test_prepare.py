@@ -114,6 +114,20 @@ def test_context_windows_without_geometry_scale_with_the_box(tmp_path, repo_root
     assert fr[0] == pytest.approx(0.5, abs=0.1) and fr[1] == pytest.approx(0.5, abs=0.1)
 
 
+def test_box_fraction_cuts_some_tracks_box_relative_though_geometry_is_known(tmp_path, repo_root, cal):
+    objs = [(f"t{i}", "person", 30.0 + 12 * i, 1.8) for i in range(10)]
+    _make_raw(tmp_path / "raw", cal, objs)
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", box_fraction=0.5, context=1.2))
+    data = load_prepared(tmp_path / "prepared")
+    objects = [r for r in data.rows if r["kind"] == "object"]
+    metric = [r for r in objects if abs(float(r["window_m"]) - 4.0) < 0.3]
+    boxed = [r for r in objects if abs(int(r["window_px"]) - 1.2 * float(r["box_px"])) <= 1.0]
+    assert metric and boxed and len(metric) + len(boxed) == len(objects)  # each track one way or the other
+    assert all(float(r["window_m"]) < 3.0 for r in boxed)  # the metric extent a box window covers is recorded
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", box_fraction=0.5, context=1.2), out="again")
+    assert (tmp_path / "again" / "manifest.csv").read_bytes() == (tmp_path / "prepared" / "manifest.csv").read_bytes()
+
+
 def test_counts_kept_when_radiometric_off(tmp_path, repo_root, cal):
     _make_raw(tmp_path / "raw", cal, [("p", "person", 40.0, 1.8)])
     _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", radiometric=False))

@@ -7,7 +7,10 @@ the object's depth), so a person at 20 m and at 200 m reaches the network at
 comparable size; a person at 200 m through a 640-pixel, 18-degree lens is only
 about 9 pixels tall, and upsampling such a window is what makes it comparable
 (THERMAL-FACTS: classify targets a few pixels tall at the far range). Without
-geometry (or with `geometric` off) the window is `context` x the box size.
+geometry (or with `geometric` off) the window is `context` x the box size, as it
+always is for real sets of unknown geometry; `box_fraction` of the tracks (chosen
+per track, deterministically) are cut that way even where the geometry is known,
+so a model also sees objects filling the window the way real crops show them.
 
 Radiometric normalization: counts become degrees Celsius through the camera's
 calibration (`radiometric` on); `display8` images keep their grey levels.
@@ -44,6 +47,7 @@ class PrepareParams:
     geometric: bool
     window_m: float
     context: float
+    box_fraction: float
     min_window_px: int
     min_box_px: int
     background_per_clip: int
@@ -56,6 +60,8 @@ class PrepareParams:
             raise ValueError("split fractions must be non-negative and sum to 1")
         if self.frames < 1 or self.size < 8 or self.stride < 1:
             raise ValueError("frames >= 1, size >= 8 and stride >= 1 are required")
+        if not 0.0 <= self.box_fraction <= 1.0:
+            raise ValueError("box_fraction must be in [0, 1]")
 
 
 # Background windows flatter than this (in their units) are skipped: a saturated
@@ -109,15 +115,17 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 
 
 def _side_px(cam: PinholeCamera | None, p: PrepareParams, ground: tuple[float, float] | None,
-             box_px: float, max_side: int) -> tuple[int, float | None]:
+             box_px: float, max_side: int, box_relative: bool = False) -> tuple[int, float | None]:
     """Window side in pixels, at most `max_side`, and the metric extent it covers (None if geometry unknown).
 
-    The cap matters at the lens (drips, birds): there the frame is the window, and the
-    extent recorded is what the capped window really covers.
+    `box_relative`: this window is `context` x the box even where the geometry is known
+    (`prepare.box_fraction`). The cap matters at the lens (drips, birds): there the frame
+    is the window, and the extent recorded is what the capped window really covers.
     """
     if cam is not None and ground is not None:
         px_per_m = cam.metric_extent_px(np.array(ground), 1.0)
-        extent_px = p.window_m * px_per_m if p.geometric else p.context * box_px
+        metric = p.geometric and not box_relative
+        extent_px = p.window_m * px_per_m if metric else p.context * box_px
         side = min(max(p.min_window_px, int(round(extent_px))), max_side)
         return side, side / px_per_m
     return min(max(p.min_window_px, int(round(p.context * box_px))), max_side), None
@@ -155,7 +163,8 @@ def extract_clip(
             ground = None
             if wa[0]["ground_x"] is not None and all(a["ground_x"] is not None for a in wa):
                 ground = (float(np.median([a["ground_x"] for a in wa])), float(np.median([a["ground_y"] for a in wa])))
-            side, window_m = _side_px(cam, p, ground, box_px, max(values.shape[1:]))
+            box_relative = stable_unit(str(seed), "box", source, clip.clip_id, track_id) < p.box_fraction
+            side, window_m = _side_px(cam, p, ground, box_px, max(values.shape[1:]), box_relative)
             centers = np.array([[(a["x0"] + a["x1"]) / 2, (a["y0"] + a["y1"]) / 2] for a in wa])
             tub = crop_window(values[win], centers, side, p.size)
             dists = [a["distance_m"] for a in wa if a["distance_m"] is not None]
