@@ -22,6 +22,7 @@ from thermops.config import ParamsError, section_from_mapping
 from thermops.data.extract import PrepareParams
 from thermops.data.importers import IngestParams
 from thermops.data.validation import ValidateParams
+from thermops.evaluation.heldout import RealEvalParams
 from thermops.model.network import ModelConfig
 from thermops.model.preprocess import InputSpec
 from thermops.robustness.params import GateParams
@@ -43,6 +44,7 @@ SECTIONS = {
     "package": PackageParams,
     "trigger": TriggerParams,
     "kubeflow": KubeflowParams,
+    "real_eval": RealEvalParams,
 }
 
 

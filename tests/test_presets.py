@@ -53,3 +53,17 @@ def test_lists_and_mappings_become_flow_yaml(capsys):
     preset.main([str(ROOT / "params-gpu.yaml"), "--params", str(ROOT / "params.yaml")])
     line = capsys.readouterr().out.strip()
     assert shlex.split(line)[:2] == ["-S", "synth.clips.train=48"]
+
+
+def test_experiment_script_reads_dotted_overrides():
+    spec = importlib.util.spec_from_file_location("real_experiment", ROOT / "scripts" / "real_experiment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    over = mod._overrides(["data.sources=[synthetic, hit-uav]", "finetune.optim.epochs=20", "prepare.box_fraction=0.5"])
+    assert over == {
+        "data": {"sources": ["synthetic", "hit-uav"]},
+        "finetune": {"optim": {"epochs": 20}},
+        "prepare": {"box_fraction": 0.5},
+    }
+    with pytest.raises(SystemExit, match="not key=value"):
+        mod._overrides(["epochs"])
