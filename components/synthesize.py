@@ -44,7 +44,7 @@ def run(cfg: SynthParams, calibration: Calibration, out_dir: Path, seed: int, cl
     if not calibration.radiometry.radiometric:
         raise CalibrationError(
             f"camera {calibration.camera_id}: radiometry.mode is display8; the embedded world needs a radiometric "
-            "camera (set synth.agc_output to get 8-bit output)"
+            "camera (its 8-bit outputs come from synth.outputs)"
         )
     t0 = time.perf_counter()
     results = synthesize_camera(cfg, calibration, seed)
@@ -56,11 +56,15 @@ def run(cfg: SynthParams, calibration: Calibration, out_dir: Path, seed: int, cl
         write_raw(tmp, clips, anns, frames)
     tracks = {(a["track_id"], a["label"]) for a in anns}
     kinds = Counter(a["source_label"] for a in {a["track_id"]: a for a in anns}.values())
+    split_of = {c["clip_id"]: c["split"] for c in clips}
     return {
         "camera_id": calibration.camera_id,
         "calibration_version": calibration.version,
         "camera_seed": camera_seed(seed, calibration.camera_id),
         "clips": len(clips),
+        "clips_per_split": dict(sorted(Counter(c["split"] for c in clips).items())),
+        "outputs": dict(sorted(Counter(c["agc"] or c["units"] for c in clips).items())),
+        "tracks_per_split": dict(sorted(Counter(split_of[t.rsplit("-t", 1)[0]] for t, _ in tracks).items())),
         "frames": sum(int(c["n_frames"]) for c in clips),
         "annotations": len(anns),
         "tracks": dict(sorted(Counter(label for _, label in tracks).items())),
@@ -80,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = section(params, "synth", SynthParams)
         s = run(cfg, load_calibration(args.calibration), args.out, seed_of(params), classes_of(params))
         return (
-            f"synthesize {s['camera_id']}: {s['clips']} clips, {s['frames']} frames, "
-            f"tracks {s['tracks']}, {s['bytes'] / 1e6:.1f} MB in {s['seconds']} s -> {args.out}"
+            f"synthesize {s['camera_id']}: {s['clips']} clips {s['clips_per_split']}, {s['frames']} frames, "
+            f"tracks {s['tracks']} {s['tracks_per_split']}, outputs {s['outputs']}, "
+            f"{s['bytes'] / 1e6:.1f} MB in {s['seconds']} s -> {args.out}"
         )
 
     run_cli(go)

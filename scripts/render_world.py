@@ -1,12 +1,13 @@
-"""Render frames of the embedded world (every camera, day and night, with boxes) beside real LWIR frames.
+"""Render frames of the embedded world (every camera, its 8-bit outputs, boxes) beside real LWIR frames.
 
     .venv/bin/python scripts/render_world.py --params params.yaml \
         --calibration-dir data/calibration --real ../shared/data/real --out docs/img/world_vs_real.png
 
-Synthesizes in memory (nothing under data/ is written). Synthetic counts are
-shown through each camera's AGC as its calibration states it (plateau
-equalization or linear with clipped tails), as the camera's display would; the
-real frames are 8-bit AGC output already.
+Synthesizes in memory (nothing under data/ is written): per camera the first
+training clips, each shown as written (8-bit clips through the AGC the world
+drew for them: linear, plateau, gamma, clipped, maybe black-hot; 14-bit counts
+through the camera's own AGC from its calibration). The real frames are 8-bit
+AGC output already; thermal-dogs-people through its Spectra palette inversion.
 """
 
 from __future__ import annotations
@@ -19,39 +20,27 @@ import numpy as np
 from thermops.camera.calibration import load_calibration
 from thermops.camera.sensor import agc_linear, agc_plateau
 from thermops.config import load_params, section
-from thermops.world.synth import SynthParams, synthesize_camera
+from thermops.world.synth import SynthParams, single_split, synthesize_camera
 
 COLOURS = {"person": "#ff3b30", "vehicle": "#34c759", "animal": "#ffcc00", "nuisance": "#0a84ff"}
-
-
-def _pick(results, day: bool):
-    """The clip closest to mid-day (or to midnight) for a camera."""
-
-    def key(r):
-        h = float(r.row["time_of_day_h"])
-        return abs(h - 13.0) if day else min(abs(h - 0.0), abs(h - 24.0), abs(h - 2.0))
-
-    return min(results, key=key)
 
 
 def _real_frames(real: Path) -> list[tuple[str, np.ndarray]]:
     from PIL import Image
 
+    from thermops.data.importers.images import read_image
+
     out = []
     tno = sorted((real / "tno-fel-sequences").glob("*/*.bmp"))
     if tno:
-        out.append(
-            (
-                f"real: TNO {tno[len(tno) // 2].parent.name} (night, fixed camera)",
-                np.asarray(Image.open(tno[len(tno) // 2]).convert("L")),
-            )
-        )
-    hit = sorted((real / "hit-uav" / "images").glob("0_*.jpg"))
-    if hit:
-        out.append(("real: HIT-UAV (day, UAV)", np.asarray(Image.open(hit[len(hit) // 3]).convert("L"))))
+        f = tno[len(tno) // 2]
+        out.append((f"real: TNO {f.parent.name} (night, fixed camera)", np.asarray(Image.open(f).convert("L"))))
     hit_n = sorted((real / "hit-uav" / "images").glob("1_*.jpg"))
     if hit_n:
         out.append(("real: HIT-UAV (night, UAV)", np.asarray(Image.open(hit_n[len(hit_n) // 2]).convert("L"))))
+    dogs = sorted((real / "thermal-dogs-people" / "train" / "images").glob("*.jpg"))
+    if dogs:
+        out.append(("real: thermal-dogs-people (Spectra -> grey)", read_image(dogs[len(dogs) // 3], "spectra")[0]))
     return out
 
 
@@ -68,30 +57,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibration-dir", type=Path, default=Path("data/calibration"))
     ap.add_argument("--real", type=Path, default=Path("../shared/data/real"))
     ap.add_argument("--out", type=Path, default=Path("docs/img/world_vs_real.png"))
-    ap.add_argument("--frame", type=int, default=None, help="frame index (default: middle)")
+    ap.add_argument("--clips", type=int, default=2, help="training clips shown per camera")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     cfg = section(params, "synth", SynthParams)
+    cfg = single_split(cfg, args.clips, cfg.frames["train"])
     panels = []
-    for cam in cfg.cameras:
+    for cam in params["cameras"]:
         cal = load_calibration(args.calibration_dir / f"{cam}.yaml")
-        results = synthesize_camera(cfg, cal, int(params["seed"]))
-        for day in (True, False):
-            r = _pick(results, day)
-            fi = args.frame if args.frame is not None else r.row["n_frames"] // 2
+        for r in synthesize_camera(cfg, cal, int(params["seed"])):
+            fi = r.row["n_frames"] // 2
             raw = r.frames[fi].astype(np.float64)
-            # Show each camera as its own display would (its calibration's AGC mode).
             if r.row["units"] == "display8":
-                img = r.frames[fi]
+                img, shown = r.frames[fi], r.row["agc"]
             elif cal.agc.mode in ("plateau", "histeq"):
-                img = agc_plateau(raw, cal.agc.plateau)
+                img, shown = agc_plateau(raw, cal.agc.plateau), "counts, shown by plateau AGC"
             else:
-                img = agc_linear(raw, cal.agc.clip_percent)
+                img, shown = agc_linear(raw, cal.agc.clip_percent), "counts, shown by linear AGC"
             boxes = [a for a in r.annotations if a["frame"] == fi]
-            title = (
-                f"{cam} {cal.geometry.image_width}x{cal.geometry.image_height}, "
-                f"{r.row['time_of_day_h']:.1f} h {r.row['weather']}, {r.row['ambient_c']:.0f} C"
-            )
+            title = f"{cam} {r.row['time_of_day_h']:.1f} h {r.row['weather']}: {shown}"
             panels.append((title, img, boxes))
     for title, img in _real_frames(args.real):
         panels.append((title, img, []))
@@ -120,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    fig.savefig(args.out, dpi=90)
     print(f"wrote {args.out}")
 
 

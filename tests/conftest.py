@@ -24,7 +24,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 # Shrink the default dataset for tests: fewer clips, same cameras and physics.
 SMALL_OVERRIDES = {
-    "synth": {"clips_per_camera": 2},
+    "synth": {"clips": {"train": 2, "val": 1, "test": 2}, "stills": {"train": 4, "val": 2, "test": 4}},
 }
 
 

@@ -177,7 +177,7 @@ def make_toy_repo(root: Path, params: dict | None = None) -> Path:
 
 # Tiny params for the real stages: one camera, few clips, one epoch, small gate subsets.
 TINY_OVERRIDES = {
-    "synth": {"clips_per_camera": 2},
+    "synth": {"clips": {"train": 2, "val": 1, "test": 2}, "stills": {"train": 4, "val": 2, "test": 4}},
     "pretrain": {"optim": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0}},
     "finetune": {
         "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0},

@@ -24,7 +24,11 @@ from tests.calibration_helpers import REPO, commit_all, git
 # Shrink every step to seconds; loosen the gate so a seconds-trained model passes (this
 # test is about the trigger's plumbing, the gate's own tests judge models).
 TINY = {
-    "synth": {"clips_per_camera": 2, "frames_per_clip": 16},
+    "synth": {
+        "clips": {"train": 2, "val": 1, "test": 2},
+        "frames": {"train": 16, "val": 16, "test": 8},
+        "stills": {"train": 2, "val": 1, "test": 2},
+    },
     "pretrain": {"optim": {"epochs": 1, "batch_size": 64}},
     "finetune": {
         "optim": {"epochs": 1},

@@ -113,15 +113,40 @@ def test_thermal_dogs_people_yolo_counts_match_manifest(tmp_path):
         assert got == {"person": n_person, "dog": n_dog}
     assert collections.Counter(a["label"] for a in anns) == {"person": 140, "animal": 117}
     assert len({c.clip_id for c in clips} - {a["clip_id"] for a in anns}) == 18  # images with no box
-    # Pseudo-colour -> one channel by BT.601 luma, checked on one image's pixels.
+    # Pseudo-colour -> one channel by the Spectra ramp (params `palette: spectra`), checked on one
+    # image: the on-image colour bar (left columns, hot at the top) becomes a falling grey ramp, and
+    # the labelled people are brighter than the image around them (white-hot), which luma breaks.
     from PIL import Image
 
-    src = sorted((REAL / "thermal-dogs-people" / "train" / "images").glob("*.jpg"))[0]
-    rgb = np.asarray(Image.open(src).convert("RGB")).astype(np.float64)
-    clip = next(c for c in clips if c.clip_id.startswith("train_IMG_0001_2"))
+    from thermops.data.importers.images import to_single_channel
+
+    src = sorted((REAL / "thermal-dogs-people" / "test" / "images").glob("IMG_0002 4_*.jpg"))[0]  # bar at the left
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+    clip = next(c for c in clips if c.clip_id.startswith("test_IMG_0002_4"))
     got = load_frames(out, clip)[0]
     assert got.dtype == np.uint8 and got.shape == (416, 416)
-    assert np.array_equal(got, np.clip(np.rint(rgb @ [0.299, 0.587, 0.114]), 0, 255).astype(np.uint8))
+    assert np.array_equal(got, to_single_channel(rgb, "x", "spectra"))
+    bar = np.median(got[:, 0:3].astype(float), axis=1)
+    assert bar[:40].mean() > 230 and bar[-40:].mean() < 30 and np.corrcoef(bar, np.arange(416))[0, 1] < -0.95
+    by_id = {c.clip_id: c for c in clips}
+    contrast = []
+    for a in [a for a in anns if a["label"] == "person"][:30]:
+        x0, y0, x1, y1 = (int(round(a[k])) for k in ("x0", "y0", "x1", "y1"))
+        frame = load_frames(out, by_id[a["clip_id"]])[0].astype(float)
+        contrast.append(np.median(frame[y0:y1, x0:x1]) - np.median(frame))
+    assert np.median(contrast) > 20  # people are warm, so brighter than the median of their image
+
+
+def test_palette_ramp_inverts_to_a_monotone_grey_and_luma_does_not():
+    from thermops.data.importers.images import PALETTES, to_single_channel
+
+    ramp = PALETTES["spectra"].astype(np.uint8)[None]  # (1, K, 3), coldest first
+    grey = to_single_channel(ramp, "ramp", "spectra")[0].astype(int)
+    assert grey[0] < 10 and grey[-1] > 245 and np.all(np.diff(grey) >= -3)  # monotone up to the 5-bit table
+    luma = to_single_channel(ramp, "ramp", "luma")[0].astype(int)
+    assert (np.maximum.accumulate(luma) - luma).max() > 100  # red is far darker than yellow: luma folds the ramp
+    with pytest.raises(ValueError, match="unknown palette"):
+        to_single_channel(ramp, "ramp", "iron")
 
 
 def test_tno_sequences_import_as_frame_folders(tmp_path):

@@ -22,6 +22,7 @@ from thermops.config import ParamsError, section_from_mapping
 from thermops.data.extract import PrepareParams
 from thermops.data.importers import IngestParams
 from thermops.data.validation import ValidateParams
+from thermops.evaluation.heldout import RealEvalParams
 from thermops.model.network import ModelConfig
 from thermops.model.preprocess import InputSpec
 from thermops.model.releases import ProductionParams
@@ -45,6 +46,7 @@ SECTIONS = {
     "trigger": TriggerParams,
     "kubeflow": KubeflowParams,
     "production": ProductionParams,
+    "real_eval": RealEvalParams,
 }
 
 

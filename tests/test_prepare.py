@@ -114,6 +114,20 @@ def test_context_windows_without_geometry_scale_with_the_box(tmp_path, repo_root
     assert fr[0] == pytest.approx(0.5, abs=0.1) and fr[1] == pytest.approx(0.5, abs=0.1)
 
 
+def test_box_fraction_cuts_some_tracks_box_relative_though_geometry_is_known(tmp_path, repo_root, cal):
+    objs = [(f"t{i}", "person", 30.0 + 12 * i, 1.8) for i in range(10)]
+    _make_raw(tmp_path / "raw", cal, objs)
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", box_fraction=0.5, context=1.2))
+    data = load_prepared(tmp_path / "prepared")
+    objects = [r for r in data.rows if r["kind"] == "object"]
+    metric = [r for r in objects if abs(float(r["window_m"]) - 4.0) < 0.3]
+    boxed = [r for r in objects if abs(int(r["window_px"]) - 1.2 * float(r["box_px"])) <= 1.0]
+    assert metric and boxed and len(metric) + len(boxed) == len(objects)  # each track one way or the other
+    assert all(float(r["window_m"]) < 3.0 for r in boxed)  # the metric extent a box window covers is recorded
+    _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", box_fraction=0.5, context=1.2), out="again")
+    assert (tmp_path / "again" / "manifest.csv").read_bytes() == (tmp_path / "prepared" / "manifest.csv").read_bytes()
+
+
 def test_counts_kept_when_radiometric_off(tmp_path, repo_root, cal):
     _make_raw(tmp_path / "raw", cal, [("p", "person", 40.0, 1.8)])
     _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", radiometric=False))
@@ -222,11 +236,11 @@ def test_flat_background_is_skipped_and_near_windows_fit_the_frame(tmp_path, rep
     assert all(float(r["std"]) > 0 for r in data.rows if r["kind"] == "background")
 
 
-def test_single_images_are_split_by_image(tmp_path, repo_root, cal):
-    """Boxes of one still image never straddle splits (they share scene and moment)."""
+def _still_images(root: Path, cal, n: int) -> None:
+    """`n` still images (one-frame clips) with a person, a vehicle and an animal box each."""
     h, w = cal.geometry.image_height, cal.geometry.image_width
     clips, anns, frames = [], [], {}
-    for i in range(12):
+    for i in range(n):
         cid = f"img{i:02d}"
         frames[cid] = np.full((1, h, w), 6000, np.uint16)
         clips.append(
@@ -265,7 +279,12 @@ def test_single_images_are_split_by_image(tmp_path, repo_root, cal):
                     "distance_m": None,
                 }
             )
-    write_raw(tmp_path / "raw" / "synthetic" / CAM, clips, anns, frames)
+    write_raw(root, clips, anns, frames)
+
+
+def test_single_images_are_split_by_image(tmp_path, repo_root, cal):
+    """Boxes of one still image never straddle splits (they share scene and moment)."""
+    _still_images(tmp_path / "raw" / "synthetic" / CAM, cal, 12)
     _run(tmp_path, repo_root, from_params(PrepareParams, "prepare", background_per_clip=0))
     data = load_prepared(tmp_path / "prepared")
     split_of_image: dict[str, set] = {}
@@ -274,3 +293,45 @@ def test_single_images_are_split_by_image(tmp_path, repo_root, cal):
     assert all(len(s) == 1 for s in split_of_image.values())
     assert {next(iter(s)) for s in split_of_image.values()} == {"train", "val", "test"}
     assert all(len(row_boxes(r)) == 8 for r in data.rows)  # one frame repeated T times
+
+
+def test_test_images_are_cut_alone_and_equal_the_full_cut(tmp_path, repo_root, cal, monkeypatch):
+    """`keep_splits={'test'}` (the heldout step's by-image sources) cuts only the test images, and cuts them
+    exactly as a full run does: the split of a still image comes from the image list, not from the cut."""
+    from thermops.data import extract
+
+    _still_images(tmp_path / "raw" / "synthetic" / CAM, cal, 20)
+    folders = [("synthetic", tmp_path / "raw" / "synthetic" / CAM)]
+    cals = load_calibrations(repo_root / "data" / "calibration")
+    p = from_params(PrepareParams, "prepare")
+    rows, arr = extract.extract_all(folders, cals, p, CLASSES, 7)
+    loaded = []
+    real_load = extract.load_frames
+    monkeypatch.setattr(extract, "load_frames", lambda root, clip: loaded.append(clip.clip_id) or real_load(root, clip))
+    trows, tarr = extract.extract_all(folders, cals, p, CLASSES, 7, frozenset({"test"}))
+    test = [i for i, r in enumerate(rows) if r["split"] == "test"]
+    assert test and [r["tubelet_id"] for r in trows] == [rows[i]["tubelet_id"] for i in test]
+    assert np.array_equal(tarr, arr[test])
+    assert sorted(set(loaded)) == sorted({rows[i]["clip_id"] for i in test})  # no other image was read
+
+
+def test_clip_splits_of_the_source_are_kept_and_manifest_says_what_the_object_is(tmp_path, repo_root, cal):
+    """Clips that name their split (the embedded world's clip-disjoint splits) keep it for every tubelet."""
+    from thermops.data.raw import read_annotations, read_clips
+
+    root = tmp_path / "raw" / "synthetic" / CAM
+    _make_raw(tmp_path / "raw", cal, [(f"t{i}", CLASSES[i % 3], 30.0 + 10 * i, 1.8) for i in range(9)])
+    clips = [{**c.__dict__, "split": "test", "agc": "gamma-inverted"} for c in read_clips(root)]
+    frames = {"c0": np.load(root / "frames" / "c0.npy")}
+    write_raw(root, clips, read_annotations(root), frames)
+    _run(tmp_path, repo_root)
+    data = load_prepared(tmp_path / "prepared")
+    assert {r["split"] for r in data.rows} == {"test"}  # not split by track
+    objects = [r for r in data.rows if r["kind"] == "object"]
+    assert {r["agc"] for r in data.rows} == {"gamma-inverted"}
+    assert {r["source_label"] for r in objects} == {"person", "vehicle", "animal"}
+    assert {r["source_label"] for r in data.rows if r["kind"] == "background"} <= {"background"}
+    assert all(float(r["box_px"]) > 2 for r in objects)
+    clips[0]["split"] = "holdout"
+    with pytest.raises(ValueError, match="holdout"):
+        write_raw(root, clips, read_annotations(root), frames)

@@ -9,7 +9,8 @@ signatures are a stable API:
   `dead_hot_pixels`, `temporal_noise`;
 - transforms take float `(T, H, W)` arrays and return new arrays (inputs are
   never modified): `apply_vignetting`, `apply_dead_hot`, `replace_defects`,
-  `defocus`, `quantize`, `agc_linear`, `agc_plateau`;
+  `defocus`, `quantize`, `agc_linear`, `agc_plateau`, `agc_gamma`, `agc_fixed`,
+  `invert_display`, `display_jumps`, `motion_smear`;
 - `SensorModel` chains them: a `(T, H, W)` scene temperature field in degrees
   Celsius becomes raw counts as the camera's calibration states them.
 
@@ -254,6 +255,110 @@ def agc_plateau(frames: np.ndarray, plateau: float = 0.02, bins: int = 1024, dty
     return out[0] if x.ndim == 2 else out
 
 
+def agc_gamma(frames: np.ndarray, gamma: float, clip_percent: float = 1.0, dtype: type = np.uint8) -> np.ndarray:
+    """Per-frame linear AGC (tails clipped) followed by a display gamma curve, 8 bits out.
+
+    `gamma` < 1 lifts the dark end (cold scenes get more grey levels), > 1 the bright
+    end; monitors and video encoders apply such a curve after the camera's AGC.
+    """
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    x = np.asarray(frames, dtype=np.float64)
+    x3 = x[None] if x.ndim == 2 else x
+    lo = np.percentile(x3, clip_percent, axis=(1, 2))[:, None, None]
+    hi = np.percentile(x3, 100.0 - clip_percent, axis=(1, 2))[:, None, None]
+    lin = np.clip((x3 - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0)
+    out = np.clip(np.rint(255.0 * lin**gamma), 0, 255).astype(dtype)
+    return out[0] if x.ndim == 2 else out
+
+
+def agc_fixed(frames: np.ndarray, lo: float, hi: float, dtype: type = np.uint8) -> np.ndarray:
+    """A fixed (manual) gain and level: [lo, hi] maps to 0..255 in every frame, the rest saturates.
+
+    Unlike the automatic modes the mapping does not follow the scene, so hot
+    objects clip white and cold sky clips black (a "clipped" display).
+    """
+    if not hi > lo:
+        raise ValueError(f"fixed AGC needs hi > lo, got [{lo}, {hi}]")
+    x = np.asarray(frames, dtype=np.float64)
+    return np.clip(np.rint(255.0 * (x - lo) / (hi - lo)), 0, 255).astype(dtype)
+
+
+def invert_display(frames8: np.ndarray) -> np.ndarray:
+    """Black-hot display: 255 - x (polarity is a display setting of most cores)."""
+    x = np.asarray(frames8)
+    if x.dtype != np.uint8:
+        raise ValueError(f"invert_display takes uint8 display frames, got {x.dtype}")
+    return (255 - x).astype(np.uint8)
+
+
+def display_jumps(
+    frames8: np.ndarray, rng: np.random.Generator, n_jumps: int, gain: tuple[float, float], offset: float
+) -> np.ndarray:
+    """Step changes of display gain and level between frames, as an AGC re-adapting does.
+
+    The clip is cut at `n_jumps` random frame boundaries; each segment after a cut
+    gets gain g ~ U(gain) and level shift ~ U(-offset, offset) grey levels,
+    applied around mid-grey: y = clip(128 + g (x - 128) + o). (THERMAL-FACTS: AGC
+    changes frame to frame with scene content; the same object gets different
+    grey levels when a hot car enters the view.)
+    """
+    x = np.asarray(frames8, dtype=np.float64)
+    t = x.shape[0]
+    if n_jumps <= 0 or t < 2:
+        return np.asarray(frames8).copy()
+    cuts = np.sort(rng.choice(np.arange(1, t), size=min(n_jumps, t - 1), replace=False))
+    g = np.ones(t)
+    o = np.zeros(t)
+    for c in cuts:
+        g[c:] = rng.uniform(*gain)
+        o[c:] = rng.uniform(-offset, offset)
+    y = 128.0 + g[:, None, None] * (x - 128.0) + o[:, None, None]
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+def motion_smear(patch: np.ndarray, velocity_px: tuple[float, float], tau_s: float) -> np.ndarray:
+    """Trail of a moving object on a microbolometer: (H, W) change image -> smeared change image.
+
+    A bolometer pixel is a first-order low-pass with thermal time constant tau
+    (uncooled VOx/a-Si cores: about 8-15 ms by their data sheets; not in
+    THERMAL-FACTS), so a readout shows the object's recent path weighted by
+    exp(-s / tau): a comet tail of about |v| tau pixels behind it. `velocity_px`
+    is the image velocity (px/s, x then y). Implemented as a weighted sum of
+    bilinearly shifted copies over 3 tau.
+    """
+    x = np.asarray(patch, dtype=np.float64)
+    vx, vy = velocity_px
+    length = float(np.hypot(vx, vy)) * tau_s
+    if length < 0.25:
+        return x.copy()
+    n = int(min(12, np.ceil(3.0 * length))) + 1
+    s = np.linspace(0.0, 3.0 * tau_s, n)
+    w = np.exp(-s / tau_s)
+    w /= w.sum()
+    out = np.zeros_like(x)
+    for si, wi in zip(s, w):
+        out += wi * _shift(x, -vx * si, -vy * si)
+    return out
+
+
+def _shift(x: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Bilinear shift of an (H, W) image by (dx, dy) pixels, zeros entering at the border."""
+    h, w = x.shape
+    ix, fx = int(np.floor(dx)), dx - np.floor(dx)
+    iy, fy = int(np.floor(dy)), dy - np.floor(dy)
+    out = np.zeros_like(x)
+    for ddy, wy in ((iy, 1 - fy), (iy + 1, fy)):
+        for ddx, wx in ((ix, 1 - fx), (ix + 1, fx)):
+            if wx * wy == 0:
+                continue
+            ys, yd = (slice(0, h - ddy), slice(ddy, h)) if ddy >= 0 else (slice(-ddy, h), slice(0, h + ddy))
+            xs, xd = (slice(0, w - ddx), slice(ddx, w)) if ddx >= 0 else (slice(-ddx, w), slice(0, w + ddx))
+            if ys.start < ys.stop and xs.start < xs.stop and abs(ddy) < h and abs(ddx) < w:
+                out[yd, xd] += wx * wy * x[ys, xs]
+    return out
+
+
 # -- the whole chain -------------------------------------------------------------------
 
 
@@ -319,14 +424,22 @@ class SensorModel:
         return float(self.radiometry.netd_mk) / 1000.0
 
     def counts_float(
-        self, temps: np.ndarray, rng: np.random.Generator, ffc_phase_s: float = 0.0, housing_c: float | None = None
+        self,
+        temps: np.ndarray,
+        rng: np.random.Generator,
+        ffc_phase_s: float = 0.0,
+        housing_c: float | None = None,
+        extra_blur_px: float = 0.0,
     ) -> np.ndarray:
-        """(T, H, W) degrees Celsius to unquantized float counts (no defects, no clipping)."""
+        """(T, H, W) degrees Celsius to unquantized float counts (no defects, no clipping).
+
+        `extra_blur_px`: defocus on top of the optics' PSF (Gaussian sigmas add in quadrature).
+        """
         # float32 through the optical/noise chain: plenty for 50 mK on a 14-bit scale, half the memory traffic.
         t = np.asarray(temps, dtype=np.float32)
         n = t.shape[0]
         ref = float(np.median(t)) if housing_c is None else housing_c
-        x = defocus(t, self.params.psf_sigma_px)
+        x = defocus(t, float(np.hypot(self.params.psf_sigma_px, extra_blur_px)))
         x -= np.float32(ref)
         x *= self.vmap.astype(np.float32)
         x += np.float32(ref)
@@ -343,11 +456,16 @@ class SensorModel:
         return c_ref + self.gain_map * (c - c_ref)
 
     def counts(
-        self, temps: np.ndarray, rng: np.random.Generator, ffc_phase_s: float = 0.0, housing_c: float | None = None
+        self,
+        temps: np.ndarray,
+        rng: np.random.Generator,
+        ffc_phase_s: float = 0.0,
+        housing_c: float | None = None,
+        extra_blur_px: float = 0.0,
     ) -> np.ndarray:
         """(T, H, W) degrees Celsius to (T, H, W) uint16 raw counts (defects, quantization)."""
         bits = int(self.radiometry.bit_depth)
-        c = self.counts_float(temps, rng, ffc_phase_s, housing_c)
+        c = self.counts_float(temps, rng, ffc_phase_s, housing_c, extra_blur_px)
         c = apply_dead_hot(c, self.defects, 0.0, 2**bits - 1)
         if self.params.replace_defects:
             c = replace_defects(c, self.defects)

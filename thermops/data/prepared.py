@@ -8,8 +8,13 @@ A prepared dataset is one folder:
 
 `units` is `celsius` (radiometric camera, counts converted through the
 calibration), `counts` (radiometric normalization switched off) or `display8`
-(8-bit AGC output, no temperature). Splits are by track and camera: every
-`track_id` (globally unique, `<source>/<clip>/<track>`) lives in one split.
+(8-bit AGC output, no temperature; `agc` names the display mapping when the
+source says it). `source_label` is the object's own kind (`person_walking`,
+`parked_car`, `reflection`, ...; `background` for background windows), `box_px`
+its apparent size (median longer box side, pixels). Splits are by clip where the
+source chose them (the embedded world), by image for still images, otherwise by
+track and camera: every `track_id` (globally unique, `<source>/<clip>/<track>`)
+lives in one split.
 Only the standard library and NumPy are used here.
 """
 
@@ -25,8 +30,8 @@ from thermops.io import read_csv
 
 MANIFEST_COLUMNS = [
     "tubelet_id", "camera_id", "calibration_version", "source", "clip_id", "split", "label", "kind",
-    "track_id", "frame_start", "frame_end", "boxes", "distance_m", "window_m", "window_px", "units",
-    "mean", "std", "min", "max", "p01", "p99",
+    "source_label", "track_id", "frame_start", "frame_end", "boxes", "box_px", "distance_m", "window_m",
+    "window_px", "units", "agc", "mean", "std", "min", "max", "p01", "p99",
 ]
 SPLITS = ("train", "val", "test")
 UNITS = ("celsius", "counts", "display8")

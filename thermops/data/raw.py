@@ -6,6 +6,12 @@ A raw dataset is one folder:
     annotations.csv    one row per object per frame (columns ANNOTATION_COLUMNS)
     frames/<clip_id>.npy   (T, H, W) uint16 counts (radiometric) or uint8 (display8)
 
+A clip may name its `split` (train, val, test): the embedded world renders its
+splits as separate clips, so no scene, hour or object is shared between them;
+empty means `prepare` splits the clip's tracks. `agc` says how 8-bit frames were
+made from the sensor's counts (`linear`, `plateau`, `gamma`, `clipped`, with
+`-inverted` for black-hot); empty for raw counts or when a real set does not say.
+
 Boxes are absolute pixels `x0 y0 x1 y1` (x1, y1 exclusive). `track_id` is unique
 within a clip; `label` is already a thermops class (importers map source names
 through params and keep the original in `source_label`). `distance_m`,
@@ -23,13 +29,14 @@ from thermops.io import read_csv, write_csv
 
 CLIP_COLUMNS = [
     "clip_id", "camera_id", "calibration_version", "source", "n_frames", "height", "width",
-    "dtype", "units", "fps", "time_of_day_h", "weather", "ambient_c",
+    "dtype", "units", "fps", "time_of_day_h", "weather", "ambient_c", "split", "agc",
 ]
 ANNOTATION_COLUMNS = [
     "clip_id", "frame", "track_id", "label", "source_label", "x0", "y0", "x1", "y1",
     "ground_x", "ground_y", "distance_m",
 ]
 UNITS = ("counts", "display8")
+SPLITS = ("train", "val", "test")
 
 
 class RawDataError(ValueError):
@@ -53,6 +60,8 @@ class Clip:
     time_of_day_h: float | None
     weather: str
     ambient_c: float | None
+    split: str = ""  # a split chosen by the source (the embedded world's clip-disjoint splits); "" = by track
+    agc: str = ""  # how 8-bit frames were made (linear, plateau, gamma, clipped[-inverted]); "" = counts or unknown
 
 
 def _opt_float(v: str) -> float | None:
@@ -68,6 +77,10 @@ def write_raw(root: Path, clips: list[dict], annotations: list[dict], frames: di
             raise RawDataError(f"clip {clip['clip_id']}: frames must be (T, H, W), got shape {arr.shape}")
         np.save(root / "frames" / f"{clip['clip_id']}.npy", arr, allow_pickle=False)
     annotations = sorted(annotations, key=lambda a: (a["clip_id"], int(a["frame"]), str(a["track_id"])))
+    clips = [{"split": "", "agc": "", **c} for c in clips]  # the two optional columns
+    bad = sorted({c["split"] for c in clips} - {"", *SPLITS})
+    if bad:
+        raise RawDataError(f"clip split(s) {bad} not in {SPLITS}")
     write_csv(root / "clips.csv", sorted(clips, key=lambda c: c["clip_id"]), CLIP_COLUMNS)
     write_csv(root / "annotations.csv", annotations, ANNOTATION_COLUMNS)
 
@@ -88,12 +101,16 @@ def read_clips(root: str | Path) -> list[Clip]:
                     dtype=r["dtype"], units=r["units"], fps=float(r["fps"]),
                     time_of_day_h=_opt_float(r["time_of_day_h"]), weather=r["weather"],
                     ambient_c=_opt_float(r["ambient_c"]),
+                    split=r.get("split") or "",  # older raw folders have neither column
+                    agc=r.get("agc") or "",
                 )
             )
         except (KeyError, ValueError) as err:
             raise RawDataError(f"{path}: row {i + 2}: {err}") from None
         if clips[-1].units not in UNITS:
             raise RawDataError(f"{path}: row {i + 2}: units {clips[-1].units!r} not in {UNITS}")
+        if clips[-1].split not in ("", *SPLITS):
+            raise RawDataError(f"{path}: row {i + 2}: split {clips[-1].split!r} not in {SPLITS} (or empty)")
     return clips
 
 

@@ -208,7 +208,8 @@ def tubelet_expectations(p: ValidateParams, classes: list[str], frames: int, siz
         if cal is None:
             continue  # already reported by "calibration file exists"
         lo, hi, units = calibration_range(cal)
-        ok_units = [units] if units == "display8" else ["celsius", "counts"]
+        # A radiometric camera may also deliver its 8-bit AGC output (the embedded world mixes both).
+        ok_units = [units] if units == "display8" else ["celsius", "counts", "display8"]
         ex += [
             gxe.ExpectColumnValuesToBeInSet(column="calibration_version", value_set=[cal.version],
                                             meta=m(f"calibration version of {cam}"), **_cam(cam)),

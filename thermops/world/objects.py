@@ -56,6 +56,12 @@ class Canvas:
     depth: np.ndarray  # (H, W) ray distance to structures (inf where none)
     supersample: int = 4
     drawn: float = 0.0  # total pixel coverage composited so far (to detect fully hidden objects)
+    reachable: float = 0.0  # the same before structures hide any of it (drawn / reachable = unoccluded share)
+    # Who is seen where: the id of the object last painted over each pixel (-1: none). The caller sets
+    # `current` before drawing each object; a pixel belongs to it when it covers more than half of it.
+    owner: np.ndarray | None = None
+    current: int = -1
+    reach: np.ndarray | None = None  # the same without structures in front (what the object would own)
 
 
 def _window(camera: PinholeCamera, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -74,24 +80,49 @@ def _subgrid(win: tuple[int, int, int, int], s: int) -> tuple[np.ndarray, np.nda
     return np.meshgrid(us, vs)  # (Hs, Ws) each, pixel centres at integers
 
 
-def _composite(cv: Canvas, win, cov_sub: np.ndarray, temp: float, dist: float, s: int) -> None:
+def _samples(win: tuple[int, int, int, int], s_max: int) -> int:
+    """Supersampling per pixel axis for a window: full for small objects (their edges are most of
+    them), less for large ones, whose anti-aliased edge is a small share of their pixels."""
     u0, v0, u1, v1 = win
-    cov = cov_sub.reshape(v1 - v0, s, u1 - u0, s).mean(axis=(1, 3))
+    area = (u1 - u0) * (v1 - v0)
+    return s_max if area <= 900 else max(1, min(s_max, 2 if area <= 6400 else 1))
+
+
+def _reduce(cov_sub: np.ndarray, win: tuple[int, int, int, int], s: int) -> np.ndarray:
+    """Supersampled coverage -> pixel coverage of the window."""
+    u0, v0, u1, v1 = win
+    return cov_sub.reshape(v1 - v0, s, u1 - u0, s).mean(axis=(1, 3)) if s > 1 else cov_sub
+
+
+def _composite(cv: Canvas, win, cov: np.ndarray, temp: float, dist: float) -> None:
+    """Blend `temp` into the window by pixel coverage `cov`, behind structures nearer than `dist`."""
+    u0, v0, u1, v1 = win
+    cv.reachable += float(cov.sum())
+    if cv.reach is not None:
+        cv.reach[v0:v1, u0:u1][cov > 0.5] = cv.current
     cov = cov * (dist < cv.depth[v0:v1, u0:u1])  # structures in front hide the object
     cv.drawn += float(cov.sum())
     f = cv.field[v0:v1, u0:u1]
     f += cov * (temp - f)
+    if cv.owner is not None:
+        cv.owner[v0:v1, u0:u1][cov > 0.5] = cv.current
 
 
 def _dist_to_camera(camera: PinholeCamera, p: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(p, dtype=np.float64) - camera.center))
 
 
-def draw_capsule(cv: Canvas, cap: Capsule, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rasterize one capsule with anti-aliased coverage; returns its pixel extent (lo, hi) or None."""
+def draw_capsule(
+    cv: Canvas, cap: Capsule, alpha: float = 1.0, projected: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rasterize one capsule with anti-aliased coverage; returns its pixel extent (lo, hi) or None.
+
+    `projected`: its two end points' (pixels (2, 2), depths (2,)) when the caller projected
+    many parts at once (`Thing.draw`); otherwise they are projected here.
+    """
     cam = cv.camera
     pts = np.array([cap.p0, cap.p1], dtype=np.float64)
-    uv, z = cam.project(pts)
+    uv, z = cam.project(pts) if projected is None else projected
     if np.any(z <= 0.5):
         return None
     zm = float(z.mean())
@@ -100,7 +131,7 @@ def draw_capsule(cv: Canvas, cap: Capsule, alpha: float = 1.0) -> tuple[np.ndarr
     win = _window(cam, lo - 1, hi + 1)
     if win is None:
         return lo, hi  # out of the frame: extent still reported, clipped by the caller
-    s = cv.supersample
+    s = _samples(win, cv.supersample)
     uu, vv = _subgrid(win, s)
     a, b = uv[0], uv[1]
     ab = b - a
@@ -113,7 +144,7 @@ def draw_capsule(cv: Canvas, cap: Capsule, alpha: float = 1.0) -> tuple[np.ndarr
     cov = (d2 <= r * r).astype(np.float64) * alpha
     mid = 0.5 * (pts[0] + pts[1])
     dist = _dist_to_camera(cam, mid)
-    _composite(cv, win, cov, cv.cond.atmosphere(cap.temp_c, dist), dist, s)
+    _composite(cv, win, _reduce(cov, win, s), cv.cond.atmosphere(cap.temp_c, dist), dist)
     return lo, hi
 
 
@@ -138,29 +169,41 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return np.array(lower[:-1] + upper[:-1])
 
 
-def draw_box(cv: Canvas, box: Box, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rasterize the silhouette (convex hull of the projected corners) of a box."""
-    cam = cv.camera
-    uv, z = cam.project(box.corners)
+def box_coverage(camera: PinholeCamera, corners: np.ndarray, supersample: int = 4):
+    """Anti-aliased pixel coverage of a box's silhouette (convex hull of its projected corners).
+
+    Returns (extent (lo, hi), window (u0, v0, u1, v1) or None, pixel coverage of the window
+    or None), or None when a corner is behind the camera.
+    """
+    uv, z = camera.project(corners)
     if np.any(z <= 0.5):
         return None
     lo, hi = uv.min(axis=0), uv.max(axis=0)
-    win = _window(cam, lo - 1, hi + 1)
-    if win is None:
-        return lo, hi
+    win = _window(camera, lo - 1, hi + 1)
     hull = _hull(uv)
-    s = cv.supersample
-    uu, vv = _subgrid(win, s)
+    if win is None or len(hull) < 3:
+        return (lo, hi), None, None
+    ss = _samples(win, supersample)
+    uu, vv = _subgrid(win, ss)
     inside = np.ones(uu.shape, dtype=bool)
     n = len(hull)
-    if n < 3:
-        return lo, hi
     for i in range(n):
         a, b = hull[i], hull[(i + 1) % n]
         inside &= (b[0] - a[0]) * (vv - a[1]) - (b[1] - a[1]) * (uu - a[0]) >= 0
-    dist = _dist_to_camera(cam, box.corners.mean(axis=0))
-    _composite(cv, win, inside.astype(np.float64) * alpha, cv.cond.atmosphere(box.temp_c, dist), dist, s)
-    return lo, hi
+    return (lo, hi), win, _reduce(inside.astype(np.float64), win, ss)
+
+
+def draw_box(cv: Canvas, box: Box, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rasterize the silhouette (convex hull of the projected corners) of a box."""
+    got = box_coverage(cv.camera, box.corners, cv.supersample)
+    if got is None:
+        return None
+    ext, win, cov = got
+    if win is None:
+        return ext
+    dist = _dist_to_camera(cv.camera, box.corners.mean(axis=0))
+    _composite(cv, win, cov * alpha, cv.cond.atmosphere(box.temp_c, dist), dist)
+    return ext
 
 
 def box_corners(center: np.ndarray, heading: float, length: float, width: float, z0: float, z1: float) -> np.ndarray:
@@ -209,8 +252,13 @@ class Thing:
         """Draw at time `t`; returns the unclipped pixel extent (lo, hi) or None if behind the camera."""
         lo, hi = np.array([np.inf, np.inf]), np.array([-np.inf, -np.inf])
         any_part = False
-        for p in self.parts(t, cv.cond):
-            ext = draw_capsule(cv, p) if isinstance(p, Capsule) else draw_box(cv, p)
+        parts = self.parts(t, cv.cond)
+        caps = [p for p in parts if isinstance(p, Capsule)]
+        if caps:  # one projection for every capsule end point (the per-call cost dominates small objects)
+            uv, z = cv.camera.project(np.array([q for c in caps for q in (c.p0, c.p1)], dtype=np.float64))
+            ends = {id(c): (uv[2 * i : 2 * i + 2], z[2 * i : 2 * i + 2]) for i, c in enumerate(caps)}
+        for p in parts:
+            ext = draw_capsule(cv, p, projected=ends[id(p)]) if isinstance(p, Capsule) else draw_box(cv, p)
             if ext is not None:
                 any_part = True
                 lo, hi = np.minimum(lo, ext[0]), np.maximum(hi, ext[1])
@@ -233,43 +281,85 @@ def skin_c(cond: Conditions) -> float:
 
 
 class Person(Thing):
-    """A walking or running person: head, torso, two arms, two legs with a swinging gait."""
+    """A walking, running or standing person: head, torso, two arms, two legs with a swinging gait.
+
+    Optional `params` vary the figure so that no single silhouette or temperature pattern
+    defines "person": `build` (width factor), `sleeves` (0 short: warm forearms, 1 long),
+    `hood` (a cool cap over the head), `backpack`, `bag` (carried at one hand),
+    `patches` (per-part temperature offsets, K: folds, layers, wet patches).
+    """
 
     def parts(self, t: float, cond: Conditions) -> list:
-        h = self.params["height_m"]
+        pp = self.params
+        h = pp["height_m"]
         run = self.source_label == "person_running"
-        cadence = self.params.get("cadence_hz", 2.8 if run else 1.8)  # steps per second
-        swing = self.params.get("swing", 0.55 if run else 0.35)  # leg angle amplitude (rad)
+        cadence = pp.get("cadence_hz", 2.8 if run else 1.8)  # steps per second
+        swing = pp.get("swing", 0.55 if run else 0.35)  # leg angle amplitude (rad)
         ang = swing * math.sin(math.pi * cadence * t + self.phase)
         base, f, r = self._frame(t)
+        build = pp.get("build", 1.0)
+        patches = pp.get("patches", [0.0] * 8)
         lean = (0.12 if run else 0.03) * h * f
         hip = base + np.array([0, 0, 0.52 * h])
         neck = base + np.array([0, 0, 0.82 * h]) + lean
-        head_r = 0.065 * h
-        head = base + np.array([0, 0, h - head_r]) + lean
-        cloth = self.params["cloth_c"]
-        trousers = self.params["trousers_c"]
+        # Head about 0.13 h tall and 0.09 h wide: a short vertical capsule, not a ball.
+        head_r = 0.045 * h
+        head = base + np.array([0, 0, h - 0.065 * h]) + lean
+        cloth = pp["cloth_c"]
+        trousers = pp["trousers_c"]
         skin = skin_c(cond)
-        leg_r = 0.055 * h * (1.1 if not run else 1.0)
-        sh_w = 0.13 * h
+        leg_r = 0.055 * h * (1.1 if not run else 1.0) * build
+        sh_w = 0.13 * h * build
+        z = np.array([0, 0, 1.0])
         parts = []
-        for side, sgn in ((-1, 1), (1, -1)):
+        for k, (side, sgn) in enumerate(((-1, 1), (1, -1))):
             a = sgn * ang
-            hip_s = hip + side * 0.05 * h * r
-            foot = hip_s + 0.52 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
+            hip_s = hip + side * 0.05 * h * build * r
+            foot = hip_s + 0.52 * h * (math.sin(a) * f - math.cos(a) * z)
             foot[2] = max(foot[2], leg_r)
-            parts.append(Capsule(tuple(hip_s), tuple(foot), leg_r, trousers))
-        parts.append(
-            Capsule(tuple(hip + np.array([0, 0, 0.06 * h])), tuple(neck - np.array([0, 0, 0.04 * h])), 0.11 * h, cloth)
-        )
-        for side, sgn in ((-1, -1), (1, 1)):
+            parts.append(Capsule(tuple(hip_s), tuple(foot), leg_r, trousers + patches[k]))
+        torso_r = 0.11 * h * build
+        torso = Capsule(tuple(hip + 0.06 * h * z), tuple(neck - 0.04 * h * z), torso_r, cloth + patches[2])
+        if pp.get("backpack"):  # behind the torso: near ambient, it insulates the back
+            back = hip + 0.2 * h * z - 0.09 * h * f + lean
+            parts.append(Box(box_corners(back - 0.05 * h * f, self.heading, 0.12 * h, 0.17 * h, back[2], back[2] + 0.26 * h),
+                             cond.wet(cond.air_c + 2.0 * cond.sun + patches[3])))  # fmt: skip
+        parts.append(torso)
+        forearm_c = skin - 1.0 if pp.get("sleeves", 1) == 0 else cloth + patches[4]
+        for k, (side, sgn) in enumerate(((-1, -1), (1, 1))):
             a = sgn * ang * (1.2 if run else 0.8)
-            sh = neck + side * sh_w * r - np.array([0, 0, 0.02 * h])
-            hand = sh + 0.36 * h * (math.sin(a) * f - math.cos(a) * np.array([0, 0, 1.0]))
-            parts.append(Capsule(tuple(sh), tuple(hand), 0.03 * h, cloth))
-            parts.append(Capsule(tuple(hand), tuple(hand), 0.035 * h, 0.5 * (skin + cloth)))  # hand
-        parts.append(Capsule(tuple(head), tuple(head), head_r, skin))
+            sh = neck + side * sh_w * r - 0.02 * h * z
+            elbow = sh + 0.18 * h * (math.sin(a) * f - math.cos(a) * z)
+            hand = sh + 0.36 * h * (math.sin(a) * f - math.cos(a) * z)
+            parts.append(Capsule(tuple(sh), tuple(elbow), 0.032 * h * build, cloth + patches[5 + k]))
+            parts.append(Capsule(tuple(elbow), tuple(hand), 0.027 * h * build, forearm_c))
+            parts.append(Capsule(tuple(hand), tuple(hand), 0.025 * h, 0.5 * (skin + cloth)))  # hand
+            if pp.get("bag") and side == pp["bag"]:  # a bag hanging from this hand
+                parts.append(Box(box_corners(hand - 0.1 * h * z, self.heading, 0.2 * h, 0.06 * h, hand[2] - 0.22 * h,
+                                             hand[2] - 0.02 * h), cond.wet(cond.air_c + 1.0 * cond.sun)))  # fmt: skip
+        up = np.array([0, 0, 0.02 * h])
+        parts.append(Capsule(tuple(head - up), tuple(head + up), head_r, skin))
+        if pp.get("hood"):  # a hood or cap: the crown and back of the head read as cloth
+            parts.append(Capsule(tuple(head + 0.3 * up - 0.01 * h * f), tuple(head + 1.2 * up - 0.01 * h * f),
+                                 head_r * 1.05, cloth + patches[7]))  # fmt: skip
         return parts
+
+
+def person_params(rng: np.random.Generator, cond: Conditions) -> dict:
+    """Draw one person's figure and clothing (height, build, insulation, sleeves, hood, bags, patches)."""
+    ins = float(rng.uniform(0, 1))
+    warm = cond.air_c > 18.0
+    return {
+        "height_m": float(rng.uniform(1.55, 1.95)),
+        "build": float(rng.uniform(0.85, 1.25)),
+        "cloth_c": clothing_c(cond, ins),
+        "trousers_c": clothing_c(cond, min(1.0, ins + float(rng.uniform(-0.1, 0.4)))),
+        "sleeves": int(rng.random() < (0.3 if warm else 0.9)),
+        "hood": bool(rng.random() < (0.15 if warm else 0.4)),
+        "backpack": bool(rng.random() < 0.25),
+        "bag": int(rng.choice([0, 0, 0, -1, 1])),
+        "patches": [float(v) for v in rng.normal(0.0, 0.8, 8)],
+    }
 
 
 class Vehicle(Thing):
@@ -436,13 +526,14 @@ class Reflection(Thing):
         hit = False
         bg = cv.cond.surface("asphalt")
         for prt in parts:
-            mirrored = Capsule(
-                (prt.p0[0], prt.p0[1], -prt.p0[2]),
-                (prt.p1[0], prt.p1[1], -prt.p1[2]),
-                prt.radius,
-                bg + rho * (prt.temp_c - bg),
-            )
-            ext = draw_capsule(cv, mirrored)
+            temp = bg + rho * (prt.temp_c - bg)
+            if isinstance(prt, Capsule):
+                mirrored = Capsule(
+                    (prt.p0[0], prt.p0[1], -prt.p0[2]), (prt.p1[0], prt.p1[1], -prt.p1[2]), prt.radius, temp
+                )
+                ext = draw_capsule(cv, mirrored)
+            else:
+                ext = draw_box(cv, Box(prt.corners * np.array([1.0, 1.0, -1.0]), temp))
             if ext is not None:
                 hit = True
                 lo, hi = np.minimum(lo, ext[0]), np.maximum(hi, ext[1])
@@ -510,4 +601,73 @@ class RainStreak(Thing):
             if ui < u1 and vb > va:
                 seg = cv.field[va:vb, ui]
                 seg += 0.7 * (p["drop_c"] - seg)
+        return lo, hi
+
+
+class GlassReflection(Thing):
+    """A person's mirror image in a glossy vertical surface (shop window, glazed door, car side).
+
+    The panel is a thin box whose own apparent temperature is mostly reflected sky
+    (glass is opaque in LWIR and partly reflective; polished metal is a mirror,
+    THERMAL-FACTS). A person walking in front of it, out of view, appears behind
+    the panel plane as an upright, dimmer person: radiance panel + rho (T_part -
+    panel), cut by the panel's outline. A classic person-shaped false alarm.
+    The virtual person's foot point moves along the panel at `behind_m` behind it.
+    """
+
+    def parts(self, t: float, cond: Conditions) -> list:
+        return []
+
+    def _panel(self) -> np.ndarray:
+        p = self.params
+        c = np.array([*p["panel_xy"], 0.0])
+        return box_corners(c, p["panel_heading"], p["panel_w"], 0.06, p["panel_z0"], p["panel_z0"] + p["panel_h"])
+
+    def ground_xy(self, t: float) -> np.ndarray:
+        return np.asarray(self.params["panel_xy"], dtype=np.float64)
+
+    def draw(self, cv: Canvas, t: float) -> tuple[np.ndarray, np.ndarray] | None:
+        p = self.params
+        panel_c = p["panel_c"]
+        corners = self._panel()
+        got = box_coverage(cv.camera, corners, cv.supersample)
+        if got is None:
+            return None
+        ext, win, cov = got
+        if win is None:
+            return ext
+        dist = _dist_to_camera(cv.camera, corners.mean(axis=0))
+        _composite(cv, win, cov, cv.cond.atmosphere(panel_c, dist), dist)
+        # The virtual person, drawn on a scratch copy without occluders, then kept inside the panel only.
+        along = np.array([math.sin(p["panel_heading"]), math.cos(p["panel_heading"])])
+        normal = np.array([along[1], -along[0]])
+        start = np.asarray(p["panel_xy"]) + normal * p["behind_m"] - along * (0.5 * p["panel_w"] + p["enter_m"])
+        heading = math.atan2(along[0], along[1])
+        ghost = Person("person", "person_walking", start, heading, self.speed, self.phase, p["person"])
+        scratch = Canvas(cv.camera, cv.cond, cv.field.copy(), np.full(cv.depth.shape, np.inf), cv.supersample)
+        rho = p["reflectivity"]
+        g_ext = None
+        for prt in ghost.parts(t, cv.cond):
+            temp = panel_c + rho * (prt.temp_c - panel_c)
+            if isinstance(prt, Capsule):
+                e = draw_capsule(scratch, Capsule(prt.p0, prt.p1, prt.radius, temp))
+            else:
+                e = draw_box(scratch, Box(prt.corners, temp))
+            if e is not None:
+                g_ext = e if g_ext is None else (np.minimum(g_ext[0], e[0]), np.maximum(g_ext[1], e[1]))
+        u0, v0, u1, v1 = win
+        mask = cov * (dist < cv.depth[v0:v1, u0:u1])
+        f = cv.field[v0:v1, u0:u1]
+        f += mask * (scratch.field[v0:v1, u0:u1] - f)
+        cv.drawn += float(mask.sum())
+        cv.reachable += float(cov.sum())
+        if cv.owner is not None:
+            cv.owner[v0:v1, u0:u1][mask > 0.5] = cv.current
+        if cv.reach is not None:
+            cv.reach[v0:v1, u0:u1][cov > 0.5] = cv.current
+        if g_ext is None:
+            return ext
+        lo, hi = np.maximum(ext[0], g_ext[0]), np.minimum(ext[1], g_ext[1])
+        if np.any(hi - lo < 1.0):
+            return ext  # the reflection is outside the panel: the box is the panel
         return lo, hi

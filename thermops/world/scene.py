@@ -112,6 +112,7 @@ class Layout:
     treeline_height_m: float
     waves: np.ndarray  # (K, 4): kx, ky, phase, amplitude of the ground texture
     tree_waves: np.ndarray  # (K, 3): k, phase, amplitude of the tree-line crown profile
+    clutter: np.ndarray  # (K, 4): the fine ground clutter (tufts, stones, puddles; 0.15-3 m wavelengths)
 
 
 def layout(camera: PinholeCamera, rng: np.random.Generator) -> Layout:
@@ -147,6 +148,14 @@ def layout(camera: PinholeCamera, rng: np.random.Generator) -> Layout:
     )
     twl = rng.uniform(2.0, 25.0, 10)
     tree_waves = np.stack([2 * np.pi / twl, rng.uniform(0, 2 * np.pi, 10), rng.uniform(0.3, 1.5, 10)], axis=1)
+    m = 24
+    cwl = np.exp(rng.uniform(math.log(0.15), math.log(3.0), m))
+    cang = rng.uniform(0, 2 * math.pi, m)
+    clutter = np.stack(
+        [np.cos(cang) * 2 * np.pi / cwl, np.sin(cang) * 2 * np.pi / cwl, rng.uniform(0, 2 * np.pi, m),
+         rng.uniform(0.3, 1.0, m)],
+        axis=1,
+    )  # fmt: skip
     return Layout(
         road_forward_m=road,
         road_width_m=float(rng.uniform(5, 8)),
@@ -156,6 +165,7 @@ def layout(camera: PinholeCamera, rng: np.random.Generator) -> Layout:
         treeline_height_m=float(rng.uniform(8, 14)),
         waves=waves,
         tree_waves=tree_waves,
+        clutter=clutter,
     )
 
 
@@ -191,6 +201,7 @@ def _texture(
     fwd: np.ndarray,
     foot_lat: np.ndarray | float = 0.0,
     foot_fwd: np.ndarray | float = 0.0,
+    waves: np.ndarray | None = None,
 ) -> np.ndarray:
     """Smooth ground texture (unit variance) as seen through pixels of a given ground footprint (m).
 
@@ -198,22 +209,38 @@ def _texture(
     stretches along the view at grazing angles, so each wave is attenuated by
     its Gaussian footprint response (no aliased stripes at long range).
     """
+    waves = lay.waves if waves is None else waves
     out = np.zeros_like(lat)
-    for kx, ky, ph, amp in lay.waves:
+    for kx, ky, ph, amp in waves:
         att = np.exp(-0.5 * ((kx * foot_lat) ** 2 + (ky * foot_fwd) ** 2))
         out += amp * att * np.sin(kx * lat + ky * fwd + ph)
-    return out / math.sqrt(len(lay.waves) / 2)
+    return out / math.sqrt(len(waves) / 2)
 
 
-def background(
-    camera: PinholeCamera, rays: Rays, lay: Layout, cond: Conditions
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Static apparent temperature (H, W) degC, structure depth (H, W) m (inf where none), ground range (H, W).
+@dataclass
+class SceneGeometry:
+    """What a camera's background looks like apart from the conditions: per-pixel ranges, materials,
+    textures and structure hits. It depends on the camera and its layout only, so it is computed
+    once per camera and each clip's conditions are a few array blends on top (`background`)."""
 
-    Ground pixels get a material (asphalt road and path, grass with soil patches)
-    and a smooth texture; sky pixels cool with elevation; the tree line and the
-    buildings occlude both. Everything is seen through the atmosphere.
-    """
+    ground: np.ndarray  # (H, W) bool: pixel sees the ground (within 20 x the working range)
+    t_ground: np.ndarray  # ray distance to the ground (inf where none)
+    ground_range: np.ndarray  # horizontal range of the ground point
+    tex: np.ndarray  # ground texture (unit variance, footprint-attenuated)
+    clutter: np.ndarray  # fine ground clutter (unit variance where resolved; fades with range)
+    road: np.ndarray
+    path: np.ndarray
+    el: np.ndarray  # elevation of the ray, degrees
+    clouds: np.ndarray  # cloud texture of the sky (used when not clear)
+    tree: np.ndarray  # bool: tree-line pixels (in front of the ground)
+    t_tree: np.ndarray
+    crown_tex: np.ndarray
+    crown_frac: np.ndarray  # height within the crown, 0..1
+    buildings: list  # per building: (hit, tnear, on_roof, window, wall_ripple)
+
+
+def scene_geometry(camera: PinholeCamera, rays: Rays, lay: Layout) -> SceneGeometry:
+    """The conditions-independent part of `background` (see SceneGeometry)."""
     h0 = camera.mount_height_m
     up = rays.up
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -222,35 +249,20 @@ def background(
     g_lat = np.where(finite, rays.lateral * np.where(finite, t_ground, 0.0), np.inf)
     g_fwd = np.where(finite, rays.forward * np.where(finite, t_ground, 0.0), np.inf)
     ground_range = np.hypot(g_lat, g_fwd)
-
-    # Ground materials.
     rng_safe = np.where(finite, ground_range, 0.0)
     # Pixel footprint on the ground: r / f across, r^2 / (h f) along the view.
     f = 0.5 * (camera.fx + camera.fy)
-    tex = _texture(
-        lay, np.where(finite, g_lat, 0.0), np.where(finite, g_fwd, 0.0), rng_safe / f, rng_safe**2 / (h0 * f)
-    )
-    grass, soil, asphalt = cond.surface("grass"), cond.surface("soil"), cond.surface("asphalt")
-    soil_mix = np.clip(0.5 + 0.6 * tex, 0, 1) * 0.6
-    temp = (1 - soil_mix) * grass + soil_mix * soil + (0.4 + 1.0 * cond.sun) * 0.4 * tex
-    road = finite & (np.abs(g_fwd - lay.road_forward_m) < lay.road_width_m / 2)
     gl, gf = np.where(finite, g_lat, 0.0), np.where(finite, g_fwd, 0.0)
+    tex = _texture(lay, gl, gf, rng_safe / f, rng_safe**2 / (h0 * f))
+    clutter = _texture(lay, gl, gf, rng_safe / f, rng_safe**2 / (h0 * f), lay.clutter)
+    road = finite & (np.abs(g_fwd - lay.road_forward_m) < lay.road_width_m / 2)
     path = finite & (np.abs(gl - lay.path_lateral_m - 0.05 * gf) < 0.9) & (gf < lay.road_forward_m)
-    temp = np.where(road, asphalt + 0.2 * tex, temp)
-    # A gravel path toward the road: between soil and concrete.
-    temp = np.where(path, 0.5 * (cond.surface("concrete") + soil) + 0.2 * tex, temp)
-
-    # Sky: cold at the zenith, approaching air temperature at the horizon.
     el = np.degrees(np.arcsin(np.clip(up, -1, 1)))
-    horizon_sky = cond.air_c - (4.0 if cond.weather == "clear" else 1.0)
-    sky = cond.sky_zenith_c + (horizon_sky - cond.sky_zenith_c) * np.exp(-np.clip(el, 0, None) / 8.0)
-    if cond.weather != "clear":
-        # Cloud texture: smooth in azimuth and elevation, weaker toward the horizon.
-        az = np.arctan2(rays.lateral, rays.forward)
-        clouds = np.sin(9.0 * az + 0.2 * el + lay.waves[0, 2]) * np.sin(0.35 * el + 4.0 * az + lay.waves[1, 2])
-        sky = sky + 1.2 * clouds * np.clip(el / 6, 0, 1)
+    # Cloud texture: smooth in azimuth and elevation, weaker toward the horizon.
+    az = np.arctan2(rays.lateral, rays.forward)
+    clouds = np.sin(9.0 * az + 0.2 * el + lay.waves[0, 2]) * np.sin(0.35 * el + 4.0 * az + lay.waves[1, 2])
+    clouds = 1.2 * clouds * np.clip(el / 6, 0, 1)
     is_ground = np.isfinite(t_ground) & (ground_range < 20 * camera.max_range_m)
-    temp = np.where(is_ground, cond.atmosphere(temp, ground_range), sky)
     dist = np.where(is_ground, t_ground, np.inf)
 
     # Tree line: a vertical curtain at a fixed forward distance with a noisy crown.
@@ -262,20 +274,17 @@ def background(
     bumps = (a * (2 * np.abs(np.sin(0.5 * k * x_tree + p)) - 1) for k, p, a in lay.tree_waves)
     crown = lay.treeline_height_m + sum(bumps)
     tree = (z_tree >= 0) & (z_tree <= crown) & (t_tree < dist)
-    # Crowns: warmer cores, cooler edges against the sky; trunks region slightly warmer near the ground.
     crown_tex = sum(np.sin(3.1 * k * x_tree + 2 * p) for k, p, _ in lay.tree_waves[:4]) / 2.0
-    tree_c = cond.surface("vegetation") + 0.5 * crown_tex - 0.8 * np.clip(z_tree / np.maximum(crown, 1), 0, 1)
-    temp = np.where(tree, cond.atmosphere(tree_c, t_tree), temp)
+    crown_frac = np.clip(z_tree / np.maximum(crown, 1), 0, 1)
     dist = np.where(tree, t_tree, dist)
 
     # Buildings: ray/box intersection (slab method) in the heading frame.
-    depth = np.full(temp.shape, np.inf)
-    wall = cond.surface("wall")
+    blds = []
+    d = np.stack([rays.lateral, rays.forward, up], axis=-1)
+    o = np.array([0.0, 0.0, h0])
     for b in lay.buildings:
         lo = np.array([b.lateral_m - b.width_m / 2, b.forward_m - b.depth_m / 2, 0.0])
         hi = np.array([b.lateral_m + b.width_m / 2, b.forward_m + b.depth_m / 2, b.height_m])
-        d = np.stack([rays.lateral, rays.forward, up], axis=-1)
-        o = np.array([0.0, 0.0, h0])
         with np.errstate(divide="ignore", invalid="ignore"):
             t1 = (lo - o) / d
             t2 = (hi - o) / d
@@ -284,7 +293,6 @@ def background(
         hit = (tnear <= tfar) & (tfar > 0) & (tnear < dist)
         p = o + tnear[..., None] * d
         on_roof = np.abs(p[..., 2] - b.height_m) < 1e-3 * np.maximum(tnear, 1)
-        # Windows: glass reflects the cold sky (THERMAL-FACTS: glass is opaque and partly reflective).
         u = np.where(np.abs(p[..., 1] - lo[1]) < 1e-3 * np.maximum(tnear, 1), p[..., 0], p[..., 1])
         window = (
             (np.mod(u, 4.0) > 1.2)
@@ -292,11 +300,66 @@ def background(
             & (np.mod(p[..., 2], 3.2) > 1.0)
             & (np.mod(p[..., 2], 3.2) < 2.4)
         )
-        roof = 0.6 * cond.surface("concrete") + 0.4 * cond.sky_zenith_c  # metal sheet: partly mirrors the sky
-        glass = 0.75 * cond.air_c + 0.25 * cond.sky_zenith_c + (2.0 if not cond.day else 0.0)
-        face = np.where(on_roof, roof, np.where(window, glass, wall + 0.3 * np.sin(p[..., 2] * 3)))
-        temp = np.where(hit, cond.atmosphere(face, tnear), temp)
+        blds.append((hit, tnear, on_roof, window, 0.3 * np.sin(p[..., 2] * 3)))
         dist = np.where(hit, tnear, dist)
+    return SceneGeometry(
+        is_ground,
+        t_ground,
+        ground_range,
+        tex,
+        clutter,
+        road,
+        path,
+        el,
+        clouds,
+        tree,
+        t_tree,
+        crown_tex,
+        crown_frac,
+        blds,
+    )
+
+
+def background(
+    camera: PinholeCamera, rays: Rays, lay: Layout, cond: Conditions, geom: SceneGeometry | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Static apparent temperature (H, W) degC, structure depth (H, W) m (inf where none), ground range (H, W).
+
+    Ground pixels get a material (asphalt road and path, grass with soil patches)
+    and a smooth texture; sky pixels cool with elevation; the tree line and the
+    buildings occlude both. Everything is seen through the atmosphere. Pass the
+    camera's `scene_geometry` to skip recomputing what does not change between clips.
+    """
+    g = scene_geometry(camera, rays, lay) if geom is None else geom
+    tex = g.tex
+    grass, soil, asphalt = cond.surface("grass"), cond.surface("soil"), cond.surface("asphalt")
+    soil_mix = np.clip(0.5 + 0.6 * tex, 0, 1) * 0.6
+    temp = (1 - soil_mix) * grass + soil_mix * soil + (0.4 + 1.0 * cond.sun) * 0.4 * tex
+    # Tufts, stones and bare patches: a kelvin or so at night (uneven radiative cooling), more in sun.
+    temp = temp + (0.5 + 1.0 * cond.sun) * 0.6 * g.clutter
+    temp = np.where(g.road, asphalt + 0.2 * tex + 0.15 * g.clutter, temp)
+    # A gravel path toward the road: between soil and concrete.
+    temp = np.where(g.path, 0.5 * (cond.surface("concrete") + soil) + 0.2 * tex, temp)
+
+    # Sky: cold at the zenith, approaching air temperature at the horizon.
+    horizon_sky = cond.air_c - (4.0 if cond.weather == "clear" else 1.0)
+    sky = cond.sky_zenith_c + (horizon_sky - cond.sky_zenith_c) * np.exp(-np.clip(g.el, 0, None) / 8.0)
+    if cond.weather != "clear":
+        sky = sky + g.clouds
+    temp = np.where(g.ground, cond.atmosphere(temp, g.ground_range), sky)
+
+    # Crowns: warmer cores, cooler edges against the sky.
+    tree_c = cond.surface("vegetation") + 0.5 * g.crown_tex - 0.8 * g.crown_frac
+    temp = np.where(g.tree, cond.atmosphere(tree_c, g.t_tree), temp)
+
+    depth = np.full(temp.shape, np.inf)
+    wall = cond.surface("wall")
+    roof = 0.6 * cond.surface("concrete") + 0.4 * cond.sky_zenith_c  # metal sheet: partly mirrors the sky
+    # Windows: glass reflects the cold sky (THERMAL-FACTS: glass is opaque and partly reflective).
+    glass = 0.75 * cond.air_c + 0.25 * cond.sky_zenith_c + (2.0 if not cond.day else 0.0)
+    for hit, tnear, on_roof, window, ripple in g.buildings:
+        face = np.where(on_roof, roof, np.where(window, glass, wall + ripple))
+        temp = np.where(hit, cond.atmosphere(face, tnear), temp)
         depth = np.where(hit, tnear, depth)
-    depth = np.where(tree, np.minimum(depth, t_tree), depth)
-    return temp, depth, ground_range
+    depth = np.where(g.tree, np.minimum(depth, g.t_tree), depth)
+    return temp, depth, g.ground_range

@@ -62,6 +62,8 @@ class SourceParams:
         frame_range: item -> [start, stop) frames to import (frames/video), e.g. to cut
             a sequence where the fixed camera moved and background subtraction fails.
         copy: license/README files copied into the imported folder.
+        palette: how pseudo-colour RGB images become one channel: `luma` or a named
+            colour ramp (`spectra`); empty = `ingest.rgb_to_gray`.
     """
 
     format: Literal["voc", "yolo", "coco", "frames", "video"]
@@ -80,6 +82,7 @@ class SourceParams:
     absent_frames: list[int] = field(default_factory=list)
     frame_range: dict[str, list[int]] = field(default_factory=dict)
     copy: list[str] = field(default_factory=list)
+    palette: Literal["", "luma", "spectra"] = ""
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ class IngestParams:
         max_gap: frames a track may miss and still be continued.
         box_tolerance_px: boxes may overshoot the image by this much (then clipped);
             beyond it a box is an error.
-        rgb_to_gray: how a pseudo-colour RGB image becomes one channel (`luma`: BT.601).
+        rgb_to_gray: how a pseudo-colour RGB image becomes one channel, unless its source
+            names a `palette`: `luma` (BT.601) or a colour ramp's position (`spectra`).
         bgsub_threshold: grey levels above the median background that count as foreground
             (hot objects only: at night a person is warmer than the scene).
         bgsub_min_area_px: smallest foreground blob that becomes a box.
@@ -102,7 +106,7 @@ class IngestParams:
     iou_link: float
     max_gap: int
     box_tolerance_px: float
-    rgb_to_gray: Literal["luma"]
+    rgb_to_gray: Literal["luma", "spectra"]
     bgsub_threshold: float
     bgsub_min_area_px: int
     bgsub_max_objects: int

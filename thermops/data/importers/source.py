@@ -54,8 +54,8 @@ def _camera_for(spec: SourceParams, name: str, i: int) -> str:
     return spec.camera_id
 
 
-def _annotated_clips(name: str, spec: SourceParams) -> list[_Clip]:
-    """Clips from a labelled image set (VOC, YOLO, COCO)."""
+def _annotated_clips(name: str, spec: SourceParams, palette: str) -> list[_Clip]:
+    """Clips from a labelled image set (VOC, YOLO, COCO); pseudo-colour images become grey by `palette`."""
     from thermops.data.importers.coco import read_coco
     from thermops.data.importers.voc import read_voc
     from thermops.data.importers.yolo import labels_path, read_yolo
@@ -82,13 +82,15 @@ def _annotated_clips(name: str, spec: SourceParams) -> list[_Clip]:
                 labels = read_voc(images, root / spec.annotations)
                 extra = [root / spec.annotations / f"{p.stem}.xml" for p in images]
             else:
-                cache = {p: read_image(p) for p in images}
+                cache = {p: read_image(p, palette) for p in images}
                 sizes = {p: (a.shape[2], a.shape[1]) for p, a in cache.items()}
                 labels = read_yolo(images, list(spec.names), sizes)
                 extra = [labels_path(p) for p in images]
         if spec.variant != "standard" and spec.format != "coco":
             raise ImportDataError(f"source {name}: variant {spec.variant!r} applies to COCO only")
-        arrays = [cache[Path(lab.path)] if Path(lab.path) in cache else read_image(Path(lab.path)) for lab in labels]
+        arrays = [
+            cache[Path(lab.path)] if Path(lab.path) in cache else read_image(Path(lab.path), palette) for lab in labels
+        ]
         for lab, arr in zip(labels, arrays):
             if arr.shape[0] != 1:
                 raise ImportDataError(f"{lab.path}: multi-page image in a labelled set")
@@ -124,7 +126,7 @@ def _unlabelled_clips(name: str, spec: SourceParams, params: IngestParams) -> li
         camera = _camera_for(spec, name, i)
         if spec.format == "frames":
             files = list_images(path)
-            frames, fps, inputs = read_sequence(files), spec.fps, files
+            frames, fps, inputs = read_sequence(files, spec.palette or params.rgb_to_gray), spec.fps, files
         else:
             if path.suffix.lower() not in VIDEO_SUFFIXES:
                 raise ImportDataError(f"{path}: not a video file ({', '.join(VIDEO_SUFFIXES)})")
@@ -202,7 +204,7 @@ def import_source(name: str, spec: SourceParams, params: IngestParams, classes: 
     if spec.autolabel != "none" and spec.autolabel_class not in classes:
         raise ImportDataError(f"source {name}: autolabel_class {spec.autolabel_class!r} not in {classes}")
     if spec.format in ("voc", "yolo", "coco"):
-        clips = _annotated_clips(name, spec)
+        clips = _annotated_clips(name, spec, spec.palette or params.rgb_to_gray)
     else:
         clips = _unlabelled_clips(name, spec, params)
     ids = [c.clip_id for c in clips]
@@ -277,6 +279,7 @@ def import_source(name: str, spec: SourceParams, params: IngestParams, classes: 
     inputs = sorted({p for c in clips for p in c.inputs})
     summary = {
         "source": name, "format": spec.format, "variant": spec.variant, "root": str(root),
+        "palette": spec.palette or params.rgb_to_gray,
         "clips": len(clip_rows), "frames": int(sum(r["n_frames"] for r in clip_rows)),
         "boxes": len(ann_rows), "boxes_per_class": dict(sorted(label_counts.items())),
         "boxes_per_source_label": dict(sorted(source_counts.items())),
