@@ -137,7 +137,7 @@ def evaluate_prepared(
     Returns {"all": score, "<source>": score, ...}.
     """
     from thermops.data.prepared import load_prepared
-    from thermops.learn.datasets import model_inputs
+    from thermops.learn.datasets import model_inputs, row_geometry
     from thermops.learn.engine import predict
     from thermops.model.card import input_spec_from_card
 
@@ -149,7 +149,8 @@ def evaluate_prepared(
     if len(idx) == 0:
         raise ValueError(f"{prepared}: no tubelets in split {split!r}")
     labels = torch.as_tensor(data.labels(classes))[torch.as_tensor(idx)]
-    preds = predict(model, model_inputs(data, idx, input_spec_from_card(card)), device).argmax(1)
+    spec = input_spec_from_card(card)
+    preds = predict(model, model_inputs(data, idx, spec), device, geo=row_geometry(data, idx, spec)).argmax(1)
     keys = np.array([data.rows[i][by] for i in idx])
     out = {"all": score(preds, labels, classes, positive)}
     for k in sorted(set(keys)):
@@ -231,6 +232,7 @@ def run(
     from thermops.data.extract import PrepareParams
     from thermops.data.prepared import load_prepared
     from thermops.io import write_json
+    from thermops.learn.datasets import SplitParams
     from thermops.model.card import load_model_dir
     from thermops.model.network import ModelConfig
     from thermops.model.preprocess import InputSpec
@@ -308,21 +310,26 @@ def run(
     spec = section(p_train, "input", InputSpec)
     pre_cfg = section(p_train, "pretrain", pretrain.PretrainParams)
     ft_cfg = section(p_train, "finetune", finetune.FinetuneParams)
+    split = section(p_train, "split", SplitParams)
     pre = timed(
         "pretrain",
         pretrain.run,
         pre_cfg,
         model_cfg,
         spec,
+        split,
         seed,
         work / "prepared" / "train",
+        work / "unlabeled",  # read only when pretrain.unlabeled (real_eval.overrides switch it off)
         work / "pretrained",
         work / "metrics" / "pretrain.json",
         work / "metrics" / "pretrain_loss.csv",
         work / "checkpoints" / "pretrain",
     )
     used = {
-        k: p_train[k] for k in ("seed", "classes", "data", "model", "input", "pretrain", "finetune") if k in p_train
+        k: p_train[k]
+        for k in ("seed", "classes", "data", "model", "input", "split", "pretrain", "finetune")
+        if k in p_train
     }
     ft = timed(
         "finetune",
@@ -330,6 +337,7 @@ def run(
         ft_cfg,
         model_cfg,
         spec,
+        split,
         classes,
         seed,
         work / "prepared" / "train",
