@@ -176,9 +176,11 @@ def few_label_comparison(
             "fraction": cfg.low_label.fraction,
             "n_labels": n_low,
             "seeds": list(cfg.low_label.seeds),
-            **{name: {metric: stats(v) for metric, v in low[name].items()} for name in ("pretrained", "scratch")},
+            **{name: {metric: stats(v) for metric, v in low[name].items()} for name in arms},
         }
     }
+    if set(arms) != {"pretrained", "scratch"}:
+        return out
     fp, fs = out["few_label"]["pretrained"]["macro_f1"], out["few_label"]["scratch"]["macro_f1"]
     out["few_label_macro_f1_pretrained"] = fp["mean"]
     out["few_label_macro_f1_scratch"] = fs["mean"]

@@ -245,3 +245,48 @@ def test_unlabeled_step_writes_label_free_tubelets(tmp_path):
     # a labelled source as unlabeled pretraining data is refused before anything is written
     bad = _unlabeled(_unlabeled_params(tmp_path, real_sources=["synthetic"]), tmp_path / "u2")
     assert bad.returncode == 1 and "leak" in bad.stderr and not (tmp_path / "u2").exists()
+
+
+def test_range_augmentation_lowers_resolution_and_moves_pixel_scale():
+    from thermops.learn.augment import AugmentConfig, augment_with_geometry, far
+
+    cfg = from_params(AugmentConfig, "finetune.augment", far_p=1.0, far_max=4.0)
+    x = torch.randn(64, 1, 8, 32, 32)  # white noise: any resolution loss lowers its variance
+    view, k = far(x, cfg, torch.Generator().manual_seed(0))
+    assert view.shape == x.shape and (k >= 1).all() and (k <= 4.0 + 1e-6).all() and (k > 1.5).any()
+    far_rows = k > 1.5
+    assert view[far_rows].var() < 0.5 * x[far_rows].var()
+    untouched = k == 1
+    assert torch.equal(view[untouched], x[untouched])
+    off = from_params(AugmentConfig, "finetune.augment", far_p=0.0)
+    assert torch.equal(far(x, off, torch.Generator().manual_seed(0))[0], x)
+    # the geometry features follow the view: pixel_scale drops by log k, metric_scale stays
+    geometry = ("metric_scale", "pixel_scale")
+    geo = torch.zeros(64, 2)
+    plain = dataclasses.replace(cfg, crop_scale=(1.0, 1.0), max_shift=0.0, flip=False, speed=(1.0, 1.0), reverse_p=0.0,
+                                gain=(1.0, 1.0), offset=0.0, noise=0.0, stripes=0.0)  # fmt: skip
+    v2, g2 = augment_with_geometry(x, geo, plain, torch.Generator().manual_seed(5), geometry)
+    assert torch.equal(g2[:, 0], geo[:, 0]) and (g2[:, 1] <= 0).all() and (g2[:, 1] < -0.4).any()
+    near, _ = augment_with_geometry(
+        x, geo, dataclasses.replace(plain, far_p=0.0), torch.Generator().manual_seed(5), geometry
+    )
+    changed = (v2 - near).flatten(1).abs().amax(1) > 1e-6  # same draws before the range step
+    assert torch.equal(changed, g2[:, 1] < -1e-6)  # exactly the rows whose resolution dropped
+
+
+@pytest.mark.parametrize("method", ["simclr", "mtm"])
+def test_each_pretraining_method_trains_the_encoder(method):
+    from components.pretrain import PretrainParams, build
+
+    cfg = from_params(PretrainParams, "pretrain", method=method)
+    torch.manual_seed(0)
+    model, loss_fn = build(cfg, TubeletClassifier(from_params(ModelConfig, "model"), 4).encoder)
+    x = torch.randn(8, 1, 8, 32, 32)
+    loss = loss_fn(model, (x,), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    # MTM reads the feature map, not the pooled embedding: its projection (`proj`) stays untouched
+    grads = [p.grad for n, p in model.encoder.named_parameters() if method == "simclr" or not n.startswith("proj.")]
+    assert all(g is not None for g in grads) and all(float(g.abs().sum()) > 0 for g in grads)
+    with pytest.raises(ValueError, match="pretrain.method"):
+        from_params(PretrainParams, "pretrain", method="byol")

@@ -100,9 +100,10 @@ def far(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.
     dev = x.device
     on = torch.rand(n, generator=g, device=dev) < cfg.far_p
     k = torch.exp(_uniform(n, 0.0, math.log(max(cfg.far_max, 1.0)), g, dev))
-    side = torch.where(on, torch.clamp(torch.round(h / k), min=4, max=h), torch.full_like(k, h)).long()
+    # sides snapped to multiples of 4 px: at most H/4 distinct sizes, one batched resample each
+    side = torch.where(on, torch.clamp(torch.round(h / k / 4) * 4, min=4, max=h), torch.full_like(k, h)).long()
     out = x
-    for s in torch.unique(side).tolist():  # a few distinct sizes: one batched resample each
+    for s in torch.unique(side).tolist():
         if s == h:
             continue
         idx = torch.nonzero(side == s).flatten()
