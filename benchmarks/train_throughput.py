@@ -1,12 +1,14 @@
 """Training throughput: tubelets/s and achieved FLOP/s as a fraction of this machine's matmul FLOP/s.
 
-FLOPs of one training step (forward + backward) are counted with
+FLOPs of one training step (forward + backward + optimizer) are counted with
 `torch.utils.flop_counter.FlopCounterMode`; the reference is a large matmul timed
-in the same run, in the dtype the training uses (float32 on CPU, bf16 on CUDA).
-On CUDA the step runs with bf16 autocast and channels-last-3d, as the engine does.
+in the same process right before and right after each measurement, in the dtype
+the training uses (float32 on CPU, bf16 on CUDA); the ratio uses the larger of the
+two. The step runs as the engine runs it: channels-last-3d (on CUDA with bf16
+autocast); the pretraining step includes its augmentations (and masking).
 Needs only torch (and thermops), so it runs on a bare GPU node:
 
-    python benchmarks/train_throughput.py --sizes tiny --batch 64 --steps 5          # CPU
+    python benchmarks/train_throughput.py --sizes tiny fast --repeats 5          # CPU
     python benchmarks/train_throughput.py --sizes small base --batch 256 --steps 30  # GPU
 
 Results are written down in benchmarks/RESULTS.md (## Training throughput).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -28,9 +31,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from components.pretrain import PretrainParams, build  # noqa: E402
 from thermops.config import load_params, section, section_from_mapping  # noqa: E402
 from thermops.learn.engine import OptimConfig, amp_context, make_optimizer, to_device  # noqa: E402
-from thermops.learn.ssl import SimCLR, SSLConfig, simclr_loss  # noqa: E402
 from thermops.model.network import ModelConfig, TubeletClassifier, TubeletEncoder  # noqa: E402
 
 
@@ -54,24 +57,29 @@ def matmul_flops(device: torch.device, n: int, reps: int) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def bench(size: str, mode: str, batch: int, steps: int, device: torch.device, frames: int, px: int) -> dict:
-    """Time `steps` training steps of `mode` (finetune: cross-entropy; pretrain: SimCLR, two views)."""
+def bench(
+    size: str, mode: str, batch: int, steps: int, device: torch.device, frames: int, px: int, layout: str
+) -> dict:
+    """Time `steps` training steps of `mode`: finetune (cross-entropy) or pretrain-<method> (simclr: two
+    augmented views, NT-Xent; mtm: one augmented, tube-masked view, pixel MSE), as the engine runs them."""
     torch.manual_seed(0)
     params = load_params(ROOT / "params.yaml")
-    cfg = dataclasses.replace(section(params, "model", ModelConfig), size=size)
-    if mode == "pretrain":
-        ssl = section_from_mapping(SSLConfig, params["pretrain"]["ssl"], "pretrain.ssl")
-        model: torch.nn.Module = SimCLR(TubeletEncoder(cfg), ssl)
-        loss_fn = simclr_loss(ssl)
+    cfg = dataclasses.replace(section(params, "model", ModelConfig), size=size, widths=None, patch=None)
+    if mode.startswith("pretrain"):
+        pre = section(params, "pretrain", PretrainParams)
+        method = mode.split("-", 1)[1] if "-" in mode else pre.method
+        model, loss_fn = build(dataclasses.replace(pre, method=method), TubeletEncoder(cfg))
     else:
         model = TubeletClassifier(cfg, 4)
         loss_fn = lambda m, b, g: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
     model.to(device)
-    if device.type == "cuda":
+    if layout == "channels_last":
         model.to(memory_format=torch.channels_last_3d)
-    optim = section_from_mapping(OptimConfig, params[mode]["optim"], f"{mode}.optim")
+    key = "pretrain" if mode.startswith("pretrain") else "finetune"
+    optim = section_from_mapping(OptimConfig, params[key]["optim"], f"{key}.optim")
     opt = make_optimizer(model, dataclasses.replace(optim, epochs=1, batch_size=batch, lr=1e-3))
-    x = to_device(torch.randn(batch, 1, frames, px, px), device)
+    x = torch.randn(batch, 1, frames, px, px, device=device)
+    x = to_device(x, device) if layout == "channels_last" else x
     y = torch.randint(0, 4, (batch,), device=device)
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -96,6 +104,7 @@ def bench(size: str, mode: str, batch: int, steps: int, device: torch.device, fr
     return {
         "size": size,
         "mode": mode,
+        "layout": layout,
         "batch": batch,
         "steps": steps,
         "params": sum(p.numel() for p in model.parameters()),
@@ -107,10 +116,17 @@ def bench(size: str, mode: str, batch: int, steps: int, device: torch.device, fr
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="+", default=["tiny"])
-    ap.add_argument("--modes", nargs="+", default=["finetune", "pretrain"])
+    ap.add_argument("--sizes", nargs="+", default=["tiny", "fast"])
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=["pretrain", "finetune"],
+        help="finetune | pretrain (params method) | pretrain-simclr | pretrain-mtm",
+    )
+    ap.add_argument("--layouts", nargs="+", default=["channels_last"], choices=["channels_last", "contiguous"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1, help="measure every row this often (each bracketed by matmuls)")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--px", type=int, default=32)
     ap.add_argument("--device", default="auto")
@@ -125,35 +141,73 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     n = args.matmul_n or (8192 if device.type == "cuda" else 1024)
-    peak = matmul_flops(device, n, 20 if device.type == "cuda" else 5)
+    reps = 20 if device.type == "cuda" else 5
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
     )
-    rows = [bench(s, m, args.batch, args.steps, device, args.frames, args.px) for s in args.sizes for m in args.modes]
-    peak_after = matmul_flops(device, n, 20 if device.type == "cuda" else 5)  # bracket the run: shared machines drift
-    ref = max(peak, peak_after)
-    for r in rows:
-        r["matmul_tflops"] = ref / 1e12
-        r["ratio"] = r["achieved_tflops"] * 1e12 / ref
+    load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
+    rows = []
+    # Every measurement is bracketed by the reference matmul, right before and right after it (shared
+    # machines drift): its ratio uses the larger of the two. Repeats interleave the rows.
+    for rep in range(args.repeats):
+        for s in args.sizes:
+            for m in args.modes:
+                for layout in args.layouts:
+                    before = matmul_flops(device, n, reps)
+                    r = bench(s, m, args.batch, args.steps, device, args.frames, args.px, layout)
+                    after = matmul_flops(device, n, reps)
+                    r.update(
+                        repeat=rep,
+                        matmul_tflops=[before / 1e12, after / 1e12],
+                        ratio=r["achieved_tflops"] * 1e12 / max(before, after),
+                    )
+                    rows.append(r)
+    if load:
+        load.append(os.getloadavg()[0])
+    summary = []
+    for s in args.sizes:
+        for m in args.modes:
+            for layout in args.layouts:
+                rs = [r for r in rows if (r["size"], r["mode"], r["layout"]) == (s, m, layout)]
+                ratios = sorted(r["ratio"] for r in rs)
+                tps = sorted(r["tubelets_per_s"] for r in rs)
+                summary.append(
+                    {
+                        "size": s,
+                        "mode": m,
+                        "layout": layout,
+                        "gflop_per_tubelet": rs[0]["gflop_per_tubelet"],
+                        "ratio_min": ratios[0],
+                        "ratio_median": ratios[len(ratios) // 2],
+                        "ratio_max": ratios[-1],
+                        "tubelets_per_s_min": tps[0],
+                        "tubelets_per_s_max": tps[-1],
+                        "n": len(rs),
+                    }
+                )
     result = {
         "device": name,
         "torch": torch.__version__,
-        "dtype": "bf16 autocast + channels_last_3d" if device.type == "cuda" else "float32",
+        "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
         "matmul_n": n,
-        "matmul_tflops_before_after": [peak / 1e12, peak_after / 1e12],
+        "load_average_1min_before_after": load,
         "rows": rows,
+        "summary": summary,
     }
+    mm = [x for r in rows for x in r["matmul_tflops"]]
     print(
-        f"device: {name}; torch {torch.__version__}; matmul {n}^3: {peak / 1e12:.3f} / {peak_after / 1e12:.3f} TFLOP/s (before/after)"
+        f"device: {name}; torch {torch.__version__}; matmul {n}^3 fp: {min(mm):.3f}-{max(mm):.3f} TFLOP/s; "
+        f"load average {load}; {args.repeats} repeat(s), batch {args.batch}, {args.steps} steps"
     )
-    print("| size | step | batch | GFLOP/tubelet | tubelets/s | achieved TFLOP/s | / matmul |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    print("| size | step | layout | GFLOP/tubelet | tubelets/s (min-max) | / matmul: median (min-max) |")
+    print("|---|---|---|---|---|---|")
+    for r in summary:
         print(
-            f"| {r['size']} | {r['mode']} | {r['batch']} | {r['gflop_per_tubelet']:.3f} | {r['tubelets_per_s']:.0f} | "
-            f"{r['achieved_tflops']:.4f} | {r['ratio']:.3f} |"
+            f"| {r['size']} | {r['mode']} | {r['layout']} | {r['gflop_per_tubelet']:.3f} | "
+            f"{r['tubelets_per_s_min']:.0f}-{r['tubelets_per_s_max']:.0f} | "
+            f"{r['ratio_median']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) |"
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from thermops.config import classes_of, load_params, section, seed_everything, s
 from thermops.io import atomic_dir, write_csv, write_json
 from thermops.learn.adversarial import AdversarialConfig
 from thermops.learn.augment import AugmentConfig
-from thermops.learn.datasets import load_splits, stratified_fraction
+from thermops.learn.datasets import SplitParams, load_splits, stratified_fraction
 from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
 from thermops.learn.engine import OptimConfig, classification_loss, evaluate, fit, run_fingerprint
 from thermops.learn.ssl import init_head_by_probe, linear_probe
@@ -94,11 +94,12 @@ def _train_classifier(
     desc="finetune",
     stop_after=None,
     select_on_val=True,
+    geometry=(),
 ):
     """Fit (after an LP-FT head init when `probe_init`) with val macro-F1 selection; returns the FitResult."""
     if cfg.probe_init:
         init_head_by_probe(model, train.inputs, train.labels, device, cfg.probe.weight_decay, cfg.probe.iters)
-    loss = classification_loss(cfg.augment, cfg.label_smoothing, adversarial)
+    loss = classification_loss(cfg.augment, cfg.label_smoothing, adversarial, geometry)
     select = (lambda m: evaluate(m, val, classes, device)[0]["macro_f1"]) if select_on_val else None  # noqa: E731
     return fit(
         model,
@@ -117,10 +118,86 @@ def _train_classifier(
     )
 
 
+def initializer(model_cfg: ModelConfig, num_classes: int, geo_dim: int, enc_state: dict):
+    """fresh(pretrained_init, seed) -> (classifier, missing keys, unexpected keys): a new classifier seeded
+    with `seed`, its encoder loaded from `enc_state` when `pretrained_init`."""
+
+    def fresh(pretrained_init: bool, init_seed: int) -> tuple[TubeletClassifier, list[str], list[str]]:
+        torch.manual_seed(init_seed)
+        m = TubeletClassifier(model_cfg, num_classes, geo_dim=geo_dim)
+        if not pretrained_init:
+            return m, [], []
+        missing, unexpected = m.encoder.load_state_dict(enc_state, strict=False)
+        return m, list(missing), list(unexpected)
+
+    return fresh
+
+
+def few_label_comparison(
+    cfg: FinetuneParams, splits, classes, seed, device, fresh, log=None, arms=("pretrained", "scratch"), geometry=()
+) -> dict:
+    """Fine-tuning on a class-stratified `low_label.fraction` of the train labels, from the pretrained
+    encoder and from scratch, once per `low_label.seeds` (same labelled subset and seed for both inits);
+    test macro-F1 and accuracy per seed, their mean, min and max, and the gain of the means.
+    `arms` limits the runs to one init (experiments that share the scratch arm)."""
+    log = log or (lambda s: None)
+    tr, te = splits.train, splits.test
+    low: dict[str, dict[str, list[float]]] = {k: {"macro_f1": [], "accuracy": []} for k in arms}
+    for s in cfg.low_label.seeds:
+        sub = tr.subset(stratified_fraction(tr.labels, cfg.low_label.fraction, seed + s))
+        for name, init in ((a, a == "pretrained") for a in arms):
+            m, _, _ = fresh(init, seed + s)
+            optim = cfg.low_label.optim
+            if init and cfg.low_label.pretrained_bn_eval:
+                optim = replace(optim, bn_eval=True)
+            _train_classifier(
+                m,
+                sub,
+                splits.val,
+                classes,
+                optim,
+                cfg,
+                seed + s,
+                device,
+                desc=f"few-label-{name}",
+                select_on_val=cfg.low_label.select_on_val,
+                geometry=geometry,
+            )
+            r = evaluate(m, te, classes, device)[0]
+            low[name]["macro_f1"].append(r["macro_f1"])
+            low[name]["accuracy"].append(r["accuracy"])
+    n_low = len(stratified_fraction(tr.labels, cfg.low_label.fraction, seed + cfg.low_label.seeds[0]))
+
+    def stats(v: list[float]) -> dict:
+        return {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "per_seed": v}
+
+    out = {
+        "few_label": {
+            "fraction": cfg.low_label.fraction,
+            "n_labels": n_low,
+            "seeds": list(cfg.low_label.seeds),
+            **{name: {metric: stats(v) for metric, v in low[name].items()} for name in arms},
+        }
+    }
+    if set(arms) != {"pretrained", "scratch"}:
+        return out
+    fp, fs = out["few_label"]["pretrained"]["macro_f1"], out["few_label"]["scratch"]["macro_f1"]
+    out["few_label_macro_f1_pretrained"] = fp["mean"]
+    out["few_label_macro_f1_scratch"] = fs["mean"]
+    out["pretraining_gain_few_label"] = fp["mean"] - fs["mean"]
+    out["pretraining_ranges_overlap"] = not (fp["min"] > fs["max"] or fs["min"] > fp["max"])
+    log(
+        f"{cfg.low_label.fraction:.0%} labels ({n_low}): macro-F1 pretrained {fp['mean']:.3f} "
+        f"({fp['min']:.3f}-{fp['max']:.3f}), scratch {fs['mean']:.3f} ({fs['min']:.3f}-{fs['max']:.3f})"
+    )
+    return out
+
+
 def run(
     cfg: FinetuneParams,
     model_cfg: ModelConfig,
     spec: InputSpec,
+    split: SplitParams,
     classes: list[str],
     seed: int,
     data: Path,
@@ -137,7 +214,7 @@ def run(
     """Fine-tune, compare with the baselines, and write the model dir, metrics, plots and figures.
 
     Args:
-        cfg: the `finetune` params; model_cfg / spec / classes: `model`, `input`, `classes` params.
+        cfg: the `finetune` params; model_cfg / spec / split / classes: `model`, `input`, `split`, `classes`.
         data: prepared-data folder; pretrained: the `pretrain` step's folder.
         out: model directory to write (thermops.model.card format).
         metrics / confusion / curve: metrics JSON, confusion CSV (actual,predicted), per-epoch CSV.
@@ -152,24 +229,17 @@ def run(
     seed_everything(seed)
     device = setup_distributed(cfg.device)
     log = (lambda s: print(s, file=sys.stderr)) if is_main() else (lambda s: None)
-    splits = load_splits(data, classes, spec)
+    splits = load_splits(data, classes, spec, split)
     enc_state, pre_card = load_pretrained_encoder(pretrained)
     if pre_card["model"] != model_cfg.to_dict():
         raise ValueError(
             f"{pretrained}: pretrained model {pre_card['model']} differs from params model {model_cfg.to_dict()}"
         )
 
-    def fresh(pretrained_init: bool, init_seed: int) -> tuple[TubeletClassifier, list[str], list[str]]:
-        torch.manual_seed(init_seed)
-        m = TubeletClassifier(model_cfg, len(classes))
-        if not pretrained_init:
-            return m, [], []
-        missing, unexpected = m.encoder.load_state_dict(enc_state, strict=False)
-        return m, list(missing), list(unexpected)
+    fresh = initializer(model_cfg, len(classes), len(spec.geometry), enc_state)
 
     out_metrics: dict = {}
     if compare:
-        t1 = time.perf_counter()
         tr, te = splits.train, splits.test
         probe = {}
         for name, init in (("pretrained", True), ("random", False)):
@@ -190,42 +260,7 @@ def run(
             probe["random"],
         )
         log(f"linear probe: pretrained {probe['pretrained']:.3f} random {probe['random']:.3f}")
-        low: dict[str, list[float]] = {"pretrained": [], "scratch": []}
-        for s in cfg.low_label.seeds:
-            idx = stratified_fraction(tr.labels, cfg.low_label.fraction, seed + s)
-            sub = tr.subset(idx)
-            for name, init in (("pretrained", True), ("scratch", False)):
-                m, _, _ = fresh(init, seed + s)
-                optim = cfg.low_label.optim
-                if init and cfg.low_label.pretrained_bn_eval:
-                    optim = replace(optim, bn_eval=True)
-                _train_classifier(
-                    m,
-                    sub,
-                    splits.val,
-                    classes,
-                    optim,
-                    cfg,
-                    seed + s,
-                    device,
-                    desc=f"10pct-{name}",
-                    select_on_val=cfg.low_label.select_on_val,
-                )
-                low[name].append(evaluate(m, te, classes, device)[0]["accuracy"])
-        n_low = len(stratified_fraction(tr.labels, cfg.low_label.fraction, seed + cfg.low_label.seeds[0]))
-        out_metrics.update(
-            {
-                "finetune_10pct_pretrained": sum(low["pretrained"]) / len(low["pretrained"]),
-                "finetune_10pct_scratch": sum(low["scratch"]) / len(low["scratch"]),
-                "finetune_10pct_per_seed": low,
-                "finetune_10pct_n_labels": n_low,
-                "comparison_seconds": round(time.perf_counter() - t1, 2),
-            }
-        )
-        out_metrics["pretraining_gain_10pct"] = (
-            out_metrics["finetune_10pct_pretrained"] - out_metrics["finetune_10pct_scratch"]
-        )
-        log(f"10% labels ({n_low}): pretrained {low['pretrained']} scratch {low['scratch']}")
+        out_metrics.update(few_label_comparison(cfg, splits, classes, seed, device, fresh, log, geometry=spec.geometry))
 
     model, missing, unexpected = fresh(True, seed)
     log(f"loaded pretrained encoder: missing keys {missing}, unexpected keys {unexpected}")
@@ -248,6 +283,7 @@ def run(
         seed,
         device,
         adversarial=cfg.adversarial,
+        geometry=spec.geometry,
         ckpt_dir=checkpoints,
         fp=fp,
         log=log,
@@ -265,19 +301,23 @@ def run(
             "encoder_missing_keys": missing,
             "encoder_unexpected_keys": unexpected,
             "adversarial_training": cfg.adversarial.enabled,
-            "seconds": round(time.perf_counter() - t0, 2),
         }
     )
+    seconds = round(time.perf_counter() - t0, 2)
     log(f"test accuracy {test_m['accuracy']:.3f} macro-F1 {test_m['macro_f1']:.3f} (best epoch {result.best_epoch})")
     if not is_main():
         barrier()
-        return out_metrics
+        return {**out_metrics, "seconds": seconds}
     card = make_card(
         classes=classes,
         model_cfg=model_cfg,
         input_spec=spec,
         calibrations=splits.calibrations,
-        data={k: splits.data_info[k] for k in ("prepared_hash", "sources", "units", "n", "n_per_label")},
+        data={
+            k: splits.data_info[k]
+            for k in ("prepared_hash", "sources", "units", "n", "n_per_label", "split", "split_params")
+            if k in splits.data_info
+        },
         metrics={k: v for k, v in out_metrics.items() if k not in ("encoder_missing_keys", "encoder_unexpected_keys")},
         params=params_used or {},
         adversarial_training=cfg.adversarial.enabled,
@@ -300,6 +340,7 @@ def run(
         ["epoch", "loss", "val_macro_f1"],
     )
     with atomic_dir(figures) as tmp:
+        write_json(tmp / "timings.json", {"seconds": seconds})  # wall clock: never in metrics or the card
         try:
             from thermops.learn.metrics import plot_confusion, plot_curves
 
@@ -316,7 +357,7 @@ def run(
         except ImportError as err:  # a bare GPU node without matplotlib still trains; the figures are extras
             log(f"no PNG figures: {err}")
     barrier()
-    return out_metrics
+    return {**out_metrics, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -335,11 +376,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def go() -> str:
         params = load_params(args.params)
-        used = {k: params[k] for k in ("seed", "classes", "model", "input", "pretrain", "finetune") if k in params}
+        used = {
+            k: params[k] for k in ("seed", "classes", "model", "input", "split", "pretrain", "finetune") if k in params
+        }
         m = run(
             section(params, "finetune", FinetuneParams),
             section(params, "model", ModelConfig),
             section(params, "input", InputSpec),
+            section(params, "split", SplitParams),
             classes_of(params),
             seed_of(params),
             args.data,

@@ -1,12 +1,16 @@
-"""Step `pretrain`: self-supervised SimCLR pretraining of the tubelet encoder on unlabeled tubelets.
+"""Step `pretrain`: self-supervised pretraining of the tubelet encoder on unlabeled tubelets.
 
-Reads the train split of the prepared data (the label column is never read),
-writes `models/pretrained/` (encoder.pt: the encoder's state dict; card.json:
-architecture, input contract, method, data lineage), the loss curve
-`metrics/pretrain_loss.csv` (a DVC plot) and `metrics/pretrain.json`, and a
-checkpoint after every epoch (`checkpoints/pretrain/last.pt`) that a re-run resumes.
+Reads the prepared rows that train under the `split` params (the label column is
+never read) and, with `pretrain.unlabeled`, every tubelet of the `unlabeled` step's
+folder; pretrains with `pretrain.method` (`simclr`: contrastive, two views per
+tubelet; `mtm`: masked tube modelling, one tube-masked view) and writes
+`models/pretrained/` (encoder.pt: the encoder's state dict; card.json: architecture,
+input contract, method, data lineage; timings.json: wall-clock seconds, kept out of
+card and metrics), the loss curve `metrics/pretrain_loss.csv` (a DVC plot) and
+`metrics/pretrain.json`, and a checkpoint after every epoch
+(`checkpoints/pretrain/last.pt`) that a re-run resumes.
 
-    python -m components.pretrain --params params.yaml --data data/prepared \
+    python -m components.pretrain --params params.yaml --data data/prepared --unlabeled data/unlabeled \
         --out models/pretrained --metrics metrics/pretrain.json \
         --curve metrics/pretrain_loss.csv --checkpoints checkpoints/pretrain
 
@@ -26,31 +30,59 @@ import torch
 from components._cli import parser, run_cli
 from thermops.config import load_params, section, seed_everything, seed_of
 from thermops.io import atomic_dir, write_csv, write_json
-from thermops.learn.datasets import load_unlabeled
+from thermops.learn.augment import AugmentConfig
+from thermops.learn.datasets import SplitParams, load_unlabeled
 from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
 from thermops.learn.engine import OptimConfig, fit, run_fingerprint
-from thermops.learn.ssl import SimCLR, SSLConfig, simclr_loss
+from thermops.learn.ssl import MaskedTubeModel, MTMConfig, SimCLR, SimCLRConfig, mtm_loss, simclr_loss
 from thermops.model.card import PRETRAINED_FORMAT
 from thermops.model.network import ModelConfig, TubeletEncoder
 from thermops.model.preprocess import InputSpec
+
+METHODS = ("simclr", "mtm")
 
 
 @dataclass(frozen=True)
 class PretrainParams:
     """params `pretrain`."""
 
+    method: str
+    unlabeled: bool
     optim: OptimConfig
-    ssl: SSLConfig
+    augment: AugmentConfig
+    simclr: SimCLRConfig
+    mtm: MTMConfig
     device: str
     resume: bool
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"pretrain.method {self.method!r} is not one of {list(METHODS)}")
+
+    def method_config(self) -> dict:
+        """What the method depends on (the card's record and part of the checkpoint identity)."""
+        return {
+            "method": self.method,
+            "augment": asdict(self.augment),
+            self.method: asdict(self.simclr if self.method == "simclr" else self.mtm),
+        }
+
+
+def build(cfg: PretrainParams, encoder: TubeletEncoder):
+    """The pretraining module around `encoder` and its loss function."""
+    if cfg.method == "simclr":
+        return SimCLR(encoder, cfg.simclr), simclr_loss(cfg.simclr, cfg.augment)
+    return MaskedTubeModel(encoder, cfg.mtm), mtm_loss(cfg.mtm, cfg.augment)
 
 
 def run(
     cfg: PretrainParams,
     model_cfg: ModelConfig,
     spec: InputSpec,
+    split: SplitParams,
     seed: int,
     data: Path,
+    unlabeled: Path,
     out: Path,
     metrics: Path,
     curve: Path,
@@ -60,8 +92,9 @@ def run(
     """Pretrain the encoder and write its directory, metrics and loss curve.
 
     Args:
-        cfg: the `pretrain` params; model_cfg / spec: the `model` and `input` params.
-        data: a prepared-data folder; out: the pretrained-encoder folder to write.
+        cfg: the `pretrain` params; model_cfg / spec / split: the `model`, `input` and `split` params.
+        data: a prepared-data folder; unlabeled: the `unlabeled` step's folder (read when
+            `cfg.unlabeled`); out: the pretrained-encoder folder to write.
         metrics / curve: JSON summary and per-epoch loss CSV.
         checkpoints: folder for `last.pt` (None: no checkpoints, no resume).
         stop_after: stop after this many epochs without writing outputs (tests of resume).
@@ -71,14 +104,20 @@ def run(
     t0 = time.perf_counter()
     seed_everything(seed)
     device = setup_distributed(cfg.device)
-    dataset, info = load_unlabeled(data, spec)
-    encoder = TubeletEncoder(model_cfg)
-    model = SimCLR(encoder, cfg.ssl)
-    fp = run_fingerprint(asdict(cfg.ssl), model_cfg.to_dict(), spec.to_dict(), info["prepared_hash"], seed)
+    dataset, info = load_unlabeled(data, spec, split, unlabeled if cfg.unlabeled else None)
+    model, loss_fn = build(cfg, TubeletEncoder(model_cfg))
+    fp = run_fingerprint(
+        cfg.method_config(),
+        model_cfg.to_dict(),
+        spec.to_dict(),
+        info["prepared_hash"],
+        info.get("unlabeled_hash"),
+        seed,
+    )
     log = (lambda s: print(s, file=sys.stderr)) if is_main() else None
     result = fit(
         model,
-        simclr_loss(cfg.ssl),
+        loss_fn,
         dataset,
         cfg.optim,
         seed=seed,
@@ -91,17 +130,18 @@ def run(
         log=log,
     )
     summary = {
-        "method": "simclr",
+        "method": cfg.method,
         "epochs": len(result.history),
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "first_loss": result.history[0]["loss"] if result.history else None,
         "n_tubelets": info["n"],
+        "n_unlabeled": info.get("n_unlabeled", 0),
         "resumed_from_epoch": result.resumed_from,
-        "seconds": round(time.perf_counter() - t0, 2),
     }
+    seconds = round(time.perf_counter() - t0, 2)
     if stop_after is not None or not is_main():
         barrier()
-        return summary
+        return {**summary, "seconds": seconds}
     with atomic_dir(out) as tmp:
         state = {k: v.detach().cpu() for k, v in unwrap(model).encoder.state_dict().items()}
         torch.save(state, tmp / "encoder.pt")
@@ -109,16 +149,25 @@ def run(
             tmp / "card.json",
             {
                 "format": PRETRAINED_FORMAT,
-                "method": "simclr",
+                "method": cfg.method,
                 "model": model_cfg.to_dict(),
                 "input": spec.to_dict(),
-                "ssl": asdict(cfg.ssl),
+                "pretraining": cfg.method_config(),
                 "optim": asdict(cfg.optim),
                 "seed": seed,
-                "data": {"prepared_hash": info["prepared_hash"], "sources": info["sources"], "n_train": info["n"]},
+                "data": {
+                    "prepared_hash": info["prepared_hash"],
+                    "unlabeled_hash": info.get("unlabeled_hash"),
+                    "sources": info["sources"],
+                    "n_labelled_pool": info["n_labelled_pool"],
+                    "n_unlabeled": info.get("n_unlabeled", 0),
+                    "n_train": info["n"],
+                    "split": asdict(split),
+                },
                 "metrics": {k: summary[k] for k in ("final_loss", "first_loss", "epochs")},
             },
         )
+        write_json(tmp / "timings.json", {"seconds": seconds, "epochs_run": len(result.history) - result.resumed_from})
     write_csv(
         curve,
         [{"epoch": r["epoch"], "loss": r["loss"], "lr": r["lr"]} for r in result.history],
@@ -126,7 +175,7 @@ def run(
     )
     write_json(metrics, summary)
     barrier()
-    return summary
+    return {**summary, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(
         __doc__,
         ("--data", "data/prepared"),
+        ("--unlabeled", "data/unlabeled"),
         ("--out", "models/pretrained"),
         ("--metrics", "metrics/pretrain.json"),
         ("--curve", "metrics/pretrain_loss.csv"),
@@ -146,14 +196,16 @@ def main(argv: list[str] | None = None) -> None:
             section(params, "pretrain", PretrainParams),
             section(params, "model", ModelConfig),
             section(params, "input", InputSpec),
+            section(params, "split", SplitParams),
             seed_of(params),
             args.data,
+            args.unlabeled,
             args.out,
             args.metrics,
             args.curve,
             args.checkpoints,
         )
-        return f"pretrain: {s['epochs']} epochs, loss {s['first_loss']} -> {s['final_loss']} in {s['seconds']} s"
+        return f"pretrain ({s['method']}, {s['n_tubelets']} tubelets): {s['epochs']} epochs, loss {s['first_loss']} -> {s['final_loss']} in {s['seconds']} s"
 
     run_cli(go)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from params_helpers import from_params
 
-from thermops.learn.ssl import SimCLR, SSLConfig, nt_xent
+from thermops.learn.ssl import SimCLR, SimCLRConfig, nt_xent
 from thermops.model.card import load_model_dir, make_card, save_model_dir
 from thermops.model.network import SIZES, ModelConfig, TubeletClassifier
 from thermops.model.preprocess import InputSpec
@@ -31,7 +31,7 @@ def test_unknown_size_is_rejected():
 
 def test_pretrained_encoder_loads_into_classifier_without_missing_keys():
     cfg = from_params(ModelConfig, "model")
-    ssl = SimCLR(TubeletClassifier(cfg, 4).encoder, from_params(SSLConfig, "pretrain.ssl"))
+    ssl = SimCLR(TubeletClassifier(cfg, 4).encoder, from_params(SimCLRConfig, "pretrain.simclr"))
     clf = TubeletClassifier(cfg, 4)
     missing, unexpected = clf.encoder.load_state_dict(ssl.encoder.state_dict(), strict=False)
     assert missing == [] and unexpected == []

@@ -23,7 +23,7 @@ from thermops.model.preprocess import InputSpec
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
-AUGMENT = from_params(AugmentConfig, "pretrain.ssl.augment")
+AUGMENT = from_params(AugmentConfig, "pretrain.augment")
 
 
 def _optim(**changes) -> OptimConfig:

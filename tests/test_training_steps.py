@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.training_helpers import CLASSES, make_prepared, small_training_params
+from tests.training_helpers import CLASSES, make_prepared, make_unlabeled, small_training_params
 from thermops.model.card import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +25,7 @@ def _step(module: str, *args: str) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("steps")
     prepared = make_prepared(d / "prepared", n_per_class=10, seed=2)
+    unlabeled = make_unlabeled(d / "unlabeled")
     params = small_training_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     params["classes"] = CLASSES
     (d / "params.yaml").write_text(yaml.safe_dump(params))
@@ -34,6 +35,8 @@ def trained(tmp_path_factory):
         str(d / "params.yaml"),
         "--data",
         str(prepared),
+        "--unlabeled",
+        str(unlabeled),
         "--out",
         str(d / "pretrained"),
         "--metrics",
@@ -73,7 +76,13 @@ def test_pretrain_writes_encoder_card_and_loss_curve(trained):
     d, _ = trained
     assert (d / "pretrained/encoder.pt").is_file()
     card = json.loads((d / "pretrained/card.json").read_text())
-    assert card["method"] == "simclr" and card["data"]["n_train"] == 24
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert card["method"] == params["pretrain"]["method"]
+    # 24 train rows of the prepared data and all 24 unlabeled tubelets; no labels read
+    assert card["data"]["n_labelled_pool"] == 24 and card["data"]["n_unlabeled"] == 24 and card["data"]["n_train"] == 48
+    assert set(card["data"]["sources"]) == {"synthetic", "unlabeled"}
+    assert "seconds" in json.loads((d / "pretrained/timings.json").read_text())
+    assert "seconds" not in json.loads((d / "m/pretrain.json").read_text())
     rows = list(csv.DictReader(open(d / "m/pretrain_loss.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["loss"]) > 0 for r in rows)
     assert (d / "ck/pre/last.pt").is_file()
@@ -87,10 +96,29 @@ def test_finetune_metrics_confusion_and_card(trained):
         "macro_f1",
         "linear_probe_pretrained",
         "linear_probe_random",
-        "finetune_10pct_pretrained",
-        "finetune_10pct_scratch",
+        "few_label_macro_f1_pretrained",
+        "few_label_macro_f1_scratch",
     ):
         assert 0.0 <= m[k] <= 1.0, k
+    few = m["few_label"]
+    seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["low_label"]["seeds"]
+    for arm in ("pretrained", "scratch"):
+        per = few[arm]["macro_f1"]["per_seed"]
+        assert (
+            len(per) == len(seeds)
+            and few[arm]["macro_f1"]["min"] == min(per)
+            and few[arm]["macro_f1"]["max"] == max(per)
+        )
+    assert m["pretraining_gain_few_label"] == pytest.approx(
+        few["pretrained"]["macro_f1"]["mean"] - few["scratch"]["macro_f1"]["mean"]
+    )
+    assert m["pretraining_ranges_overlap"] == (
+        few["pretrained"]["macro_f1"]["min"] <= few["scratch"]["macro_f1"]["max"]
+        and few["scratch"]["macro_f1"]["min"] <= few["pretrained"]["macro_f1"]["max"]
+    )
+    # wall clock lives in reports/finetune/timings.json, never in metrics or the card
+    assert "seconds" not in m and "comparison_seconds" not in m
+    assert json.loads((d / "fig/timings.json").read_text())["seconds"] > 0
     assert set(m["per_class"]) == set(CLASSES)
     assert {"precision", "recall", "specificity"} <= set(m["per_class"]["person"])
     assert m["encoder_missing_keys"] == [] and m["encoder_unexpected_keys"] == []
@@ -104,6 +132,7 @@ def test_finetune_metrics_confusion_and_card(trained):
     assert card["calibrations"] == {"cam0": "cam0-v1", "cam1": "cam1-v1"}
     assert card["data"]["n"] == {"train": 24, "val": 8, "test": 8} and card["data"]["sources"] == ["synthetic"]
     assert len(card["data"]["prepared_hash"]) == 64 and card["metrics"]["accuracy"] == m["accuracy"]
+    assert card["data"]["split"] == "prepared" and "seconds" not in json.dumps(card)
     assert (d / "fig/confusion.png").stat().st_size > 1000
 
 
@@ -114,6 +143,8 @@ def test_missing_data_is_one_clear_error(tmp_path):
         str(ROOT / "params.yaml"),
         "--data",
         str(tmp_path / "nope"),
+        "--unlabeled",
+        str(tmp_path / "nope2"),
         "--out",
         str(tmp_path / "o"),
         "--metrics",

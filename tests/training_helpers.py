@@ -81,6 +81,19 @@ def make_prepared(root: str | Path, n_per_class: int = 24, t: int = 8, size: int
     return root
 
 
+def make_unlabeled(root: str | Path, n_per_class: int = 6, seed: int = 9) -> Path:
+    """An unlabeled folder like the `unlabeled` step's: blob tubelets, no label or kind column."""
+    from thermops.io import read_csv
+
+    root = make_prepared(root, n_per_class=n_per_class, seed=seed)
+    rows = [
+        {**{k: v for k, v in r.items() if k not in ("label", "kind")}, "split": "unlabeled", "source": "unlabeled"}
+        for r in read_csv(root / "manifest.csv")
+    ]
+    write_csv(root / "manifest.csv", rows, [c for c in MANIFEST_COLUMNS if c not in ("label", "kind")])
+    return root
+
+
 def small_training_params(params: dict) -> dict:
     """Shrink the pretrain/finetune sections of `params` for tests (a copy)."""
     import copy
@@ -112,7 +125,7 @@ def ddp_main(data: str, out: str, epochs: int = 2) -> None:
     cfg = from_params(OptimConfig, "finetune.optim", epochs=epochs, batch_size=8, lr=3e-3, warmup_epochs=0)
     res = fit(
         model,
-        classification_loss(from_params(AugmentConfig, "pretrain.ssl.augment")),
+        classification_loss(from_params(AugmentConfig, "pretrain.augment")),
         splits.train,
         cfg,
         seed=5,

@@ -73,6 +73,10 @@ def adversarial_loss(cfg: AdversarialConfig, prepare=None, label_smoothing: floa
     """
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        if len(batch) != 2:
+            raise ValueError(
+                "adversarial training takes (x, y) batches: geometry features (input.geometry) are not supported"
+            )
         x, y = batch
         if prepare is not None:
             x = prepare(x, gen)

@@ -11,7 +11,13 @@ GPU with the model and draw every random number from one `torch.Generator`
 - thermal gain, offset, temporal noise (NETD) and column striping (residual
   fixed-pattern noise between flat-field corrections): what changes between
   cameras, weather and hours without changing what the object is
-  (see /work/shared/THERMAL-FACTS.md).
+  (see /work/shared/THERMAL-FACTS.md);
+- range (`far`): the same object k times farther away covers k times fewer camera
+  pixels, so its window reaches the network resampled from fewer pixels (blurred,
+  its edges mixed with the background). Simulated by area-downsampling the window to
+  S/k and resampling it back to S, as `prepare` resamples a small window; a
+  classifier that takes geometry features gets its `pixel_scale` moved by -log k
+  (`augment_with_geometry`): the metric extent, what the object is, stays.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class AugmentConfig:
     offset: float
     noise: float
     stripes: float
+    far_p: float  # share of tubelets simulated farther away
+    far_max: float  # up to this many times farther (log-uniform in [1, far_max])
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
@@ -86,6 +94,46 @@ def thermal(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
     return x * gain + off + noise + stripes
 
 
+def far(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The object `far_max`-times farther at most: (view, factor (N,) actually applied, 1 when untouched)."""
+    n, c, t, h, w = x.shape
+    dev = x.device
+    on = torch.rand(n, generator=g, device=dev) < cfg.far_p
+    k = torch.exp(_uniform(n, 0.0, math.log(max(cfg.far_max, 1.0)), g, dev))
+    # sides snapped to multiples of 4 px: at most H/4 distinct sizes, one batched resample each
+    side = torch.where(on, torch.clamp(torch.round(h / k / 4) * 4, min=4, max=h), torch.full_like(k, h)).long()
+    out = x
+    for s in torch.unique(side).tolist():
+        if s == h:
+            continue
+        idx = torch.nonzero(side == s).flatten()
+        part = x[idx].reshape(len(idx), c * t, h, w)
+        lo = F.interpolate(part, size=(s, round(s * w / h)), mode="area")
+        back = F.interpolate(lo, size=(h, w), mode="bilinear", align_corners=False)
+        out = out.index_copy(0, idx, back.reshape(len(idx), c, t, h, w))
+    return out, h / side.to(x.dtype)
+
+
+def _augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = thermal(spatial(temporal(x, cfg, g), cfg, g), cfg, g)
+    if cfg.far_p > 0:
+        return far(x, cfg, g)
+    return x, torch.ones(len(x), device=x.device, dtype=x.dtype)
+
+
 def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """One random view of a batch (N, 1, T, H, W): temporal, then spatial, then thermal."""
-    return thermal(spatial(temporal(x, cfg, g), cfg, g), cfg, g)
+    """One random view of a batch (N, 1, T, H, W): temporal, then spatial, then thermal, then range."""
+    return _augment(x, cfg, g)[0]
+
+
+def augment_with_geometry(
+    x: torch.Tensor, geo: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, geometry: tuple[str, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`augment` for a classifier with geometry features `geometry` (N, G): a view simulated k times
+    farther gets its `pixel_scale` lowered by log k, as `geometry_features` would compute it."""
+    view, k = _augment(x, cfg, g)
+    if "pixel_scale" in geometry:
+        i = geometry.index("pixel_scale")
+        geo = geo.clone()
+        geo[:, i] = geo[:, i] - torch.log(k).to(geo.dtype)
+    return view, geo

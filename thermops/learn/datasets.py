@@ -9,7 +9,8 @@ inputs in memory is cheaper than re-normalizing every epoch.
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,30 +20,40 @@ from torch.utils.data import Dataset
 
 from thermops.data.prepared import PreparedData, PreparedDataError, load_prepared
 from thermops.io import hash_files
-from thermops.model.preprocess import InputSpec, prepare_batch
+from thermops.model.preprocess import InputSpec, geometry_features, prepare_batch
 
 
 class TubeletDataset(Dataset):
-    """Model inputs (N, 1, T, H, W) with optional labels (N,); items are (x, y) or (x,)."""
+    """Model inputs (N, 1, T, H, W), optional geometry features (N, G) and labels (N,).
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None):
+    Items are (x, y) or (x,), and (x, g, y) or (x, g) when the dataset has geometry
+    features (`thermops.model.preprocess.geometry_features`).
+    """
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, geo: torch.Tensor | None = None):
         if labels is not None and len(labels) != len(inputs):
             raise ValueError(f"{len(labels)} labels for {len(inputs)} inputs")
+        if geo is not None and (geo.ndim != 2 or len(geo) != len(inputs)):
+            raise ValueError(f"geometry features of shape {tuple(geo.shape)} for {len(inputs)} inputs")
         self.inputs = inputs
         self.labels = labels
+        self.geo = geo
 
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def __getitem__(self, i: int):
-        if self.labels is None:
-            return (self.inputs[i],)
-        return self.inputs[i], self.labels[i]
+    def __getitem__(self, i):
+        head = (self.inputs[i],) if self.geo is None else (self.inputs[i], self.geo[i])
+        return head if self.labels is None else (*head, self.labels[i])
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> TubeletDataset:
         """The rows `idx` as a new dataset (shares nothing mutable with this one)."""
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        return TubeletDataset(self.inputs[idx], None if self.labels is None else self.labels[idx])
+        return TubeletDataset(
+            self.inputs[idx],
+            None if self.labels is None else self.labels[idx],
+            None if self.geo is None else self.geo[idx],
+        )
 
 
 def model_inputs(data: PreparedData, idx: np.ndarray, spec: InputSpec, chunk: int = 512) -> torch.Tensor:
@@ -65,6 +76,82 @@ def model_inputs(data: PreparedData, idx: np.ndarray, spec: InputSpec, chunk: in
     return x
 
 
+SPLIT_MODES = ("prepared", "range", "camera")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """params `split`: which rows train, validate and test (re-split at load time from manifest columns).
+
+    Attributes:
+        mode: `prepared`: the prepare step's track-disjoint random split. `range` (unseen
+            ranges): per (camera, label), tracks are ranked by their median `distance_m`; the
+            nearest `near_fraction` train (their prepared `val` rows validate), the farthest
+            `far_fraction` test, the band between is left out; rows without a distance are
+            left out. `camera` (unseen camera): every row of `heldout_camera` tests; the
+            other cameras' prepared `val` rows validate and all their other rows train.
+        near_fraction, far_fraction: the `range` mode's shares of each group's tracks.
+        heldout_camera: the `camera` mode's test camera.
+    """
+
+    mode: str
+    near_fraction: float
+    far_fraction: float
+    heldout_camera: str
+
+    def __post_init__(self):
+        if self.mode not in SPLIT_MODES:
+            raise ValueError(f"split.mode {self.mode!r} is not one of {list(SPLIT_MODES)}")
+        if not (0 < self.near_fraction and 0 < self.far_fraction and self.near_fraction + self.far_fraction <= 1):
+            raise ValueError(
+                f"split.near_fraction {self.near_fraction} and far_fraction {self.far_fraction} must be > 0 "
+                "and sum to at most 1"
+            )
+
+
+def split_rows(rows: list[dict[str, str]], split: SplitParams | None) -> list[str | None]:
+    """The split ('train' | 'val' | 'test' | None: left out) of every manifest row under `split`."""
+    if split is None or split.mode == "prepared":
+        return [r["split"] for r in rows]
+    if split.mode == "camera":
+        cams = sorted({r["camera_id"] for r in rows})
+        if split.heldout_camera not in cams:
+            raise PreparedDataError(
+                f"split.heldout_camera {split.heldout_camera!r} is not in the data's cameras {cams}"
+            )
+        if len(cams) < 2:
+            raise PreparedDataError(f"split.mode camera needs at least two cameras, the data has {cams}")
+        return [
+            "test" if r["camera_id"] == split.heldout_camera else ("val" if r["split"] == "val" else "train")
+            for r in rows
+        ]
+    dist: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        d = r.get("distance_m")
+        if d not in (None, "", "None") and math.isfinite(float(d)):
+            dist[r["track_id"]].append(float(d))
+    groups: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+    seen = set()
+    for r in rows:
+        t = r["track_id"]
+        if t in dist and t not in seen:
+            seen.add(t)
+            groups[(r["camera_id"], r["label"])].append((float(sorted(dist[t])[len(dist[t]) // 2]), t))
+    band: dict[str, str] = {}
+    for key in sorted(groups):
+        ranked = [t for _, t in sorted(groups[key])]
+        n = len(ranked)
+        n_near = int(round(split.near_fraction * n))
+        n_far = int(round(split.far_fraction * n))
+        for i, t in enumerate(ranked):
+            band[t] = "near" if i < n_near else "far" if i >= n - n_far else "mid"
+    out: list[str | None] = []
+    for r in rows:
+        b = band.get(r["track_id"])
+        out.append("test" if b == "far" else ("val" if r["split"] == "val" else "train") if b == "near" else None)
+    return out
+
+
 @dataclass
 class PreparedSplits:
     """Labelled train/val/test datasets of one prepared folder, plus its lineage."""
@@ -77,23 +164,43 @@ class PreparedSplits:
     data_info: dict
 
 
-def load_splits(root: str | Path, classes: list[str], spec: InputSpec) -> PreparedSplits:
+def row_geometry(data: PreparedData, idx: np.ndarray, spec: InputSpec) -> torch.Tensor | None:
+    """(len(idx), G) geometry features of rows `idx` from their manifest `window_m` / `window_px`, or None
+    when the input spec has none."""
+    if not spec.geometry:
+        return None
+    out = []
+    for i in idx:
+        r = data.rows[int(i)]
+        wm = r.get("window_m")
+        wm = float(wm) if wm not in (None, "", "None") else None
+        out.append(geometry_features(wm, float(r["window_px"]), spec))
+    return torch.as_tensor(np.asarray(out, dtype=np.float32)).reshape(len(idx), len(spec.geometry))
+
+
+def load_splits(
+    root: str | Path, classes: list[str], spec: InputSpec, split: SplitParams | None = None
+) -> PreparedSplits:
     """Load a prepared folder as labelled splits; `calibrations` are those of train+val rows.
 
+    `split` re-splits the rows (`split_rows`); None keeps the prepared split.
     Raises PreparedDataError when a split is empty or a label is not in `classes`.
     """
     root = Path(root)
     data = load_prepared(root)
     labels = torch.as_tensor(data.labels(classes))
+    assigned = split_rows(data.rows, split)
     sets = {}
-    for split in ("train", "val", "test"):
-        idx = data.indices(split)
+    for name in ("train", "val", "test"):
+        idx = np.array([i for i, a in enumerate(assigned) if a == name], dtype=np.int64)
         if len(idx) == 0:
-            raise PreparedDataError(f"{root}: split {split!r} is empty")
-        sets[split] = TubeletDataset(model_inputs(data, idx, spec), labels[torch.as_tensor(idx)])
+            raise PreparedDataError(f"{root}: split {name!r} is empty" + (f" under {split}" if split else ""))
+        sets[name] = TubeletDataset(
+            model_inputs(data, idx, spec), labels[torch.as_tensor(idx)], row_geometry(data, idx, spec)
+        )
     calibrations: dict[str, str] = {}
-    for r in data.rows:
-        if r["split"] in ("train", "val"):
+    for r, a in zip(data.rows, assigned):
+        if a in ("train", "val"):
             seen = calibrations.setdefault(r["camera_id"], r["calibration_version"])
             if seen != r["calibration_version"]:  # several versions of one camera: keep them all, sorted
                 calibrations[r["camera_id"]] = ",".join(sorted(set(seen.split(",")) | {r["calibration_version"]}))
@@ -104,27 +211,54 @@ def load_splits(root: str | Path, classes: list[str], spec: InputSpec) -> Prepar
         "units": sorted({r["units"] for r in data.rows}),  # the service converts input to these
         "n": {s: len(sets[s]) for s in ("train", "val", "test")},
         "n_per_label": {
-            s: dict(sorted(Counter(r["label"] for r in data.rows if r["split"] == s).items()))
+            s: dict(sorted(Counter(r["label"] for r, a in zip(data.rows, assigned) if a == s).items()))
             for s in ("train", "val", "test")
         },
+        "split": "prepared" if split is None else split.mode,
     }
+    if split is not None and split.mode != "prepared":
+        info["split_params"] = {
+            "mode": split.mode,
+            **(
+                {"heldout_camera": split.heldout_camera}
+                if split.mode == "camera"
+                else {"near_fraction": split.near_fraction, "far_fraction": split.far_fraction}
+            ),
+        }
     return PreparedSplits(sets["train"], sets["val"], sets["test"], list(classes), calibrations, info)
 
 
-def load_unlabeled(root: str | Path, spec: InputSpec, split: str = "train") -> tuple[TubeletDataset, dict]:
-    """The `split` tubelets without labels (the manifest's label column is never read)."""
+def load_unlabeled(
+    root: str | Path,
+    spec: InputSpec,
+    split: SplitParams | None = None,
+    unlabeled: str | Path | None = None,
+) -> tuple[TubeletDataset, dict]:
+    """Pretraining tubelets, never their labels: the prepared rows that train under `split`, plus every
+    tubelet of an unlabeled folder (the `unlabeled` step's output) when given."""
     root = Path(root)
     data = load_prepared(root)
-    idx = data.indices(split)
+    idx = np.array([i for i, a in enumerate(split_rows(data.rows, split)) if a == "train"], dtype=np.int64)
     if len(idx) == 0:
-        raise PreparedDataError(f"{root}: split {split!r} is empty")
+        raise PreparedDataError(f"{root}: no training rows" + (f" under {split}" if split else ""))
+    parts = [model_inputs(data, idx, spec)]
     info = {
         "prepared": str(root),
         "prepared_hash": hash_files([root]),
-        "n": int(len(idx)),
-        "sources": sorted({r["source"] for r in data.rows}),
+        "n_labelled_pool": int(len(idx)),
+        "sources": sorted({data.rows[i]["source"] for i in idx}),
     }
-    return TubeletDataset(model_inputs(data, idx, spec)), info
+    if unlabeled is not None:
+        extra = load_prepared(unlabeled)
+        if extra.tubelets.shape[0] == 0:
+            raise PreparedDataError(f"{unlabeled}: no unlabeled tubelets")
+        parts.append(model_inputs(extra, np.arange(len(extra.rows)), spec))
+        info["unlabeled_hash"] = hash_files([Path(unlabeled)])
+        info["n_unlabeled"] = len(extra.rows)
+        info["sources"] = sorted(set(info["sources"]) | {r["source"] for r in extra.rows})
+    x = torch.cat(parts)
+    info["n"] = int(len(x))
+    return TubeletDataset(x), info
 
 
 def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int, min_per_class: int = 2) -> np.ndarray:

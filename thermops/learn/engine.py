@@ -17,7 +17,9 @@ the global batch size split across ranks, so the optimizer sees the same global
 batch as a single process. BatchNorm running statistics are broadcast from rank 0
 at the end of every epoch so that all ranks hold identical weights and buffers.
 
-On CUDA: bf16 autocast and channels-last-3d memory format.
+Memory format: channels-last-3d on CPU and CUDA (oneDNN's and cuDNN's fast layout for
+3D convolutions: 1.4-2.9x faster training steps on 2 CPU cores, benchmarks/RESULTS.md);
+on CUDA also bf16 autocast.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thermops.learn.adversarial import adversarial_loss
-from thermops.learn.augment import augment
+from thermops.learn.augment import augment, augment_with_geometry
 from thermops.learn.datasets import TubeletDataset
 from thermops.learn.distributed import barrier, dist_info, is_main, sync_buffers, unwrap
 
@@ -130,9 +132,9 @@ def amp_context(device: torch.device, enabled: bool = True):
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch; (N, C, T, H, W) inputs go channels-last-3d on CUDA."""
+    """Move a batch; (N, C, T, H, W) inputs go channels-last-3d."""
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda" and x.ndim == 5:
+    if x.ndim == 5:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x
 
@@ -184,15 +186,27 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Logits (or embeddings) of (N, 1, T, H, W) inputs, in eval mode, on CPU as float32."""
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    geo: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits (or embeddings) of (N, 1, T, H, W) inputs, in eval mode, on CPU as float32.
+
+    `geo` (N, G): geometry features for a classifier that takes them (`TubeletClassifier.geo_dim`).
+    """
     m = unwrap(model)
     was = m.training
     m.eval()
     out = []
     for s in range(0, len(x), batch_size):
+        args = (to_device(x[s : s + batch_size], device),)
+        if geo is not None:
+            args += (geo[s : s + batch_size].to(device),)
         with amp_context(device):
-            out.append(m(to_device(x[s : s + batch_size], device)).float().cpu())
+            out.append(m(*args).float().cpu())
     m.train(was)
     return torch.cat(out) if out else torch.zeros((0,))
 
@@ -201,7 +215,7 @@ def evaluate(model: nn.Module, data: TubeletDataset, classes: list[str], device:
     """Metrics dict and ConfusionMatrix of a classifier on a labelled dataset."""
     from thermops.learn.metrics import classification_metrics
 
-    preds = predict(model, data.inputs, device).argmax(1)
+    preds = predict(model, data.inputs, device, geo=data.geo).argmax(1)
     return classification_metrics(preds, data.labels, classes)
 
 
@@ -300,8 +314,7 @@ def fit(
     log = log or (lambda s: None)
     rank, world = dist_info()
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last_3d)
+    model.to(memory_format=torch.channels_last_3d)
     steps = len(epoch_batches(len(train), cfg.batch_size, seed, 0, rank, world))
     if steps == 0:
         raise ValueError(f"{desc}: {len(train)} samples do not fill one batch of {cfg.batch_size} over {world} rank(s)")
@@ -380,13 +393,23 @@ def fit(
     return result
 
 
-def classification_loss(augment_cfg=None, label_smoothing: float = 0.0, adversarial=None) -> LossFn:
-    """Cross-entropy on (optionally augmented) batches; PGD adversarial training when `adversarial.enabled`."""
+def classification_loss(
+    augment_cfg=None, label_smoothing: float = 0.0, adversarial=None, geometry: tuple[str, ...] = ()
+) -> LossFn:
+    """Cross-entropy on (optionally augmented) batches; PGD adversarial training when `adversarial.enabled`.
+
+    Batches are (x, y), or (x, g, y) for a classifier with the geometry features `geometry`
+    (the range augmentation moves their `pixel_scale` with the view)."""
     prepare = (lambda x, g: augment(x, augment_cfg, g)) if augment_cfg is not None else None
     if adversarial is not None and adversarial.enabled:
         return adversarial_loss(adversarial, prepare, label_smoothing)
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        if len(batch) == 3:
+            x, geo, y = batch
+            if augment_cfg is not None:
+                x, geo = augment_with_geometry(x, geo, augment_cfg, gen, geometry)
+            return F.cross_entropy(model(x, geo), y, label_smoothing=label_smoothing)
         x, y = batch
         if prepare is not None:
             x = prepare(x, gen)

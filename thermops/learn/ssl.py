@@ -30,19 +30,18 @@ from thermops.model.network import TubeletEncoder
 
 
 @dataclass(frozen=True)
-class SSLConfig:
-    """SimCLR knobs (params `pretrain.ssl`)."""
+class SimCLRConfig:
+    """SimCLR knobs (params `pretrain.simclr`)."""
 
     proj_dim: int
     proj_hidden: int
     temperature: float
-    augment: AugmentConfig
 
 
 class SimCLR(nn.Module):
     """Encoder plus an MLP projection head; forward gives L2-normalized projections (N, P)."""
 
-    def __init__(self, encoder: TubeletEncoder, cfg: SSLConfig):
+    def __init__(self, encoder: TubeletEncoder, cfg: SimCLRConfig):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Sequential(
@@ -78,12 +77,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, target)
 
 
-def simclr_loss(cfg: SSLConfig):
+def simclr_loss(cfg: SimCLRConfig, augment_cfg: AugmentConfig):
     """The engine's loss function: two augmented views through one forward, NT-Xent."""
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
         x = batch[0]
-        v = torch.cat([augment(x, cfg.augment, gen), augment(x, cfg.augment, gen)])
+        v = torch.cat([augment(x, augment_cfg, gen), augment(x, augment_cfg, gen)])
         z = model(v)
         z1, z2 = z.chunk(2)
         return nt_xent(z1, z2, cfg.temperature)
@@ -158,3 +157,95 @@ def init_head_by_probe(
     with torch.no_grad():
         model.head.weight.copy_(w.to(model.head.weight.device))
         model.head.bias.copy_(b.to(model.head.bias.device))
+
+
+# -- masked tube modelling -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MTMConfig:
+    """Masked tube modelling knobs (params `pretrain.mtm`).
+
+    Attributes:
+        mask_ratio: share of the cell columns hidden in every tubelet (VideoMAE: 0.9; tube
+            masking: a hidden cell is hidden in every frame, so it cannot be copied from a neighbour frame).
+        cell: side of a masked cell in input pixels (4: the `fast` encoder's patch).
+        decoder_dim: channels of the light convolutional decoder.
+    """
+
+    mask_ratio: float
+    cell: int
+    decoder_dim: int
+
+    def __post_init__(self):
+        if not 0 < self.mask_ratio < 1 or self.cell < 1 or self.decoder_dim < 1:
+            raise ValueError(f"pretrain.mtm: need 0 < mask_ratio < 1, cell >= 1, decoder_dim >= 1; got {self}")
+
+
+class MaskedTubeModel(nn.Module):
+    """Encoder plus a light decoder that predicts the pixels of every cell from the encoder's last
+    feature map (upsampled to the cell grid): (N, 1, T, H, W) -> (N, cell*cell, T, H/cell, W/cell).
+
+    Reference: Tong et al., "VideoMAE: Masked Autoencoders are Data-Efficient Learners for
+    Self-Supervised Video Pre-Training" (NeurIPS 2022): tube masking at a high ratio, the
+    loss on the hidden cells only. A convolutional encoder sees the masked cells as zeros
+    (the tubelet median after normalization) instead of dropping their tokens.
+    """
+
+    def __init__(self, encoder: TubeletEncoder, cfg: MTMConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        c, d, k = encoder.out_channels, cfg.decoder_dim, cfg.cell * cfg.cell
+        self.decoder = nn.Sequential(
+            nn.Conv3d(c, d, 1, bias=False),
+            nn.BatchNorm3d(d),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(d, d, (1, 3, 3), padding=(0, 1, 1), bias=False),
+            nn.BatchNorm3d(d),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(d, k, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, h, w = x.shape
+        f = self.encoder.features(x)
+        f = F.interpolate(f, size=(t, h // self.cfg.cell, w // self.cfg.cell), mode="trilinear", align_corners=False)
+        return self.decoder(f)
+
+
+def cells(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """(N, 1, T, H, W) -> (N, cell*cell, T, H/cell, W/cell): the pixels of every cell as channels."""
+    n, _, t, h, w = x.shape
+    if h % cell or w % cell:
+        raise ValueError(f"input {tuple(x.shape)}: H and W must be multiples of the cell {cell}")
+    x = x.reshape(n, t, h // cell, cell, w // cell, cell).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(n, cell * cell, t, h // cell, w // cell)
+
+
+def tube_mask(n: int, gh: int, gw: int, ratio: float, gen: torch.Generator, device) -> torch.Tensor:
+    """(N, gh, gw) bool, exactly round(ratio * gh * gw) cells True per sample (random, from `gen`)."""
+    k = max(1, min(gh * gw - 1, int(round(ratio * gh * gw))))
+    order = torch.rand(n, gh * gw, generator=gen, device=device).argsort(dim=1)
+    mask = torch.zeros(n, gh * gw, dtype=torch.bool, device=device)
+    mask.scatter_(1, order[:, :k], True)
+    return mask.reshape(n, gh, gw)
+
+
+def mtm_loss(cfg: MTMConfig, augment_cfg: AugmentConfig | None):
+    """The engine's loss function: one augmented view, tube-masked; MSE of the hidden cells' pixels."""
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        x = batch[0]
+        if augment_cfg is not None:
+            x = augment(x, augment_cfg, gen)
+        n, _, t, h, w = x.shape
+        c = cfg.cell
+        mask = tube_mask(n, h // c, w // c, cfg.mask_ratio, gen, x.device)  # (N, gh, gw)
+        pix = mask.repeat_interleave(c, 1).repeat_interleave(c, 2)[:, None, None]  # (N, 1, 1, H, W)
+        pred = model(x.masked_fill(pix, 0.0))  # (N, c*c, T, gh, gw)
+        target = cells(x, c)
+        err = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2))  # (N, gh, gw)
+        return (err * mask).sum() / mask.sum()
+
+    return loss_fn

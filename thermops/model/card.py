@@ -214,11 +214,14 @@ def validate_card(card: Any, origin: str = "card.json") -> dict[str, Any]:
 def model_config_from_card(card: dict[str, Any]) -> ModelConfig:
     m = dict(card["model"])
     m["widths"] = tuple(m["widths"]) if m.get("widths") else None
+    m.setdefault("patch", 1)  # cards written before the stem became a knob: the full-resolution conv stem
     return ModelConfig(**m)
 
 
 def input_spec_from_card(card: dict[str, Any]) -> InputSpec:
-    return InputSpec(**card["input"])
+    i = dict(card["input"])
+    i["geometry"] = tuple(i.get("geometry", ()))  # cards written before geometry features: none
+    return InputSpec(**i)
 
 
 def radiometric_units(card: dict[str, Any]) -> str:
@@ -264,7 +267,8 @@ def load_model_dir(directory: str | Path, map_location: str = "cpu") -> tuple[Tu
     """Rebuild the classifier from its card and load the state dict with weights_only=True."""
     directory = Path(directory)
     card = load_card(directory)
-    model = TubeletClassifier(model_config_from_card(card), len(card["classes"]))
+    spec = input_spec_from_card(card)
+    model = TubeletClassifier(model_config_from_card(card), len(card["classes"]), geo_dim=len(spec.geometry))
     weights = directory / "model.pt"
     if not weights.is_file():
         raise ModelCardError(f"{directory}: no model.pt")

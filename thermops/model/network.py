@@ -20,11 +20,16 @@ class ModelConfig:
     """Architecture knobs (from params `model`).
 
     Attributes:
-        size: a named size from SIZES (`widths` overrides it when given).
+        size: a named size from SIZES (`widths` and `patch` override it when given).
         widths: channels per stage; each stage halves H and W (and T after the first).
         blocks_per_stage: (2+1)D blocks per stage.
         embed_dim: embedding size D (a linear projection of the pooled features).
         dropout: before the classification head.
+        patch: the stem. 1: a 3 x 3 x 3 convolution at full resolution, the first stage
+            halves H and W (the original design). p > 1: space-to-depth, every p x p
+            pixel cell becomes p*p channels (lossless, no FLOPs), then the 3 x 3 x 3 stem
+            convolution runs at H/p x W/p and the first stage keeps that resolution.
+            None: the named size's patch.
     """
 
     size: str
@@ -32,6 +37,11 @@ class ModelConfig:
     blocks_per_stage: int
     embed_dim: int
     dropout: float
+    patch: int | None
+
+    def __post_init__(self):
+        if self.patch is not None and self.patch < 1:
+            raise ValueError(f"model.patch must be >= 1, got {self.patch}")
 
     def resolved_widths(self) -> tuple[int, ...]:
         if self.widths:
@@ -40,19 +50,30 @@ class ModelConfig:
             raise ValueError(f"model.size {self.size!r} is not one of {sorted(SIZES)}")
         return SIZES[self.size]
 
+    def resolved_patch(self) -> int:
+        if self.patch is not None:
+            return int(self.patch)
+        return PATCH.get(self.size, 1)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.resolved_widths())
+        d["patch"] = self.resolved_patch()
         return d
 
 
-# Named sizes: tiny for CPU laptops and CI (79 MFLOP per 8x32x32 tubelet forward+backward,
-# so pretraining and fine-tuning fit the 2-core budget), small and base for GPU nodes.
+# Named sizes: widths per stage, and the stem's patch (PATCH; 1 when not listed).
+# tiny: the original CPU model (8-16-32 channels at full resolution: 79 MFLOP per 8x32x32
+# tubelet forward+backward, but thin layers that reach ~0.1-0.2 of the matmul rate on CPU);
+# fast: space-to-depth 4 x 4 then 32-64 channels (wider layers on 8 x 8 cells: more FLOPs,
+# fewer memory passes, faster per tubelet on CPU); small and base for GPU nodes.
 SIZES: dict[str, tuple[int, ...]] = {
     "tiny": (8, 16, 32),
+    "fast": (32, 64),
     "small": (32, 64, 128),
     "base": (64, 128, 256, 384),
 }
+PATCH: dict[str, int] = {"fast": 4}
 
 
 class Conv2Plus1D(nn.Sequential):
@@ -98,15 +119,19 @@ class TubeletEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         widths = cfg.resolved_widths()
+        self.patch = cfg.resolved_patch()
+        c_in = self.patch * self.patch
         self.stem = nn.Sequential(
-            nn.Conv3d(1, widths[0], (3, 3, 3), padding=1, bias=False), nn.BatchNorm3d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv3d(c_in, widths[0], (3, 3, 3), padding=1, bias=False),
+            nn.BatchNorm3d(widths[0]),
+            nn.ReLU(inplace=True),
         )
         layers: list[nn.Module] = []
         c = widths[0]
         for i, w in enumerate(widths):
             for b in range(cfg.blocks_per_stage):
                 first = b == 0
-                stride_s = 2 if first else 1
+                stride_s = 2 if first and (i > 0 or self.patch == 1) else 1
                 stride_t = 2 if first and i > 0 else 1
                 layers.append(Block(c, w, stride_t, stride_s))
                 c = w
@@ -115,30 +140,66 @@ class TubeletEncoder(nn.Module):
         self.out_channels = c
         self.embed_dim = cfg.embed_dim
 
+    def space_to_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, T, H, W) -> (N, p*p, T, H/p, W/p): every p x p pixel cell becomes p*p channels."""
+        p = self.patch
+        if p == 1:
+            return x
+        n, c, t, h, w = x.shape
+        if c != 1 or h % p or w % p:
+            raise ValueError(f"input {tuple(x.shape)}: expected 1 channel and H, W divisible by the patch {p}")
+        x = x.reshape(n, t, h // p, p, w // p, p).permute(0, 3, 5, 1, 2, 4)
+        return x.reshape(n, p * p, t, h // p, w // p)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, T, H, W) -> (N, C, T', H', W')."""
-        return self.stages(self.stem(x))
+        return self.stages(self.stem(self.space_to_depth(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(x).mean(dim=(2, 3, 4)))
 
 
 class TubeletClassifier(nn.Module):
-    """Encoder plus a linear head: (N, 1, T, H, W) -> (N, num_classes) logits."""
+    """Encoder plus a linear head: (N, 1, T, H, W) -> (N, num_classes) logits.
 
-    def __init__(self, cfg: ModelConfig, num_classes: int):
+    With `geo_dim` > 0 the classifier also takes (N, geo_dim) geometry features of each
+    window (`thermops.model.preprocess.geometry_features`: its metric and pixel scale):
+    a small MLP embeds them and the head sees [image embedding, geometry embedding].
+    The encoder stays image-only (what self-supervised pretraining trains).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, geo_dim: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.geo_dim = geo_dim
         self.encoder = TubeletEncoder(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.embed_dim, num_classes)
+        self.geo = (
+            nn.Sequential(nn.Linear(geo_dim, GEO_HIDDEN), nn.ReLU(inplace=True), nn.Linear(GEO_HIDDEN, GEO_HIDDEN))
+            if geo_dim
+            else None
+        )
+        self.head = nn.Linear(cfg.embed_dim + (GEO_HIDDEN if geo_dim else 0), num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.encoder(x)))
+    def features(self, x: torch.Tensor, geo: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head sees: the image embedding, and the geometry embedding when the model takes one."""
+        e = self.encoder(x)
+        if self.geo is None:
+            return e
+        if geo is None or geo.shape != (len(x), self.geo_dim):
+            got = None if geo is None else tuple(geo.shape)
+            raise ValueError(f"this classifier takes ({len(x)}, {self.geo_dim}) geometry features, got {got}")
+        return torch.cat([e, self.geo(geo.to(e.dtype))], dim=1)
+
+    def forward(self, x: torch.Tensor, geo: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x, geo)))
 
 
-def build_classifier(cfg: ModelConfig, num_classes: int) -> TubeletClassifier:
-    return TubeletClassifier(cfg, num_classes)
+GEO_HIDDEN = 16  # width of the geometry embedding
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int, geo_dim: int = 0) -> TubeletClassifier:
+    return TubeletClassifier(cfg, num_classes, geo_dim)

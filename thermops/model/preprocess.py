@@ -38,15 +38,50 @@ class InputSpec:
             (physical scaling: the same contrast means the same input on every camera).
         robust_floor: lower bound of the robust spread for `counts` / `display8` tubelets,
             so that a flat tubelet is not blown up into noise.
+        geometry: names of the window's geometry features the classifier takes beside the
+            pixels (GEOMETRY_FEATURES; `geometry_features` computes them); empty: none.
     """
 
     frames: int
     size: int
     celsius_scale_k: float
     robust_floor: float
+    geometry: tuple[str, ...]
+
+    def __post_init__(self):
+        bad = [g for g in self.geometry if g not in GEOMETRY_FEATURES]
+        if bad:
+            raise ValueError(f"input.geometry {bad} not in {list(GEOMETRY_FEATURES)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["geometry"] = list(self.geometry)
+        return d
+
+
+# Geometry features of a tubelet's window (what the camera's calibration says about it):
+#   metric_scale   log(window_m / REF_WINDOW_M): metres the window covers at the object's range
+#                  (window_px / pixels-per-metre at its ground point), 0 when the geometry is unknown;
+#   pixel_scale    log(window_px / size): camera pixels across the window per model-input pixel
+#                  (>0: downsampled, <0: upsampled from few pixels);
+#   known          1 when the camera geometry gave metric_scale, else 0.
+GEOMETRY_FEATURES = ("metric_scale", "pixel_scale", "known")
+REF_WINDOW_M = 4.0
+
+
+def geometry_features(window_m: float | None, window_px: float, spec: InputSpec) -> list[float]:
+    """The spec's geometry features of one window: `window_m` metres (None: unknown geometry) and
+    `window_px` camera pixels across (the tubelet's side before resampling)."""
+    import math
+
+    if window_px <= 0 or (window_m is not None and not window_m > 0):
+        raise ValueError(f"window of {window_px} px / {window_m} m: both must be positive")
+    values = {
+        "metric_scale": 0.0 if window_m is None else math.log(window_m / REF_WINDOW_M),
+        "pixel_scale": math.log(window_px / spec.size),
+        "known": 0.0 if window_m is None else 1.0,
+    }
+    return [values[g] for g in spec.geometry]
 
 
 def to_model_units(

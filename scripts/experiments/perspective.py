@@ -1,0 +1,293 @@
+"""Range and perspective, measured where they matter: window variants x controlled splits x seeds.
+
+    python scripts/experiments/perspective.py --params params.yaml --raw data/raw \
+        --calibration data/calibration --work /tmp/thermops_perspective \
+        --out reports/experiments/perspective.json --seeds 0 1 2 3 4
+
+For every input variant (which window the prepare step cuts, and which geometry
+features the classifier takes beside the pixels) and every split of the `split`
+params family (the prepared random split; `range`: train near, test far; `camera`:
+leave one camera out, each camera in turn), it trains the params' classifier from
+scratch with the `finetune` recipe (optimizer, augmentations, label smoothing,
+epoch selection on val macro-F1) once per seed, and reports test macro-F1 and
+accuracy, and the gate's perspective figures on the test split
+(`thermops.robustness.perspective.sweep`: Bietti-Mairal stability slope, flip rate at
+`gate.perspective.decision_px`; `thermops.robustness.envelope.envelope`: the validated
+geometric envelope under the gate's thresholds). Every variant sees the same
+tracks in the same split with the same seeds; only the input differs.
+
+The windows are prepared here (`components.prepare.run` with `prepare.geometric`
+true / false, everything else from params.yaml) into --work; nothing in the
+repository's data/ or models/ is touched. CLI flags carry paths and the
+experiment grid only; every training knob comes from params.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1].parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from components.finetune import FinetuneParams  # noqa: E402
+from components.prepare import run as prepare_run  # noqa: E402
+from thermops.config import classes_of, get, load_params, section, seed_of  # noqa: E402
+from thermops.data.extract import PrepareParams  # noqa: E402
+from thermops.data.prepared import load_prepared  # noqa: E402
+from thermops.learn.datasets import SplitParams, load_splits, split_rows  # noqa: E402
+from thermops.learn.engine import classification_loss, evaluate, fit  # noqa: E402
+from thermops.model.network import ModelConfig, TubeletClassifier  # noqa: E402
+from thermops.model.preprocess import GEOMETRY_FEATURES, InputSpec, resample  # noqa: E402
+from thermops.robustness import envelope as E  # noqa: E402
+from thermops.robustness import perspective as P  # noqa: E402
+from thermops.robustness.params import GateParams  # noqa: E402
+
+# name -> (window: prepare.geometric, geometry features beside the pixels, range augmentation)
+VARIANTS = {
+    "metric": (True, (), False),
+    "box": (False, (), False),
+    "box+scale": (False, GEOMETRY_FEATURES, False),
+    "metric+scale": (True, GEOMETRY_FEATURES, False),
+    "box+far": (False, (), True),
+    "box+scale+far": (False, GEOMETRY_FEATURES, True),
+}
+
+
+class BoundGeometry(nn.Module):
+    """A geometry-taking classifier with the features of a fixed batch bound, for the gate's
+    perspective sweep (which calls model(x) and model.embed(x) on that batch as a whole)."""
+
+    def __init__(self, model: TubeletClassifier, geo: torch.Tensor):
+        super().__init__()
+        self.model, self.geo_rows = model, geo
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) != len(self.geo_rows):
+            raise ValueError(f"bound to {len(self.geo_rows)} rows, got {len(x)}")
+        return self.model(x, self.geo_rows)
+
+
+def split_grid(cameras: list[str], base: SplitParams, names: list[str]) -> dict[str, SplitParams]:
+    grid = {}
+    for n in names:
+        if n == "camera":
+            for c in cameras:
+                grid[f"camera:{c}"] = dataclasses.replace(base, mode="camera", heldout_camera=c)
+        elif n.startswith("camera:"):
+            grid[n] = dataclasses.replace(base, mode="camera", heldout_camera=n.split(":", 1)[1])
+        else:
+            grid[n] = dataclasses.replace(base, mode=n)
+    return grid
+
+
+def perspective_figures(model, raw, labels, units, spec, gate: GateParams, geo, magnitudes: list[float]) -> dict:
+    """The gate's perspective figures on the gate's magnitudes, and the envelope over `magnitudes` too
+    (a superset reaching farther, where the gate's largest tested change is tolerated by every variant)."""
+    m = model if geo is None else BoundGeometry(model, geo)
+    m.eval()
+    rows = P.sweep(m, raw, labels, units, spec, sorted(set(magnitudes) | set(gate.perspective.magnitudes_px)))
+    gate_rows = [r for r in rows if any(abs(abs(r["px"]) - g) < 1e-9 for g in gate.perspective.magnitudes_px)]
+    at = [r for r in rows if abs(abs(r["px"]) - gate.perspective.decision_px) < 1e-9]
+
+    def env(rs):
+        e = E.envelope(
+            rs,
+            [],
+            min_accuracy=gate.thresholds.clean_accuracy,
+            max_flip_rate=gate.thresholds.max_flip_rate,
+            spec=spec,
+            window_px=None,
+        )["geometric"]
+        return e["max_corner_px"], e["max_scale_change"]
+
+    corner, scale = env(gate_rows)
+    corner_x, scale_x = env(rows)
+    return {
+        "stability_slope": P.stability_slope(gate_rows),
+        "flip_rate": max(r["flip_rate"] for r in at),
+        "max_corner_px": corner,
+        "max_scale_change": scale,
+        "max_corner_px_extended": corner_x,
+        "max_scale_change_extended": scale_x,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, required=True)
+    ap.add_argument("--raw", type=Path, required=True, help="the synthesize stages' data/raw")
+    ap.add_argument("--calibration", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True, help="prepared windows go here")
+    ap.add_argument("--out", type=Path, required=True, help="results JSON")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--splits", nargs="+", default=["prepared", "range", "camera"], help="prepared | range | camera | camera:<id>"
+    )
+    ap.add_argument(
+        "--far",
+        type=float,
+        nargs=2,
+        metavar=("P", "MAX"),
+        help="range augmentation of the +far variants (default: finetune.augment far_p / far_max)",
+    )
+    ap.add_argument(
+        "--magnitudes",
+        type=float,
+        nargs="+",
+        default=[],
+        help="extra corner px for the extended envelope (the gate's magnitudes are always swept)",
+    )
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    params = load_params(args.params)
+    classes, seed = classes_of(params), seed_of(params)
+    prep = section(params, "prepare", PrepareParams)
+    model_cfg = section(params, "model", ModelConfig)
+    spec0 = section(params, "input", InputSpec)
+    ft = section(params, "finetune", FinetuneParams)
+    gate = section(params, "gate", GateParams)
+    base_split = section(params, "split", SplitParams)
+    device = torch.device("cpu")
+    folders = {}
+    far_p, far_max = args.far or (ft.augment.far_p, ft.augment.far_max)
+    for geometric in sorted({VARIANTS[v][0] for v in args.variants}):
+        folder = args.work / ("metric" if geometric else "box")
+        if not (folder / "manifest.csv").is_file():
+            prepare_run(
+                dataclasses.replace(prep, geometric=geometric),
+                list(get(params, "data.sources", list)),
+                classes,
+                seed,
+                args.raw,
+                args.calibration,
+                folder,
+            )
+        folders[geometric] = folder
+    cameras = sorted({r["camera_id"] for r in load_prepared(folders[VARIANTS[args.variants[0]][0]]).rows})
+    grid = split_grid(cameras, base_split, args.splits)
+    results = {
+        "command": "python scripts/experiments/perspective.py " + " ".join(argv or sys.argv[1:]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "load_before": os.getloadavg()[0],
+        "model": model_cfg.to_dict(),
+        "seeds": args.seeds,
+        "far": [far_p, far_max],
+        "magnitudes_px": list(gate.perspective.magnitudes_px),
+        "extended_magnitudes_px": sorted(set(args.magnitudes) | set(gate.perspective.magnitudes_px)),
+        "runs": [],
+    }
+    for split_name, split in grid.items():
+        for variant in args.variants:
+            geometric, geometry, use_far = VARIANTS[variant]
+            spec = dataclasses.replace(spec0, geometry=tuple(geometry))
+            aug = dataclasses.replace(ft.augment, far_p=far_p if use_far else 0.0, far_max=far_max if use_far else 1.0)
+            data = load_splits(folders[geometric], classes, spec, split)
+            prepared = load_prepared(folders[geometric])
+            test_idx = [i for i, a in enumerate(split_rows(prepared.rows, split)) if a == "test"]
+            raw = resample(np.asarray(prepared.tubelets[test_idx], dtype=np.float32), spec.frames, spec.size)
+            units = [prepared.rows[i]["units"] for i in test_idx]
+            for s in args.seeds:
+                t0 = time.perf_counter()
+                torch.manual_seed(seed + s)
+                model = TubeletClassifier(model_cfg, len(classes), geo_dim=len(geometry))
+                fit(
+                    model,
+                    classification_loss(aug, ft.label_smoothing, geometry=spec.geometry),
+                    data.train,
+                    ft.optim,
+                    seed=seed + s,
+                    device=device,
+                    resume=False,
+                    select=lambda m: evaluate(m, data.val, classes, device)[0]["macro_f1"],  # noqa: B023
+                )
+                metrics, _ = evaluate(model, data.test, classes, device)
+                persp = perspective_figures(
+                    model, raw, data.test.labels, units, spec, gate, data.test.geo, args.magnitudes
+                )
+                row = {
+                    "split": split_name,
+                    "variant": variant,
+                    "seed": s,
+                    "n": data.data_info["n"],
+                    "macro_f1": metrics["macro_f1"],
+                    "accuracy": metrics["accuracy"],
+                    **persp,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+                results["runs"].append(row)
+                print(json.dumps(row), flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1) + "\n")  # partial results survive a kill
+    results["load_after"] = os.getloadavg()[0]
+    results["summary"] = summarize(results["runs"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(markdown(results["summary"]))
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Mean and min-max over seeds per (split, variant)."""
+    out = []
+    keys = (
+        "macro_f1",
+        "accuracy",
+        "stability_slope",
+        "flip_rate",
+        "max_corner_px",
+        "max_scale_change",
+        "max_corner_px_extended",
+        "max_scale_change_extended",
+    )
+    for split in dict.fromkeys(r["split"] for r in runs):
+        for variant in dict.fromkeys(r["variant"] for r in runs):
+            rs = [r for r in runs if r["split"] == split and r["variant"] == variant]
+            if not rs:
+                continue
+            row = {"split": split, "variant": variant, "seeds": len(rs), "n": rs[0]["n"]}
+            for k in keys:
+                v = [r[k] for r in rs]
+                row[k] = {"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))}
+            out.append(row)
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    lines = [
+        "| split | input | n train/val/test | test macro-F1 mean (min-max) | accuracy | stability slope "
+        "| flip rate @1px | envelope corner px (gate grid / extended) | envelope scale (gate grid / extended) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(r, k, d=3):
+        return f"{r[k]['mean']:.{d}f} ({r[k]['min']:.{d}f}-{r[k]['max']:.{d}f})"
+
+    for r in summary:
+        n = r["n"]
+        lines.append(
+            f"| {r['split']} | {r['variant']} | {n['train']}/{n['val']}/{n['test']} | {f(r, 'macro_f1')} | "
+            f"{f(r, 'accuracy')} | {f(r, 'stability_slope', 2)} | {f(r, 'flip_rate')} | "
+            f"{f(r, 'max_corner_px', 1)} / {f(r, 'max_corner_px_extended', 1)} | "
+            f"{f(r, 'max_scale_change', 3)} / {f(r, 'max_scale_change_extended', 3)} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
