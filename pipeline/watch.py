@@ -6,8 +6,10 @@ this module adds what only the watcher needs. The CLI and the decisions of a pas
 are `pipeline.recalibrate`.
 
 - **Lineage** (`deployed_lineage`): the one function that says which model is
-  deployed and what it was trained and gated on. Never the gate's output folder
-  (`models/gated` is written even when the gate refuses the model).
+  deployed and what it was trained and gated on: `--deployed-model`, else the
+  production model (`pipeline.production`), else, only when nothing was ever
+  promoted, the packaged candidate of models/bento.json. Never the gate's output
+  folder (`models/gated` is written even when the gate refuses the model).
 - **State** (`StateStore`): a JSON file (`trigger.state_file`), changed only inside
   `transaction()` (an exclusive lock, re-read, atomic write), so two watchers, or a
   watcher and `reset`, never lose each other's changes. A second lock is held for a
