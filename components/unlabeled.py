@@ -36,7 +36,7 @@ from thermops.data.extract import PrepareError, PrepareParams, extract_clip
 from thermops.data.prepared import MANIFEST_COLUMNS
 from thermops.data.raw import Clip, RawDataError, load_frames, read_annotations, read_clips
 from thermops.io import atomic_dir, hash_files, write_csv, write_json
-from thermops.world.synth import LABELS, SynthParams, synthesize_camera
+from thermops.world.synth import LABELS, SynthParams, single_split, synthesize_camera
 
 # The prepared manifest without what a label would tell: `label`, and `kind` (object / background).
 UNLABELED_COLUMNS = [c for c in MANIFEST_COLUMNS if c not in ("label", "kind")]
@@ -91,9 +91,7 @@ def run(
     calibrations = load_calibrations(calibration_dir)
     p = dataclasses.replace(prep, stride=cfg.stride)
     world = dataclasses.replace(
-        synth,
-        clips_per_camera=cfg.clips_per_camera,
-        frames_per_clip=cfg.frames_per_clip,
+        single_split(synth, cfg.clips_per_camera, cfg.frames_per_clip),
         objects_per_clip=cfg.objects_per_clip,
         nuisance_per_clip=cfg.nuisance_per_clip,
     )
