@@ -113,7 +113,9 @@ def _unknown_camera(data):
 
 
 def _hot(data):
-    _edit_tubelets(data, lambda a: a.__setitem__((2, 0, 0, 0), 900.0))  # 900 degC in a celsius tubelet
+    # 900 degC in a celsius tubelet (the world writes display8 tubelets too: pick a celsius one)
+    i = next(i for i, r in enumerate(read_csv(data / "manifest.csv")) if r["units"] == "celsius")
+    _edit_tubelets(data, lambda a: a.__setitem__((i, 0, 0, 0), 900.0))
 
 
 def _null(data):
