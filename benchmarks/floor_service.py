@@ -4,7 +4,7 @@ It parses exactly what the thermops service parses (the same pydantic types for 
 JSON tubelet and the camera id; the same multipart upload into a `Path`, whose bytes it
 reads) and answers a constant prediction of the same shape. What BentoML costs for
 these requests on a machine is what this service costs there; the serving targets
-(issue 19, benchmarks/RESULTS.md) are ratios against it, measured in the same run.
+(benchmarks/RESULTS.md) are ratios against it, measured in the same run.
 
     bentoml serve benchmarks.floor_service:ThermopsFloor --host 127.0.0.1 --port 3001
 """

@@ -1,6 +1,6 @@
 """Serving benchmark: the thermops bento against the floor service, same client, same run.
 
-What it measures, on the machine it runs on (issue 19's targets):
+What it measures, on the machine it runs on (the serving targets in benchmarks/RESULTS.md):
 
 1. the in-process model call at batch 1 (p50, one torch thread, as the worker runs it)
    and per tubelet at the largest batch, between the HTTP phases;

@@ -29,7 +29,7 @@ import torch
 
 from components._cli import parser, run_cli
 from thermops.config import classes_of, load_params, section, seed_everything, seed_of
-from thermops.io import atomic_dir, write_csv, write_json
+from thermops.io import atomic_dir, write_csv, write_json, write_timings
 from thermops.learn.adversarial import AdversarialConfig
 from thermops.learn.augment import AugmentConfig
 from thermops.learn.datasets import SplitParams, load_splits, stratified_fraction
@@ -339,8 +339,8 @@ def run(
         [{"epoch": r["epoch"], "loss": r["loss"], "val_macro_f1": r.get("score")} for r in result.history],
         ["epoch", "loss", "val_macro_f1"],
     )
+    write_timings("finetune", {"seconds": seconds})  # wall clock: never in metrics, the card or a DVC output
     with atomic_dir(figures) as tmp:
-        write_json(tmp / "timings.json", {"seconds": seconds})  # wall clock: never in metrics or the card
         try:
             from thermops.learn.metrics import plot_confusion, plot_curves
 

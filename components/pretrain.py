@@ -5,8 +5,7 @@ never read) and, with `pretrain.unlabeled`, every tubelet of the `unlabeled` ste
 folder; pretrains with `pretrain.method` (`simclr`: contrastive, two views per
 tubelet; `mtm`: masked tube modelling, one tube-masked view) and writes
 `models/pretrained/` (encoder.pt: the encoder's state dict; card.json: architecture,
-input contract, method, data lineage; timings.json: wall-clock seconds, kept out of
-card and metrics), the loss curve `metrics/pretrain_loss.csv` (a DVC plot) and
+input contract, method, data lineage), the loss curve `metrics/pretrain_loss.csv` (a DVC plot) and
 `metrics/pretrain.json`, and a checkpoint after every epoch
 (`checkpoints/pretrain/last.pt`) that a re-run resumes.
 
@@ -29,7 +28,7 @@ import torch
 
 from components._cli import parser, run_cli
 from thermops.config import load_params, section, seed_everything, seed_of
-from thermops.io import atomic_dir, write_csv, write_json
+from thermops.io import atomic_dir, write_csv, write_json, write_timings
 from thermops.learn.augment import AugmentConfig
 from thermops.learn.datasets import SplitParams, load_unlabeled
 from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
@@ -167,13 +166,13 @@ def run(
                 "metrics": {k: summary[k] for k in ("final_loss", "first_loss", "epochs")},
             },
         )
-        write_json(tmp / "timings.json", {"seconds": seconds, "epochs_run": len(result.history) - result.resumed_from})
     write_csv(
         curve,
         [{"epoch": r["epoch"], "loss": r["loss"], "lr": r["lr"]} for r in result.history],
         ["epoch", "loss", "lr"],
     )
     write_json(metrics, summary)
+    write_timings("pretrain", {"seconds": seconds, "epochs_run": len(result.history) - result.resumed_from})
     barrier()
     return {**summary, "seconds": seconds}
 

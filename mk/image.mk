@@ -1,4 +1,4 @@
-# Component image (issue 10): built without a Docker daemon with buildah
+# Component image: built without a Docker daemon with buildah
 # (vfs storage, chroot isolation) on the locally debootstrapped Debian base, or
 # with `docker build` where a daemon answers. See docs/image.md.
 #   make base-image   debootstrap Debian bookworm -> localhost/thermops-base:bookworm (once; reused)

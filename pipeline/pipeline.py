@@ -8,7 +8,7 @@ given to the first data tasks only, so the hash reaches later tasks through arti
 Everything KFP fixes at compile time (GPU type and count, node selector, tolerations,
 resources, retries, caching, secrets) comes from the `kubeflow` section of params.yaml.
 
-What a cluster run leaves behind (issue 15): the `kubeflow.export.stage` task (package)
+What a cluster run leaves behind: the `kubeflow.export.stage` task (package)
 exports the gated model and its bento to the object store (`production.store`, S3 API),
 and a `serving_image_task` builds the bento's image with buildah and pushes it to
 `kubeflow.serving_image.registry`, tagged by the bento's content version and returned by

@@ -12,12 +12,21 @@
     python -m pipeline.recalibrate reset (CAMERA [--version V] | --all)
 
 `watch` compares every camera's calibration with the one the deployed model was
-trained and gated on (`pipeline.watch.deployed_lineage`: the packaged model, never
-the gate's output folder). On a material change it retrains once: locally the
+trained and gated on (`pipeline.watch.deployed_lineage`, the one place that says what
+is deployed): `--deployed-model DIR` if given, else the production model
+(deploy/production.json and the store `production.store`, what the cluster serves;
+an unreadable store is an error: `python -m pipeline.production pull`), and only when
+nothing was ever promoted the packaged candidate of models/bento.json; never the
+gate's output folder. On a material change it retrains once: locally the
 `trigger.retrain_command` (`dvc repro`) as a supervised process group, on the
 cluster one Kubeflow run whose intent (a deterministic run name) is recorded
-before it is submitted. Each camera ends a pass in one state (`pipeline.watch.STATES`);
-the states go to the log, the state file and a metrics file.
+before it is submitted. A retrain that passed the gate is a candidate: its camera
+is `awaiting_promotion` (handled, not retrained again) until
+`python -m pipeline.production promote --note ...` makes it production, or the
+watcher promotes it itself when `trigger.auto_promote` is true. A refused retrain is
+never handled: it stays `refused` and is retried by policy. Each camera ends a pass
+in one state (`pipeline.watch.STATES`); the states go to the log, the state file
+and a metrics file.
 
 Exit status of `watch --once`: 0 no camera needs an operator; 1 the pass could not
 run (bad params, configuration, deployed model); 2 bad command line; 3 a camera
@@ -263,6 +272,7 @@ class _Pass:
     window_m: float
     size: int
     backend: KubeflowBackend | None
+    bento_json: Path = DEFAULT_BENTO_JSON  # the workspace's packaged candidate (auto_promote promotes it)
 
 
 def watch_once(
@@ -281,7 +291,8 @@ def watch_once(
 
     Paths are relative to the project root (the folder of `params_path`).
     `deployed_model`: a model folder to take as the deployed model (default: the
-    packaged model of `bento_json`). Cluster mode talks to `kfp_host` (token from
+    production model; the packaged candidate of `bento_json` only when nothing was ever
+    promoted, see `pipeline.watch.deployed_lineage`). Cluster mode talks to `kfp_host` (token from
     KFP_TOKEN) unless a `backend` is given. Raises ParamsError, CalibrationError (the
     deployed model or the registry folder) or TriggerError when the pass cannot run;
     every per-camera problem is a camera state instead, and `exit_code` sums them up.
@@ -312,6 +323,7 @@ def watch_once(
         size,
         backend,
     )
+    ctx.bento_json = resolve(bento_json)
     result = WatchResult()
     try:
         with ctx.store.pass_lock():
@@ -340,7 +352,11 @@ def _one_pass(ctx: _Pass, result: WatchResult, deployed_model: Path | None, bent
     # 2. What is deployed (after the adopted retrain, which may have changed it).
     deployed = deployed_lineage(ctx.root, model_dir=deployed_model, bento_json=bento_json)
     if deployed is None:
-        log.info("no deployed model (%s): nothing to compare against; `dvc repro` trains one", bento_json)
+        log.info(
+            "no deployed model (nothing promoted in deploy/production.json, no %s): nothing to compare against; "
+            "`dvc repro` trains a candidate",
+            bento_json,
+        )
         _finish_pass(ctx, result, Scan(), None)
         return
     log.info("deployed model: %s", deployed.source)
@@ -515,8 +531,40 @@ def _finish_local(ctx: _Pass, job: LocalJob, proc: Any) -> Outcome:
         "retrain %s for %s: %s%s", rec["id"], ", ".join(cams), outcome.message,
         f" ({'; '.join(outcome.reasons)})" if outcome.reasons else "",
     )  # fmt: skip
+    if outcome.kind == "succeeded" and ctx.trigger.auto_promote:
+        _auto_promote(ctx, cams)
     prune_records(ctx.store.retrains_dir, KEEP_RETRAIN_RECORDS, set())
     return outcome
+
+
+def _auto_promote(ctx: _Pass, cams: dict[str, dict[str, Any]]) -> None:
+    """`trigger.auto_promote`: make the candidate a successful local retrain packaged production, and say so."""
+    from pipeline import production
+
+    note = "watcher: " + ", ".join(
+        f"{cam} {info.get('deployed_version') or 'new'}->{info['version']}" for cam, info in cams.items()
+    )
+    try:
+        rel = production.promote(ctx.root, note=note, bento_json=ctx.bento_json)
+    except (ValueError, OSError) as err:  # RegistryError, StoreError: the camera stays awaiting_promotion
+        msg = f"automatic promotion ({note}) failed: {err}"
+        log.error("%s", msg)
+        with ctx.store.transaction() as st:
+            st.event("promote_failed", msg)
+            for cam, info in cams.items():
+                rec = st.get(cam, info["version"])
+                if rec is not None:
+                    rec["promotion_error"] = str(err)
+        return
+    msg = f"promoted {rel.tag} to production version {rel.version} ({note}); commit {production.REGISTRY}"
+    log.warning("%s", msg)
+    with ctx.store.transaction() as st:
+        st.event("promoted", msg, version=rel.version, tag=rel.tag, digest=rel.digest)
+        for cam, info in cams.items():
+            rec = st.get(cam, info["version"])
+            if rec is not None:
+                rec["promoted"] = f"production version {rel.version} ({rel.tag})"
+                rec.pop("promotion_error", None)
 
 
 # -- cluster retrains -------------------------------------------------------------------------
@@ -649,6 +697,28 @@ def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> str | None:
 # -- the end of a pass: camera states, log, metrics, exit status --------------------------------
 
 
+def promote_command(camera: str, old: str | None, new: str, *, cluster: bool) -> str:
+    """The exact command that makes a camera's retrained candidate production."""
+    digest = " --digest DIGEST" if cluster else ""  # the candidate the Kubeflow run exported to the store
+    return f"python -m pipeline.production promote{digest} --note 'recalibration: {camera} {old or 'new'} -> {new}'"
+
+
+def awaiting_message(camera: str, rec: dict[str, Any], deployed_version: str | None, deployed: Deployed | None) -> str:
+    """Why a handled (retrained, gate passed) version is not deployed yet, and the command that deploys it."""
+    action = str(rec.get("action") or "retrained")
+    cluster = "Kubeflow run" in action
+    where = deployed.source if deployed else "the deployed model"
+    msg = (
+        f"{action} at {rec.get('at')}; not retrained again. {where} still has {deployed_version}: "
+        f"promote the candidate: {promote_command(camera, deployed_version, rec['version'], cluster=cluster)}"
+    )
+    if cluster:
+        msg += " (DIGEST: the candidate that run's package task exported to the store)"
+    if rec.get("promotion_error"):
+        msg += f"; automatic promotion failed: {rec['promotion_error']}"
+    return msg
+
+
 def camera_states(
     found: Scan, state: TriggerState, deployed: Deployed | None, trigger: TriggerParams
 ) -> list[CameraState]:
@@ -677,10 +747,10 @@ def camera_states(
         out.append(
             CameraState(
                 cam,
-                "awaiting_deployment",
+                "awaiting_promotion",
                 rec["version"],
                 deployed_versions.get(cam),
-                f"{rec.get('action')} at {rec.get('at')}; the deployed model still has {deployed_versions.get(cam)}",
+                awaiting_message(cam, rec, deployed_versions.get(cam), deployed),
             )
         )
     for cam in found.unused:
@@ -698,7 +768,12 @@ def camera_states(
         pend = state.pending_record(cam, ver) or {}
         attempts = int(pend.get("attempts", 0))
         if done is not None:
-            out.append(CameraState(cam, "retrained", ver, rep.old_version, done.get("action", ""), attempts))
+            what = str(done.get("action", ""))
+            if done.get("promoted"):
+                what += f"; promoted: {done['promoted']}"
+            elif done.get("promotion_error"):
+                what += f"; automatic promotion failed: {done['promotion_error']}"
+            out.append(CameraState(cam, "retrained", ver, rep.old_version, what, attempts))
         elif (
             cam in job_cams
             and job_cams[cam].get("version") == ver
@@ -758,7 +833,7 @@ def _finish_pass(ctx: _Pass, result: WatchResult, found: Scan, deployed: Deploye
             logging.ERROR
             if s.state in ATTENTION
             else logging.WARNING
-            if s.state in ("retraining", "retrained", "awaiting_deployment", "queued")
+            if s.state in ("retraining", "retrained", "awaiting_promotion", "queued")
             else logging.INFO
         )
         log.log(level, "%s", describe(s))
@@ -964,7 +1039,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--deployed-model",
                 type=Path,
                 help="a model folder (card.json, calibration/) that is the deployed model "
-                "(default: the packaged model named in --bento-json)",
+                "(default: the production model of deploy/production.json; when nothing was ever "
+                "promoted, the packaged candidate named in --bento-json)",
             )
             p.add_argument("--bento-json", type=Path, default=DEFAULT_BENTO_JSON, help="the package step's output")
     d = sub.choices["diff"]

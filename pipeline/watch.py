@@ -6,8 +6,10 @@ this module adds what only the watcher needs. The CLI and the decisions of a pas
 are `pipeline.recalibrate`.
 
 - **Lineage** (`deployed_lineage`): the one function that says which model is
-  deployed and what it was trained and gated on. Never the gate's output folder
-  (`models/gated` is written even when the gate refuses the model).
+  deployed and what it was trained and gated on: `--deployed-model`, else the
+  production model (`pipeline.production`), else, only when nothing was ever
+  promoted, the packaged candidate of models/bento.json. Never the gate's output
+  folder (`models/gated` is written even when the gate refuses the model).
 - **State** (`StateStore`): a JSON file (`trigger.state_file`), changed only inside
   `transaction()` (an exclusive lock, re-read, atomic write), so two watchers, or a
   watcher and `reset`, never lose each other's changes. A second lock is held for a
@@ -24,6 +26,7 @@ are `pipeline.recalibrate`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -122,23 +125,82 @@ def _bento_model(bento_json: Path) -> tuple[str, Path, dict[str, Any]]:
     return str(tag), Path(model.path), dict(model.info.metadata or {})
 
 
+REGISTRY = Path("deploy/production.json")  # = pipeline.production.REGISTRY (git-tracked)
+PULL_HINT = "python -m pipeline.production pull"
+
+
 def deployed_lineage(root: Path, *, model_dir: Path | None = None, bento_json: Path | None = None) -> Deployed | None:
     """The deployed model's calibrations, envelope and calibration snapshots; None when nothing is deployed.
 
-    THE one place the watcher learns what is deployed. `model_dir`: a model folder
-    given by the operator (`--deployed-model`). Otherwise the packaged model named in
-    `bento_json` (default `models/bento.json`), read from the BentoML model store:
-    the package step writes it only for a model the gate passed, so a refused
-    retrain leaves it on the model that is still served. Never `models/gated`.
+    THE one place the watcher learns what is deployed; `Deployed.source` names where from:
+
+    1. `model_dir`, a model folder given by the operator (`--deployed-model`);
+    2. else the production model (`pipeline.production.current`: deploy/production.json names
+       the version, the store `production.store` holds its card.json and calibration/
+       snapshots): what the cluster serves, on any machine that can read the store. A
+       registry or store that cannot give it is a CalibrationError naming the store and
+       the fix (`python -m pipeline.production pull`), never a silent fallback;
+    3. only when nothing was ever promoted (an empty or absent registry): the packaged
+       candidate named in `bento_json` (default `models/bento.json`) from this machine's
+       BentoML store (a single workstation that never promotes). The package step
+       writes it only for a model the gate passed.
+
+    Never `models/gated` (written even when the gate refuses the model).
     """
     if model_dir is not None:
         return read_model_dir(model_dir if model_dir.is_absolute() else root / model_dir)
+    prod = _production_lineage(root)
+    if prod is not None:
+        return prod
     bento_json = bento_json if bento_json is not None else Path("models/bento.json")
     bento_json = bento_json if bento_json.is_absolute() else root / bento_json
     if not bento_json.is_file():
         return None
     tag, path, meta = _bento_model(bento_json)
-    return _from_card(meta, f"bento model {tag}", path / "calibration")
+    return _from_card(
+        meta,
+        f"bento model {tag} (the packaged candidate of {bento_json.name}: nothing was ever promoted to production)",
+        path / "calibration",
+    )
+
+
+def _production_lineage(root: Path) -> Deployed | None:
+    """The production model's lineage, or None when nothing was ever promoted."""
+    from pipeline import production  # the registry and store (a pipeline module, never from thermops)
+
+    if not (root / REGISTRY).is_file():
+        return None  # a project from before the registry: nothing can have been promoted
+    try:
+        reg = production.registry(root)
+        if reg.current_release() is None:
+            if reg.versions:
+                raise CalibrationError(
+                    f"{root / REGISTRY}: versions were promoted but none is production now; "
+                    "promote or roll back one (python -m pipeline.production)"
+                )
+            return None
+        prod = production.current(root)
+    except CalibrationError:
+        raise
+    except (ValueError, OSError) as err:  # RegistryError, StoreError, ParamsError, an unreadable file
+        store = _store_url(root)
+        raise CalibrationError(
+            f"cannot read the production model (registry {root / REGISTRY}, store {store}): {err}; "
+            f"fix access to the store, then `{PULL_HINT}`"
+        ) from None
+    if prod is None:
+        return None
+    source = f"production version {prod.version} ({prod.tag}, store {prod.store})"
+    return dataclasses.replace(read_model_dir(prod.path), source=source)
+
+
+def _store_url(root: Path) -> str:
+    from pipeline import production
+
+    try:
+        return production.production_params(root).store
+    except (ValueError, OSError) as err:
+        return f"unknown ({err})"
 
 
 def deployed_calibration(directory: str | Path, camera_id: str, version: str, deployed: Deployed) -> Calibration | None:
@@ -382,7 +444,7 @@ class Scan:
     versions: dict[str, str] = field(default_factory=dict)  # current version of every loadable camera
     unchanged: list[str] = field(default_factory=list)  # same calibration as the deployed model
     already_handled: list[str] = field(default_factory=list)  # immaterial change, handled before
-    awaiting: dict[str, dict[str, Any]] = field(default_factory=dict)  # retrained, not (yet) deployed
+    awaiting: dict[str, dict[str, Any]] = field(default_factory=dict)  # retrained, not (yet) promoted
     unused: list[str] = field(default_factory=list)  # not deployed and not in the pipeline's sources
     problems: dict[str, str] = field(default_factory=dict)  # malformed, or edited in place
     noncanonical: list[str] = field(default_factory=list)  # not in the form the CLI writes (DVC re-runs)
@@ -795,7 +857,7 @@ STATES = (
     "unused",  # not deployed and not trained on (not in data.sources)
     "retraining",  # a retrain for it is running (local, or a Kubeflow run)
     "retrained",  # retrained in this pass
-    "awaiting_deployment",  # retrained, but the deployed model still has an older version
+    "awaiting_promotion",  # retrained and packaged (handled), but production still has an older version
     "refused",  # the gate refused its retrained model; retried by policy
     "failed",  # its retrain ran and failed; retried by policy
     "gave_up",  # max_attempts retrains ran and failed or were refused; `reset` to retry

@@ -189,6 +189,28 @@ TINY_OVERRIDES = {
         "corruptions": {"subset": 8},
         "perspective": {"subset": 8, "worst_case": {"subset": 4, "steps": 2}},
     },
+    "unlabeled": {"clips_per_camera": 1, "frames_per_clip": 8},
+}
+# A gate every one-epoch model passes: only the mechanism (gate -> package, baseline) is under test.
+LOOSE_GATE = {
+    "gate": {
+        "thresholds": {
+            "clean_accuracy": 0.0,
+            "max_mean_ce": 1.0e6,
+            "max_flip_rate": 1.0,
+            "max_stability_slope": 1.0e9,
+            "robust_accuracy": {"linf": {0.01: 0.0}, "l2": {0.25: 0.0}},
+        },
+        "sanity": {
+            "monotone_tol": 1.0,
+            "large_eps_max_accuracy": 1.0,
+            "more_steps_tol": 1.0,
+            "max_zero_grad_fraction": 1.0,
+            "black_box_tol": 1.0,
+        },
+        # a one-epoch model against another one-epoch model
+        "regression": {"accuracy_tol": 1.0, "relative_tol": 100.0, "z": 1.0},
+    },
 }
 
 

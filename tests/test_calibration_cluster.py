@@ -112,7 +112,7 @@ def test_material_change_submits_one_run_and_follows_it_to_its_end(project):
     assert params["camera_id"] == "fence_mid" and params["calibration_version"] == new.version
     assert res.action.startswith(f"cluster: kubeflow run {next(iter(kfp.runs))}")
     # Succeeded: handled; the deployed model (nothing deploys it here) still has the old version, visibly.
-    assert done.state_of("fence_mid").state == "awaiting_deployment" and done.exit_code == 0
+    assert done.state_of("fence_mid").state == "awaiting_promotion" and done.exit_code == 0
     assert _state(project)["job"] is None and _state(project)["pending"] == {}
 
 

@@ -63,7 +63,7 @@ def test_reaim_beyond_envelope_triggers_exactly_one_retrain(tmp_path):
     # deployed model (this test deploys nothing) still has the old version, and says so.
     for _ in range(2):
         again = _watch(root)
-        assert not again.triggered and again.state_of("fence_mid").state == "awaiting_deployment"
+        assert not again.triggered and again.state_of("fence_mid").state == "awaiting_promotion"
         assert "still has 2026-11-01.1" in again.state_of("fence_mid").message and again.exit_code == 0
     assert len(retrain.calls) == 1
     assert _state(root)["handled"] == state["handled"]
@@ -147,7 +147,7 @@ def test_a_malformed_file_is_its_cameras_problem_only_and_is_reported_every_pass
     assert exc.value.code == 4
     captured = capsys.readouterr()
     assert "attention: gate_wide malformed" in captured.out and "Traceback" not in captured.err
-    assert "perimeter_long 2026-11-01.1 -> 2026-11-22.1: awaiting_deployment" in caplog.text
+    assert "perimeter_long 2026-11-01.1 -> 2026-11-22.1: awaiting_promotion" in caplog.text
     assert "fence_mid 2026-11-01.1 -> 2026-11-22.1: immaterial" in caplog.text
 
 
@@ -371,7 +371,7 @@ def test_polling_logs_errors_and_keeps_going(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="thermops.trigger"), pytest.raises(KeyboardInterrupt):
         cli.watch(interval_s=7.0, params_path=params, deployed_model=deployed_dir(root))
     assert passes == [7.0, 7.0, 7.0] and len(retrain.calls) == 1  # three passes, one retrain
-    assert "error: " in caplog.text and "awaiting_deployment" in caplog.text
+    assert "error: " in caplog.text and "awaiting_promotion" in caplog.text
 
 
 def test_a_state_file_of_the_previous_format_is_read_with_its_history(tmp_path):

@@ -1,4 +1,4 @@
-"""Compiled pipeline steps run inside the built component image (issue 10).
+"""Compiled pipeline steps run inside the built component image.
 
 Needs the image: `make image-test` builds it and runs this module with
 THERMOPS_IMAGE set (e.g. localhost/thermops:latest); in the normal suite, where

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from pipeline_helpers import LOOSE_GATE as LOOSE_GATE_BASE
 from pipeline_helpers import TINY_OVERRIDES, copy_repo
 from serving_helpers import Server
 from store_helpers import S3StandIn
@@ -34,27 +35,7 @@ from thermops.config import merge_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(3000)
-LOOSE_GATE = {
-    "gate": {
-        "thresholds": {
-            "clean_accuracy": 0.0,
-            "max_mean_ce": 1.0e6,
-            "max_flip_rate": 1.0,
-            "max_stability_slope": 1.0e9,
-            "robust_accuracy": {"linf": {0.01: 0.0}, "l2": {0.25: 0.0}},
-        },
-        "sanity": {
-            "monotone_tol": 1.0,
-            "large_eps_max_accuracy": 1.0,
-            "more_steps_tol": 1.0,
-            "max_zero_grad_fraction": 1.0,
-            "black_box_tol": 1.0,
-        },
-        # a one-epoch model against another one-epoch model: only the mechanism is under test
-        "regression": {"accuracy_tol": 1.0, "relative_tol": 100.0, "z": 1.0},
-    },
-    "package": {"model_name": "thermops-e2e", "bento_name": "thermops-e2e", "batching": False},
-}
+LOOSE_GATE = merge_params(LOOSE_GATE_BASE, {"package": {"model_name": "thermops-e2e", "bento_name": "thermops-e2e"}})
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 1800) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,20 @@ from thermops.model.card import load_model_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TIMINGS: dict[str, Path] = {}
+
+
 def _step(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, **({"THERMOPS_TIMINGS_DIR": str(TIMINGS["dir"])} if "dir" in TIMINGS else {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("steps")
+    TIMINGS["dir"] = d / "timings"  # wall clock goes there, never into the repository
     prepared = make_prepared(d / "prepared", n_per_class=10, seed=2)
     unlabeled = make_unlabeled(d / "unlabeled")
     params = small_training_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
@@ -81,7 +89,8 @@ def test_pretrain_writes_encoder_card_and_loss_curve(trained):
     # 24 train rows of the prepared data and all 24 unlabeled tubelets; no labels read
     assert card["data"]["n_labelled_pool"] == 24 and card["data"]["n_unlabeled"] == 24 and card["data"]["n_train"] == 48
     assert set(card["data"]["sources"]) == {"synthetic", "unlabeled"}
-    assert "seconds" in json.loads((d / "pretrained/timings.json").read_text())
+    assert "seconds" in json.loads((d / "timings/pretrain.json").read_text())
+    assert not (d / "pretrained/timings.json").exists()  # not in the DVC output either
     assert "seconds" not in json.loads((d / "m/pretrain.json").read_text())
     rows = list(csv.DictReader(open(d / "m/pretrain_loss.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["loss"]) > 0 for r in rows)
@@ -116,9 +125,10 @@ def test_finetune_metrics_confusion_and_card(trained):
         few["pretrained"]["macro_f1"]["min"] <= few["scratch"]["macro_f1"]["max"]
         and few["scratch"]["macro_f1"]["min"] <= few["pretrained"]["macro_f1"]["max"]
     )
-    # wall clock lives in reports/finetune/timings.json, never in metrics or the card
+    # wall clock lives in the untracked timings folder, never in metrics, the card or an output
     assert "seconds" not in m and "comparison_seconds" not in m
-    assert json.loads((d / "fig/timings.json").read_text())["seconds"] > 0
+    assert json.loads((d / "timings/finetune.json").read_text())["seconds"] > 0
+    assert not (d / "fig/timings.json").exists()
     assert set(m["per_class"]) == set(CLASSES)
     assert {"precision", "recall", "specificity"} <= set(m["per_class"]["person"])
     assert m["encoder_missing_keys"] == [] and m["encoder_unexpected_keys"] == []

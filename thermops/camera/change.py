@@ -59,6 +59,7 @@ class TriggerParams:
     retry_backoff_s: float
     stop_grace_s: float
     submit_grace_s: float
+    auto_promote: bool
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "cluster"):
@@ -67,6 +68,8 @@ class TriggerParams:
             raise ValueError("temp_range_c must be [low, high] with low < high")
         if not self.retrain_command:
             raise ValueError("retrain_command must name a command (e.g. [python, -m, dvc, repro])")
+        if not isinstance(self.auto_promote, bool):
+            raise ValueError(f"auto_promote must be true or false, not {self.auto_promote!r}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
         for name in ("poll_interval_s", "retry_backoff_s", "stop_grace_s", "submit_grace_s"):
