@@ -8,7 +8,9 @@ only. The same step functions as the stages (`components.{ingest,prepare,pretrai
 finetune,heldout,evaluate}.run`), without the fine-tuning step's comparisons (linear
 probes, few-label runs), on one torch thread (the box is shared). Reads the synthesize
 stages' `data/raw/synthetic` (run `dvc repro prepare` first) and, when `--prepared`
-and `--heldout` are given, those folders instead of cutting its own; writes only under
+and `--heldout` are given, those folders instead of cutting its own; pretrains on the
+`unlabeled` step's `data/unlabeled` too when params `pretrain.unlabeled` is true (or on
+`--unlabeled`; run `dvc repro unlabeled` first); writes only under
 `--work`: params.yaml, raw/ (links and imports), prepared/, heldout/, pretrained/,
 finetuned/, real_eval.json, report/, and one summary line appended to
 `--work`/../RESULTS.txt. Seeds come from params `seed`, so a run is reproducible.
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--prepared", type=Path, help="use this prepared folder instead of cutting one")
     ap.add_argument("--heldout", type=Path, help="use this heldout folder instead of cutting one")
+    ap.add_argument("--unlabeled", type=Path, help="the unlabeled step's folder (default: data/unlabeled)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("set", nargs="*", help="dotted.key=value overrides of params.yaml")
     args = ap.parse_args(argv)
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     from thermops.data.extract import PrepareParams
     from thermops.data.importers import IngestParams
     from thermops.evaluation.heldout import RealEvalParams
+    from thermops.learn.datasets import SplitParams
     from thermops.model.network import ModelConfig
     from thermops.model.preprocess import InputSpec
 
@@ -94,14 +98,23 @@ def main(argv: list[str] | None = None) -> None:
                     section(params, "prepare", PrepareParams), classes, seed, ROOT / "data" / "calibration", held)  # fmt: skip
     seconds["data"] = time.perf_counter() - t0
     mc, spec = section(params, "model", ModelConfig), section(params, "input", InputSpec)
+    split = section(params, "split", SplitParams)
+    unlabeled = (args.unlabeled or ROOT / "data" / "unlabeled").resolve()
+    pre = section(params, "pretrain", pretrain.PretrainParams)
+    if pre.unlabeled and not (unlabeled / "manifest.csv").exists():
+        raise SystemExit(
+            f"error: {unlabeled}: no unlabeled tubelets (run `dvc repro unlabeled`, or pretrain.unlabeled=false)"
+        )
     t = time.perf_counter()
-    pretrain.run(section(params, "pretrain", pretrain.PretrainParams), mc, spec, seed, prepared,
+    pretrain.run(pre, mc, spec, split, seed, prepared, unlabeled,
                  work / "pretrained", work / "pretrain.json", work / "pretrain_loss.csv", None)  # fmt: skip
     seconds["pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
-    ft = finetune.run(section(params, "finetune", finetune.FinetuneParams), mc, spec, classes, seed, prepared,
-                      work / "pretrained", work / "finetuned", work / "finetune.json", work / "confusion.csv",
-                      work / "curve.csv", work / "figures", None, compare=False)  # fmt: skip
+    used = {k: params[k] for k in ("seed", "classes", "model", "input", "split", "pretrain", "finetune")}
+    ft = finetune.run(section(params, "finetune", finetune.FinetuneParams), mc, spec, split, classes, seed,
+                      prepared, work / "pretrained", work / "finetuned", work / "finetune.json",
+                      work / "confusion.csv", work / "curve.csv", work / "figures", None, params_used=used,
+                      compare=False)  # fmt: skip
     seconds["finetune"] = time.perf_counter() - t
     m = evaluate.run(section(params, "real_eval", RealEvalParams), classes, work / "finetuned", prepared, held,
                      work / "real_eval.json", work / "report")  # fmt: skip

@@ -136,6 +136,13 @@ def test_evaluate_scores_every_source_and_writes_a_self_contained_report(tmp_pat
     page = (tmp_path / "report" / "index.html").read_text()
     assert "tno-fel" in page and "missing" in page and page.count("data:image/png;base64,") >= 3
     assert not re.search(r"(src|href)=\"(?!data:)", page)  # nothing linked: the page is shown alone
+    # One column per figure (person recall once, not again among the per-class recalls), and a
+    # balanced accuracy and its SE that do not break across lines in a narrow column.
+    head = page.split("<table>")[1].split("</tr>")[0]  # the per-source table's header row
+    assert head.count("<th>person recall</th>") == 1 and "<th>recall person</th>" not in head
+    assert head.count("<th") == 13 and "<th>recall vehicle</th>" in head
+    assert "colspan='12'>missing" in page  # the missing source's row spans the table
+    assert "0.500&nbsp;&plusmn;&nbsp;" in page  # tno-fel's balanced accuracy
     details = read_json(tmp_path / "report" / "details.json")
     assert details["sources"]["tno-fel"]["score"]["confusion"]["matrix"][P][V] == n_tno_p
 

@@ -67,3 +67,42 @@ def test_experiment_script_reads_dotted_overrides():
     }
     with pytest.raises(SystemExit, match="not key=value"):
         mod._overrides(["epochs"])
+
+
+def test_experiment_script_calls_the_steps_with_their_current_signatures(tmp_path, monkeypatch):
+    """The script calls the step functions directly: every call must bind to the step's signature
+    (the issue-18 merge added `split` and `unlabeled`, which left the script failing at pretrain)."""
+    import inspect
+
+    from components import evaluate, finetune, pretrain
+
+    spec = importlib.util.spec_from_file_location("real_experiment", ROOT / "scripts" / "real_experiment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = {}
+
+    def checked(name, real, result):
+        def stub(*args, **kwargs):
+            calls[name] = inspect.signature(real).bind(*args, **kwargs).arguments  # TypeError if it does not bind
+            return result
+
+        return stub
+
+    monkeypatch.setattr(pretrain, "run", checked("pretrain", pretrain.run, {}))
+    monkeypatch.setattr(finetune, "run", checked("finetune", finetune.run, {"val_macro_f1": 0.5}))
+    monkeypatch.setattr(evaluate, "run", checked("evaluate", evaluate.run, {"sources": {}}))
+    monkeypatch.chdir(tmp_path)  # the script chdirs to the checkout; monkeypatch restores the cwd
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    (unlabeled / "manifest.csv").write_text("")
+    work = tmp_path / "exp" / "E"
+    args = ["--work", str(work), "--prepared", str(tmp_path / "p"), "--heldout", str(tmp_path / "h")]
+    mod.main([*args, "--unlabeled", str(unlabeled), "data.sources=[synthetic, hit-uav]"])
+    assert set(calls) == {"pretrain", "finetune", "evaluate"}
+    assert calls["pretrain"]["unlabeled"] == unlabeled.resolve()
+    assert calls["pretrain"]["split"].mode == BASE["split"]["mode"]
+    assert calls["finetune"]["params_used"]["model"] == BASE["model"]  # the card records what trained
+    assert calls["finetune"]["compare"] is False
+    assert "overrides" in (work.parent / "RESULTS.txt").read_text()
+    with pytest.raises(SystemExit, match="no unlabeled tubelets"):  # pretrain.unlabeled is true by default
+        mod.main([*args, "--unlabeled", str(tmp_path / "none")])

@@ -122,6 +122,7 @@ def _figures(metrics: dict, details: dict, examples: dict, classes: list[str], p
 def write_report(report_dir: Path, metrics: dict, details: dict, examples: dict, classes: list[str], cfg, card) -> None:
     """Write `report_dir`/index.html (self-contained) and details.json, atomically."""
     pos = cfg.positive
+    others = [c for c in classes if c != pos]  # the positive's recall has its own column
     lines = [
         "<!doctype html><html><head><meta charset='utf-8'><title>thermops real-imagery evaluation</title>",
         f"<style>{_STYLE}</style></head><body>",
@@ -135,14 +136,14 @@ def write_report(report_dir: Path, metrics: dict, details: dict, examples: dict,
         "<table><tr><th class='l'>source</th><th class='l'>scope</th><th>tubelets</th>"
         f"<th>{pos}s</th><th>{pos}-vs-rest balanced acc. &plusmn; SE</th><th>AUROC</th>"
         f"<th>{pos} recall</th><th>specificity</th><th>4-class acc.</th><th>macro-F1</th>"
-        + "".join(f"<th>recall {html.escape(c)}</th>" for c in classes)
+        + "".join(f"<th>recall {html.escape(c)}</th>" for c in others)
         + "</tr>",
     ]
     for source, v in metrics["sources"].items():
         if v["status"] != "scored":
             reason = details["sources"].get(source, {}).get("reason", "")
             lines.append(
-                f"<tr><td class='l'>{html.escape(source)}</td><td class='l' colspan='{9 + len(classes)}'>"
+                f"<tr><td class='l'>{html.escape(source)}</td><td class='l' colspan='{9 + len(others)}'>"
                 f"missing: {html.escape(reason)}</td></tr>"
             )
             continue
@@ -151,10 +152,10 @@ def write_report(report_dir: Path, metrics: dict, details: dict, examples: dict,
         lines.append(
             f"<tr><td class='l'>{html.escape(source)}</td><td class='l'>{html.escape(v['scope'])}</td>"
             f"<td>{v['n']}</td><td>{v[f'n_{pos}']}</td>"
-            f"<td{cls}>{_f(ba)} &plusmn; {_f(v[f'{pos}_balanced_accuracy_se'])}</td>"
+            f"<td{cls}>{_f(ba)}&nbsp;&plusmn;&nbsp;{_f(v[f'{pos}_balanced_accuracy_se'])}</td>"
             f"<td>{_f(v[f'{pos}_auroc'])}</td><td>{_f(v[f'{pos}_recall'])}</td>"
             f"<td>{_f(v[f'{pos}_specificity'])}</td><td>{_f(v['accuracy'])}</td><td>{_f(v['macro_f1'])}</td>"
-            + "".join(f"<td>{_f(v['recall'][c])}</td>" for c in classes)
+            + "".join(f"<td>{_f(v['recall'][c])}</td>" for c in others)
             + "</tr>"
         )
     lines.append("</table>")
