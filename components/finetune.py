@@ -10,8 +10,9 @@ reports on test. Beside it, with the same seeds and test split:
   from the pretrained encoder vs from scratch.
 
 Writes `models/finetuned/` (model.pt + card.json through `thermops.model.card`),
-`metrics/finetune.json`, `metrics/confusion.csv` (DVC confusion plot),
-`metrics/finetune_curve.csv`, PNG figures in `reports/finetune/`, and per-epoch
+`metrics/finetune.json` (the decision figures, `DECISION`), `metrics/confusion.csv` (DVC
+confusion plot), `metrics/finetune_curve.csv`, `reports/finetune/` (the full record
+`finetune.json`: per class, per seed, encoder keys; PNG figures), and per-epoch
 checkpoints in `checkpoints/finetune/`.
 
     python -m components.finetune --params params.yaml --data data/prepared \
@@ -39,6 +40,22 @@ from thermops.learn.ssl import init_head_by_probe, linear_probe
 from thermops.model.card import load_pretrained_encoder, make_card, save_model_dir
 from thermops.model.network import ModelConfig, TubeletClassifier
 from thermops.model.preprocess import InputSpec
+
+# The figures a decision rests on: all that metrics/finetune.json (and `dvc metrics show`) holds.
+DECISION = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "n",
+    "val_macro_f1",
+    "best_epoch",
+    "linear_probe_pretrained",
+    "linear_probe_random",
+    "few_label_macro_f1_pretrained",
+    "few_label_macro_f1_scratch",
+    "pretraining_gain_few_label",
+    "pretraining_ranges_overlap",
+)
 
 
 @dataclass(frozen=True)
@@ -332,7 +349,7 @@ def run(
     )
     with atomic_dir(out) as tmp:
         save_model_dir(tmp, unwrap(model), card)
-    write_json(metrics, out_metrics)
+    write_json(metrics, {k: out_metrics[k] for k in DECISION if k in out_metrics})
     write_csv(confusion, cm.dvc_rows(), ["actual", "predicted"])
     write_csv(
         curve,
@@ -341,6 +358,7 @@ def run(
     )
     write_timings("finetune", {"seconds": seconds})  # wall clock: never in metrics, the card or a DVC output
     with atomic_dir(figures) as tmp:
+        write_json(tmp / "finetune.json", out_metrics)  # the full record
         try:
             from thermops.learn.metrics import plot_confusion, plot_curves
 

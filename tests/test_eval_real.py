@@ -115,7 +115,10 @@ def test_evaluate_scores_every_source_and_writes_a_self_contained_report(tmp_pat
 
     monkeypatch.setattr(evaluate, "probabilities", oracle)
     m = evaluate.run(_cfg(), CLASSES, model, prepared, held, tmp_path / "m.json", tmp_path / "report")
-    assert read_json(tmp_path / "m.json") == m
+    # metrics file: flat decision figures; the full view is in the report's details.json
+    assert read_json(tmp_path / "m.json") == evaluate.decision_view(m, "person")
+    assert read_json(tmp_path / "m.json")["sources"]["thermal-dogs-people"] == {"n": 0}
+    assert read_json(tmp_path / "report" / "details.json")["metrics"] == m
     syn, tno, hit = m["sources"]["synthetic"], m["sources"]["tno-fel"], m["sources"]["hit-uav"]
     assert syn["scope"] == "test split" and syn["n"] == 4 and syn["accuracy"] == 1.0
     assert set(syn["by_range_m"]) == {"30-60"}  # every hand-made tubelet is at 50 m

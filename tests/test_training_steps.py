@@ -99,7 +99,13 @@ def test_pretrain_writes_encoder_card_and_loss_curve(trained):
 
 def test_finetune_metrics_confusion_and_card(trained):
     d, log = trained
-    m = json.loads((d / "m/finetune.json").read_text())
+    m = json.loads((d / "fig/finetune.json").read_text())  # the full record
+    # metrics/finetune.json: the decision figures only, flat for `dvc metrics show`
+    from components.finetune import DECISION
+
+    decision = json.loads((d / "m/finetune.json").read_text())
+    assert decision == {k: m[k] for k in DECISION if k in m} and "per_class" not in decision
+    assert all(isinstance(v, (int, float, bool)) for v in decision.values())
     for k in (
         "accuracy",
         "macro_f1",
