@@ -134,8 +134,11 @@ def test_validate_runs_in_the_image(validated):
 
 @pytest.fixture(scope="module")
 def pretrained(compiled, work, overrides, prepared_dir, validated, container) -> dict:
+    from training_helpers import make_unlabeled
+
     report = Path(validated["outputs"]["reports_validation"]["path"])
-    arts = {"data_prepared": prepared_dir, "reports_validation": report}
+    unlabeled = make_unlabeled(work / "unlabeled")  # the `unlabeled` step's output format, made on the host
+    arts = {"data_prepared": prepared_dir, "reports_validation": report, "data_unlabeled": unlabeled}
     return _run(compiled, "pretrain", work, overrides, arts, container)
 
 
