@@ -503,18 +503,10 @@ def _finish_local(ctx: _Pass, job: LocalJob, proc: Any) -> Outcome:
     with ctx.store.transaction() as st:
         if st.job and st.job.get("id") == rec["id"]:
             st.job = None
-        for cam, info in cams.items():
-            if outcome.kind == "succeeded":
-                st.mark(
-                    cam,
-                    info["version"],
-                    fingerprint=info["fingerprint"],
-                    material=True,
-                    action=f"retrained: {rec.get('display_cmd') or ' '.join(rec['cmd'])}",
-                    deployed_version=info.get("deployed_version"),
-                    summary=info.get("summary", ""),
-                )
-            else:
+        if outcome.kind == "succeeded":
+            st.mark_retrained(cams, f"retrained: {rec.get('display_cmd') or ' '.join(rec['cmd'])}")
+        else:
+            for cam, info in cams.items():
                 st.note(
                     cam,
                     info["version"],
@@ -662,16 +654,7 @@ def _follow_cluster(ctx: _Pass, job: dict[str, Any]) -> str | None:
             log.warning("found run %s of intent %r on the server: following it, not submitting", run.run_id, name)
         if run.state in RUN_SUCCEEDED:
             st.job = None
-            for cam, info in job["cameras"].items():
-                st.mark(
-                    cam,
-                    info["version"],
-                    fingerprint=info["fingerprint"],
-                    material=True,
-                    action=f"retrained: Kubeflow run {run.run_id} succeeded",
-                    deployed_version=info.get("deployed_version"),
-                    summary=info.get("summary", ""),
-                )
+            st.mark_retrained(job["cameras"], f"retrained: Kubeflow run {run.run_id} succeeded")
             log.warning("Kubeflow run %s (%s) succeeded", run.run_id, name)
         elif run.state in RUN_FAILED:
             st.job = None

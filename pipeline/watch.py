@@ -323,7 +323,21 @@ class TriggerState:
         }
         self.pending.get(camera_id, {}).pop(version, None)
 
+    def mark_retrained(self, cameras: dict[str, dict[str, Any]], action: str) -> None:
+        """Mark every camera of a retrain that succeeded handled; `cameras` is the job's record of them."""
+        for cam, info in cameras.items():
+            self.mark(
+                cam,
+                info["version"],
+                fingerprint=info["fingerprint"],
+                material=True,
+                action=action,
+                deployed_version=info.get("deployed_version"),
+                summary=info.get("summary", ""),
+            )
+
     # pending ---------------------------------------------------------------------------
+
     def pending_record(self, camera_id: str, version: str) -> dict[str, Any] | None:
         return self.pending.get(camera_id, {}).get(version)
 
