@@ -22,6 +22,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 
+def _public(run: dict[str, Any]) -> dict[str, Any]:
+    """A run as the server shows it: without the stand-in's own `_` bookkeeping keys."""
+    return {k: v for k, v in run.items() if not k.startswith("_")}
+
+
 @dataclass
 class Recorded:
     """One request the stand-in received."""
@@ -86,11 +91,7 @@ class KfpStandIn:
                         for p in flt.get("predicates", [])
                         if p.get("key") == "display_name" and p.get("operation") == "EQUALS"
                     ]
-                    found = [
-                        {k: v for k, v in r.items() if not k.startswith("_")}
-                        for r in standin.runs.values()
-                        if not names or r.get("display_name") in names
-                    ]
+                    found = [_public(r) for r in standin.runs.values() if not names or r.get("display_name") in names]
                     return self._reply(200, {"runs": found, "total_size": len(found)} if found else {})
                 if rec.path == "/apis/v2beta1/experiments":
                     flt = json.loads(rec.query.get("filter", ["{}"])[0] or "{}")
@@ -105,8 +106,7 @@ class KfpStandIn:
                         run["_gets"] = seen + 1
                         if run["state"] == "FAILED":
                             run["error"] = {"code": 2, "message": "stand-in: task gate_task failed"}
-                    shown = {k: v for k, v in (run or {}).items() if not k.startswith("_")}
-                    return self._reply(200 if run else 404, shown or {"message": "run not found"})
+                    return self._reply(200 if run else 404, _public(run) if run else {"message": "run not found"})
                 return self._reply(404, {"message": f"stand-in: no route {rec.path}"})
 
             def do_POST(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from params_helpers import from_params
+from process_helpers import stop_group
 from serving_payloads import counts_tubelet, display8_tubelet  # noqa: F401  (re-exported)
 
 from thermops.camera.calibration import Agc, Calibration, Geometry, Radiometry, write_calibration
@@ -191,15 +192,7 @@ class Server:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc)
         self._fh.close()
 
 

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from process_helpers import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "AKIATHERMOPSFAKE0001"
 FAKE_SECRET = "thermops-fake-secret-not-a-real-one"
@@ -82,15 +84,7 @@ class S3StandIn:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc)
         self._log.close()
 
 

@@ -11,15 +11,15 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_helpers import copy_repo
 
-from tests.calibration_helpers import REPO, commit_all, git
+from tests.calibration_helpers import REPO, git
 
 # Shrink every step to seconds; loosen the gate so a seconds-trained model passes (this
 # test is about the trigger's plumbing, the gate's own tests judge models).
@@ -70,9 +70,6 @@ TINY = {
         "regression": {"accuracy_tol": 1.0, "relative_tol": 1000.0},
     },
 }
-
-# What the scratch copy leaves out: pipeline outputs and the lock, so the first run starts clean.
-SKIP = re.compile(r"^(dvc\.lock|models/|metrics/|reports/|checkpoints/|data/(?!calibration/|\.gitignore$))")
 
 
 def _override(base: dict, over: dict) -> dict:
@@ -129,21 +126,9 @@ def _bento_calibrations(root: Path, env: dict[str, str]) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_reaimed_camera_retrains_through_dvc_and_new_bento_carries_the_version(tmp_path):
-    root = tmp_path / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if SKIP.match(rel) or not src.is_file():
-            continue
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, root / rel)
-    params = _override(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the working tree without pipeline outputs or the lock, so the first run starts clean; tiny params
+    root = copy_repo(REPO, tmp_path / "repo", _override(yaml.safe_load((REPO / "params.yaml").read_text()), TINY))
     env = _env(tmp_path)
-    git(root, "init", "-q", "-b", "main")
-    commit_all(root, "scratch copy, tiny params")
 
     # 1. Deploy: the first full run gates and packages a model on fence_mid 2026-11-01.1.
     _run([sys.executable, "-m", "dvc", "repro"], root, env)

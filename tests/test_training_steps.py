@@ -18,11 +18,9 @@ from thermops.model.card import load_model_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-TIMINGS: dict[str, Path] = {}
-
-
-def _step(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **({"THERMOPS_TIMINGS_DIR": str(TIMINGS["dir"])} if "dir" in TIMINGS else {})}
+def _step(module: str, *args: str, timings: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a step; its wall-clock timings go to `timings`, never into the repository's `.thermops/`."""
+    env = {**os.environ, **({"THERMOPS_TIMINGS_DIR": str(timings)} if timings else {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
     )
@@ -31,7 +29,6 @@ def _step(module: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("steps")
-    TIMINGS["dir"] = d / "timings"  # wall clock goes there, never into the repository
     prepared = make_prepared(d / "prepared", n_per_class=10, seed=2)
     unlabeled = make_unlabeled(d / "unlabeled")
     params = small_training_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
@@ -53,6 +50,7 @@ def trained(tmp_path_factory):
         str(d / "m/pretrain_loss.csv"),
         "--checkpoints",
         str(d / "ck/pre"),
+        timings=d / "timings",
     )
     assert pre.returncode == 0, pre.stderr[-2000:]
     ft = _step(
@@ -75,6 +73,7 @@ def trained(tmp_path_factory):
         str(d / "fig"),
         "--checkpoints",
         str(d / "ck/ft"),
+        timings=d / "timings",
     )
     assert ft.returncode == 0, ft.stderr[-2000:]
     return d, ft.stderr
