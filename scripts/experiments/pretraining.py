@@ -87,6 +87,21 @@ def main(argv: list[str] | None = None) -> None:
     split = section(params, "split", SplitParams)
     device = torch.device("cpu")
     splits = load_splits(args.data, classes, spec, split)
+
+    def probe_of(encoder: torch.nn.Module) -> float:
+        """Linear-probe test accuracy of a frozen encoder on the train labels (finetune.probe knobs)."""
+        return linear_probe(
+            encoder,
+            splits.train.inputs,
+            splits.train.labels,
+            splits.test.inputs,
+            splits.test.labels,
+            len(classes),
+            device,
+            ft.probe.weight_decay,
+            ft.probe.iters,
+        )
+
     results: dict = {
         "command": "python scripts/experiments/pretraining.py " + " ".join(argv or sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -123,17 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         enc_state, _ = load_pretrained_encoder(work / "pretrained")
         fresh = initializer(model_cfg, len(classes), len(spec.geometry), enc_state)
         m, _, _ = fresh(True, seed)
-        probe = linear_probe(
-            m.encoder,
-            splits.train.inputs,
-            splits.train.labels,
-            splits.test.inputs,
-            splits.test.labels,
-            len(classes),
-            device,
-            ft.probe.weight_decay,
-            ft.probe.iters,
-        )
+        probe = probe_of(m.encoder)
         t1 = time.perf_counter()
         few = few_label_comparison(ft, splits, classes, seed, device, fresh, arms=("pretrained",))["few_label"]
         results["variants"][v] = {
@@ -156,17 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_scratch:
         fresh = initializer(model_cfg, len(classes), len(spec.geometry), {})
         m, _, _ = fresh(False, seed)
-        probe = linear_probe(
-            m.encoder,
-            splits.train.inputs,
-            splits.train.labels,
-            splits.test.inputs,
-            splits.test.labels,
-            len(classes),
-            device,
-            ft.probe.weight_decay,
-            ft.probe.iters,
-        )
+        probe = probe_of(m.encoder)
         few = few_label_comparison(ft, splits, classes, seed, device, fresh, arms=("scratch",))["few_label"]
         results["scratch"] = {"linear_probe_accuracy_random_encoder": probe, "few_label": few["scratch"]}
         print(json.dumps({"scratch": results["scratch"]}), flush=True)
