@@ -55,8 +55,9 @@ def _read_config_files() -> str:
     return "\n".join(lines)
 
 
-def pip_entries(keys: tuple[str, ...] = KEYS) -> list[str]:
-    """Every value pip would use for `keys` (find-links / index URLs by default), from config files and env."""
+def pip_settings() -> list[tuple[str, str]]:
+    """(key, value) of every source and constraint setting pip would use (`KEYS`, `FILE_KEYS`): its config
+    files in pip's order, then the environment. One `pip config list` for all of them."""
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
         capture_output=True,
@@ -64,13 +65,15 @@ def pip_entries(keys: tuple[str, ...] = KEYS) -> list[str]:
         check=False,
     )
     out = proc.stdout if proc.returncode == 0 else _read_config_files()
-    entries: list[str] = []
+    keys = KEYS + FILE_KEYS
+    entries: list[tuple[str, str]] = []
     for line in out.splitlines():
         key, _, value = line.partition("=")
-        if key.rsplit(".", 1)[-1] in keys:
-            entries.extend(value.strip().strip("'\"").split())
+        key = key.rsplit(".", 1)[-1]
+        if key in keys:
+            entries.extend((key, v) for v in value.strip().strip("'\"").split())
     for key in keys:
-        entries.extend(os.environ.get("PIP_" + key.upper().replace("-", "_"), "").split())
+        entries.extend((key, v) for v in os.environ.get("PIP_" + key.upper().replace("-", "_"), "").split())
     return entries
 
 
@@ -89,18 +92,19 @@ def uv_toml(entries: list[str]) -> str:
 
 
 def main() -> None:
-    """Print each local folder once (or, with --uv-toml, a uv.toml of the same sources)."""
+    """Print each local folder and constraint file once (or, with --uv-toml, a uv.toml of the sources)."""
+    settings = pip_settings()
+    sources = [value for key, value in settings if key in KEYS]
     if "--uv-toml" in sys.argv[1:]:
-        print(uv_toml(pip_entries()), end="")
+        print(uv_toml(sources), end="")
         return
     seen: set[Path] = set()
-    for entry in pip_entries():
+    for entry in sources:
         folder = local_folder(entry)
         if folder is not None and folder not in seen:
             seen.add(folder)
             print(folder)
-    for entry in pip_entries(FILE_KEYS):
-        path = Path(entry)
+    for path in (Path(value) for key, value in settings if key in FILE_KEYS):
         if path.is_absolute() and path.is_file() and path not in seen:
             seen.add(path)
             print(path)
