@@ -69,7 +69,7 @@ def _by_motion(probs, target, rows, classes, positive) -> dict:
 
 
 def metric_view(s: dict, positive: str) -> dict:
-    """The decision figures of one source's full score (what metrics/real_eval.json keeps)."""
+    """One source's figures in the full view (`decision_view` picks the few the metrics file keeps)."""
     pvr = s[f"{positive}_vs_rest"]
     return {
         "n": s["n"],
