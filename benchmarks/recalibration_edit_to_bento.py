@@ -7,12 +7,17 @@ default params.yaml, a temporary BENTOML_HOME):
 
 1. `dvc repro` from nothing (the full run: every camera synthesized, pretrain, finetune,
    gate, package), timed;
-2. `recalibrate record CAMERA --set geometry.pitch_deg=+3 degrees`, committed;
-3. `recalibrate watch --once --mode local` (the watcher's retrain, `dvc repro`, up to the
+2. that model promoted to production (`pipeline.production promote`, into the copy's own
+   store), committed; `--no-promote` skips this, so the retrain has no production model to
+   start from and is a full one (what every retrain was before warm starts);
+3. `recalibrate record CAMERA --set geometry.pitch_deg=+3 degrees`, committed;
+4. `recalibrate watch --once --mode local` (the watcher's retrain, `dvc repro`, up to the
    new bento), timed; the stages it ran are read from its log.
 
-Prints and writes the two wall times, their ratio, the stages of each, the load average
-before and after, and whether the new bento carries the new calibration version.
+Prints and writes the two wall times, their ratio, the stages of each, the warm-start plan,
+the gate's per-camera regression checks against production (accuracy of the candidate and the
+limit production sets, per camera), the load average before and after, and whether the new
+bento carries the new calibration version.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--camera", default="fence_mid")
     ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    ap.add_argument("--no-promote", action="store_true", help="no production model: the retrain is a full one")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="recal-bench-"))
     root = tmp / "repo"
@@ -86,6 +92,10 @@ def main() -> None:
     _git(root, "commit", "-q", "-m", "scratch copy")
     load_before = os.getloadavg()
     full_s, full_log = _run([sys.executable, "-m", "dvc", "repro"], root, env)
+    if not args.no_promote:
+        _git(root, "add", "-A")
+        _git(root, "commit", "-q", "-m", "first run")
+        _run([sys.executable, "-m", "pipeline.production", "promote", "--note", "benchmark", "--commit"], root, env)
     pitch = yaml.safe_load((root / "data" / "calibration" / f"{args.camera}.yaml").read_text())["geometry"]["pitch_deg"]
     _run(
         [
@@ -111,13 +121,24 @@ def main() -> None:
         "print(json.dumps(bentoml.models.get(t).info.metadata['calibrations']))"
     )
     _, cals = _run([sys.executable, "-c", check], root, env)
+    gate = json.loads((root / "reports" / "gate" / "gate.json").read_text())
+    per_camera = {
+        c["name"]: {"candidate": c["value"], "limit": c["limit"], "passed": c["passed"]}
+        for c in gate["checks"]
+        if c["name"].startswith("regression:clean_accuracy[")
+    }
     result = {
         "camera": args.camera,
+        "promoted_first": not args.no_promote,
+        "plan": json.loads((root / "metrics" / "warmstart.json").read_text()),
         "full_repro_s": round(full_s, 1),
         "edit_to_bento_s": round(recal_s, 1),
         "ratio": round(recal_s / full_s, 3),
         "full_stages": sorted(set(re.findall(r"Running stage '([^']+)'", full_log))),
         "recalibration_stages": sorted(set(re.findall(r"Running stage '([^']+)'", recal_log))),
+        "gate_passed": gate["passed"],
+        "clean_accuracy": gate["clean_accuracy"],
+        "per_camera_regression_checks": per_camera,
         "new_bento_calibration": json.loads(cals.strip().splitlines()[-1]).get(args.camera),
         "new_version": version,
         "loadavg_before": [round(x, 2) for x in load_before],

@@ -15,8 +15,15 @@ confusion plot), `metrics/finetune_curve.csv`, `reports/finetune/` (the full rec
 `finetune.json`: per class, per seed, encoder keys; PNG figures), and per-epoch
 checkpoints in `checkpoints/finetune/`.
 
+A warm retrain (the `warmstart` step's plan, `--warmstart`): the production classifier is
+fine-tuned on the new data for `retrain.epochs` at `retrain.lr_scale` times the learning
+rate; the linear-probe and few-label comparisons are not re-run (they measure the encoder,
+which is production's) and their figures are carried from the production card. The card
+records the plan (`warm_start`) and, always, the training code it was made with
+(`training_code`) and the params sections a later plan compares (`params`).
+
     python -m components.finetune --params params.yaml --data data/prepared \
-        --pretrained models/pretrained --out models/finetuned
+        --pretrained models/pretrained --out models/finetuned --warmstart models/warmstart
 """
 
 from __future__ import annotations
@@ -37,9 +44,28 @@ from thermops.learn.datasets import SplitParams, load_splits, stratified_fractio
 from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
 from thermops.learn.engine import OptimConfig, classification_loss, evaluate, fit, run_fingerprint
 from thermops.learn.ssl import init_head_by_probe, linear_probe
-from thermops.model.card import load_pretrained_encoder, make_card, save_model_dir
+from thermops.learn.warmstart import TRAINING_SECTIONS, code_record, read_plan
+from thermops.model.card import (
+    CODE_ROOT,
+    load_model_dir,
+    load_pretrained_encoder,
+    loaded_code,
+    make_card,
+    save_model_dir,
+)
 from thermops.model.network import ModelConfig, TubeletClassifier
 from thermops.model.preprocess import InputSpec
+
+# What the comparisons measure (the pretrained encoder): a warm retrain carries them from production.
+COMPARISONS = (
+    "linear_probe_pretrained",
+    "linear_probe_random",
+    "few_label",
+    "few_label_macro_f1_pretrained",
+    "few_label_macro_f1_scratch",
+    "pretraining_gain_few_label",
+    "pretraining_ranges_overlap",
+)
 
 # The figures a decision rests on: all that metrics/finetune.json (and `dvc metrics show`) holds.
 DECISION = (
@@ -227,6 +253,7 @@ def run(
     checkpoints: Path | None = None,
     params_used: dict | None = None,
     compare: bool = True,
+    warmstart: Path | None = None,
 ) -> dict:
     """Fine-tune, compare with the baselines, and write the model dir, metrics, plots and figures.
 
@@ -239,6 +266,8 @@ def run(
         checkpoints: folder for the main run's `last.pt` (None: none).
         params_used: the params sections recorded in the card.
         compare: run the linear-probe and few-label comparisons.
+        warmstart: the `warmstart` step's folder (None: a full run); a warm plan continues from
+            the production model there and carries its comparison figures.
     Returns:
         The metrics dict.
     """
@@ -254,8 +283,22 @@ def run(
         )
 
     fresh = initializer(model_cfg, len(classes), len(spec.geometry), enc_state)
+    plan = read_plan(warmstart) if warmstart is not None else {"mode": "full"}
+    warm = plan["mode"] == "warm"
 
     out_metrics: dict = {}
+    if warm:
+        compare = False
+        prod_model, prod_card = load_model_dir(warmstart)
+        if prod_card["classes"] != list(classes) or prod_card["input"] != spec.to_dict():
+            raise ValueError(f"{warmstart}: the production model's classes or input differ from params")
+        carried = {k: prod_card["metrics"][k] for k in COMPARISONS if k in prod_card.get("metrics", {})}
+        out_metrics.update(carried)
+        out_metrics["comparisons_from"] = f"production version {plan['production']['version']} (encoder reused)"
+        log(
+            f"warm retrain from production version {plan['production']['version']}: "
+            f"{', '.join(plan['moved_cameras'])} moved ({plan['moved_fraction']:.0%} of train+val tubelets)"
+        )
     if compare:
         tr, te = splits.train, splits.test
         probe = {}
@@ -279,8 +322,14 @@ def run(
         log(f"linear probe: pretrained {probe['pretrained']:.3f} random {probe['random']:.3f}")
         out_metrics.update(few_label_comparison(cfg, splits, classes, seed, device, fresh, log, geometry=spec.geometry))
 
-    model, missing, unexpected = fresh(True, seed)
-    log(f"loaded pretrained encoder: missing keys {missing}, unexpected keys {unexpected}")
+    optim = cfg.optim
+    if warm:
+        model, missing, unexpected = prod_model, [], []
+        optim = replace(optim, epochs=plan["epochs"], lr=optim.lr * plan["lr_scale"], warmup_epochs=0)
+        log(f"continuing from the production classifier: {optim.epochs} epochs at lr {optim.lr:g}")
+    else:
+        model, missing, unexpected = fresh(True, seed)
+        log(f"loaded pretrained encoder: missing keys {missing}, unexpected keys {unexpected}")
     fp = run_fingerprint(
         asdict(cfg),
         model_cfg.to_dict(),
@@ -289,13 +338,14 @@ def run(
         splits.data_info["prepared_hash"],
         pre_card.get("metrics"),
         seed,
+        plan,
     )
     result = _train_classifier(
         model,
         splits.train,
         splits.val,
         classes,
-        cfg.optim,
+        optim,
         cfg,
         seed,
         device,
@@ -332,13 +382,15 @@ def run(
         calibrations=splits.calibrations,
         data={
             k: splits.data_info[k]
-            for k in ("prepared_hash", "sources", "units", "n", "n_per_label", "split", "split_params")
+            for k in ("prepared_hash", "sources", "units", "n", "n_per_label", "split", "split_params", "per_camera")
             if k in splits.data_info
         },
         metrics={k: v for k, v in out_metrics.items() if k not in ("encoder_missing_keys", "encoder_unexpected_keys")},
         params=params_used or {},
         adversarial_training=cfg.adversarial.enabled,
-        pretrained={
+        pretrained=prod_card["pretrained"]
+        if warm
+        else {
             "method": pre_card.get("method"),
             "data": pre_card.get("data"),
             "metrics": pre_card.get("metrics"),
@@ -346,6 +398,8 @@ def run(
             "unexpected_keys": unexpected,
         },
         confusion_matrix=cm.to_dict(),
+        warm_start={k: v for k, v in plan.items() if k != "mode"} if warm else None,
+        training_code=code_record(loaded_code(CODE_ROOT), CODE_ROOT),
     )
     with atomic_dir(out) as tmp:
         save_model_dir(tmp, unwrap(model), card)
@@ -390,13 +444,12 @@ def main(argv: list[str] | None = None) -> None:
         ("--curve", "metrics/finetune_curve.csv"),
         ("--figures", "reports/finetune"),
         ("--checkpoints", "checkpoints/finetune"),
+        ("--warmstart", "models/warmstart (the warmstart step's plan)"),
     ).parse_args(argv)
 
     def go() -> str:
         params = load_params(args.params)
-        used = {
-            k: params[k] for k in ("seed", "classes", "model", "input", "split", "pretrain", "finetune") if k in params
-        }
+        used = {k: params[k] for k in TRAINING_SECTIONS if k in params}
         m = run(
             section(params, "finetune", FinetuneParams),
             section(params, "model", ModelConfig),
@@ -413,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
             args.figures,
             args.checkpoints,
             params_used=used,
+            warmstart=args.warmstart,
         )
         return f"finetune: test accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} in {m['seconds']} s"
 

@@ -9,9 +9,13 @@ input contract, method, data lineage), the loss curve `metrics/pretrain_loss.csv
 `metrics/pretrain.json`, and a checkpoint after every epoch
 (`checkpoints/pretrain/last.pt`) that a re-run resumes.
 
+When the `warmstart` step planned a warm retrain (`--warmstart` holds a warm plan.json
+and the production model), nothing is trained: the production model's encoder is written
+as the encoder, its card saying where it came from (`reused_from`).
+
     python -m components.pretrain --params params.yaml --data data/prepared --unlabeled data/unlabeled \
         --out models/pretrained --metrics metrics/pretrain.json \
-        --curve metrics/pretrain_loss.csv --checkpoints checkpoints/pretrain
+        --curve metrics/pretrain_loss.csv --checkpoints checkpoints/pretrain --warmstart models/warmstart
 
 Under torchrun (`torchrun --nproc_per_node=2 -m components.pretrain ...`) it trains
 with DDP; rank 0 writes the outputs.
@@ -34,7 +38,8 @@ from thermops.learn.datasets import SplitParams, load_unlabeled
 from thermops.learn.distributed import barrier, is_main, setup_distributed, unwrap
 from thermops.learn.engine import OptimConfig, fit, run_fingerprint
 from thermops.learn.ssl import MaskedTubeModel, MTMConfig, SimCLR, SimCLRConfig, mtm_loss, simclr_loss
-from thermops.model.card import PRETRAINED_FORMAT
+from thermops.learn.warmstart import read_plan
+from thermops.model.card import PRETRAINED_FORMAT, load_card
 from thermops.model.network import ModelConfig, TubeletEncoder
 from thermops.model.preprocess import InputSpec
 
@@ -87,6 +92,7 @@ def run(
     curve: Path,
     checkpoints: Path | None = None,
     stop_after: int | None = None,
+    warmstart: Path | None = None,
 ) -> dict:
     """Pretrain the encoder and write its directory, metrics and loss curve.
 
@@ -97,10 +103,14 @@ def run(
         metrics / curve: JSON summary and per-epoch loss CSV.
         checkpoints: folder for `last.pt` (None: no checkpoints, no resume).
         stop_after: stop after this many epochs without writing outputs (tests of resume).
+        warmstart: the `warmstart` step's folder (None: always pretrain); a warm plan reuses the
+            production model's encoder.
     Returns:
         The metrics dict.
     """
     t0 = time.perf_counter()
+    if warmstart is not None and read_plan(warmstart)["mode"] == "warm":
+        return reuse_production_encoder(cfg, model_cfg, spec, seed, warmstart, out, metrics, curve, t0)
     seed_everything(seed)
     device = setup_distributed(cfg.device)
     dataset, info = load_unlabeled(data, spec, split, unlabeled if cfg.unlabeled else None)
@@ -177,6 +187,58 @@ def run(
     return {**summary, "seconds": seconds}
 
 
+def reuse_production_encoder(
+    cfg: PretrainParams,
+    model_cfg: ModelConfig,
+    spec: InputSpec,
+    seed: int,
+    warmstart: Path,
+    out: Path,
+    metrics: Path,
+    curve: Path,
+    t0: float,
+) -> dict:
+    """A warm retrain's encoder: the production model's, unchanged (no epoch runs)."""
+    plan, prod = read_plan(warmstart), load_card(warmstart)
+    if prod["model"] != model_cfg.to_dict() or prod["input"] != spec.to_dict():
+        raise ValueError(f"{warmstart}: the production model's architecture or input differs from params")
+    state = torch.load(Path(warmstart) / "model.pt", map_location="cpu", weights_only=True)
+    encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    TubeletEncoder(model_cfg).load_state_dict(encoder)  # strict: the keys are exactly an encoder's
+    before = prod.get("pretrained") or {}
+    summary = {
+        "method": "reused",
+        "epochs": 0,
+        "final_loss": None,
+        "first_loss": None,
+        "n_tubelets": 0,
+        "n_unlabeled": 0,
+        "resumed_from_epoch": 0,
+        "reused_from": plan["production"]["version"],
+    }
+    with atomic_dir(out) as tmp:
+        torch.save(encoder, tmp / "encoder.pt")
+        write_json(
+            tmp / "card.json",
+            {
+                "format": PRETRAINED_FORMAT,
+                "method": before.get("method", cfg.method),
+                "model": model_cfg.to_dict(),
+                "input": spec.to_dict(),
+                "pretraining": cfg.method_config(),
+                "seed": seed,
+                "reused_from": {**plan["production"], "moved_cameras": plan["moved_cameras"]},
+                "data": before.get("data"),
+                "metrics": before.get("metrics"),
+            },
+        )
+    write_csv(curve, [], ["epoch", "loss", "lr"])
+    write_json(metrics, summary)
+    seconds = round(time.perf_counter() - t0, 2)
+    write_timings("pretrain", {"seconds": seconds, "epochs_run": 0})
+    return {**summary, "seconds": seconds}
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: paths only; knobs come from params.yaml."""
     args = parser(
@@ -187,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         ("--metrics", "metrics/pretrain.json"),
         ("--curve", "metrics/pretrain_loss.csv"),
         ("--checkpoints", "checkpoints/pretrain"),
+        ("--warmstart", "models/warmstart (the warmstart step's plan)"),
     ).parse_args(argv)
 
     def go() -> str:
@@ -203,7 +266,10 @@ def main(argv: list[str] | None = None) -> None:
             args.metrics,
             args.curve,
             args.checkpoints,
+            warmstart=args.warmstart,
         )
+        if s["method"] == "reused":
+            return f"pretrain: warm retrain, the encoder of production version {s['reused_from']} reused (no epoch)"
         return f"pretrain ({s['method']}, {s['n_tubelets']} tubelets): {s['epochs']} epochs, loss {s['first_loss']} -> {s['final_loss']} in {s['seconds']} s"
 
     run_cli(go)

@@ -504,7 +504,8 @@ def _finish_local(ctx: _Pass, job: LocalJob, proc: Any) -> Outcome:
         if st.job and st.job.get("id") == rec["id"]:
             st.job = None
         if outcome.kind == "succeeded":
-            st.mark_retrained(cams, f"retrained: {rec.get('display_cmd') or ' '.join(rec['cmd'])}")
+            how = _retrain_kind(ctx.root)
+            st.mark_retrained(cams, f"retrained{how}: {rec.get('display_cmd') or ' '.join(rec['cmd'])}")
         else:
             for cam, info in cams.items():
                 st.note(
@@ -527,6 +528,20 @@ def _finish_local(ctx: _Pass, job: LocalJob, proc: Any) -> Outcome:
         _auto_promote(ctx, cams)
     prune_records(ctx.store.retrains_dir, KEEP_RETRAIN_RECORDS, set())
     return outcome
+
+
+WARMSTART_METRICS = "metrics/warmstart.json"  # the warmstart stage's plan (dvc.yaml)
+
+
+def _retrain_kind(root: Path) -> str:
+    """' (warm, from production version N)' or ' (full: why)' from the warmstart stage's metrics, or ''."""
+    try:
+        m = json.loads((Path(root) / WARMSTART_METRICS).read_text())
+    except (OSError, ValueError):
+        return ""
+    if m.get("mode") == "warm":
+        return f" (warm, from production version {m.get('production')})"
+    return f" (full: {'; '.join(m.get('reasons') or [])})" if m.get("mode") == "full" else ""
 
 
 def _auto_promote(ctx: _Pass, cams: dict[str, dict[str, Any]]) -> None:

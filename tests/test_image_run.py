@@ -134,21 +134,29 @@ def test_validate_runs_in_the_image(validated):
 
 @pytest.fixture(scope="module")
 def pretrained(compiled, work, overrides, prepared_dir, validated, container) -> dict:
-    from training_helpers import make_unlabeled
+    from training_helpers import full_plan, make_unlabeled
 
     report = Path(validated["outputs"]["reports_validation"]["path"])
     unlabeled = make_unlabeled(work / "unlabeled")  # the `unlabeled` step's output format, made on the host
-    arts = {"data_prepared": prepared_dir, "reports_validation": report, "data_unlabeled": unlabeled}
+    arts = {
+        "data_prepared": prepared_dir,
+        "reports_validation": report,
+        "data_unlabeled": unlabeled,
+        "models_warmstart": full_plan(work / "warmstart"),
+    }
     return _run(compiled, "pretrain", work, overrides, arts, container)
 
 
 @pytest.fixture(scope="module")
 def finetuned(compiled, work, overrides, prepared_dir, validated, pretrained, container) -> dict:
+    from training_helpers import full_plan
+
     assert pretrained["ok"], pretrained
     arts = {
         "data_prepared": prepared_dir,
         "reports_validation": Path(validated["outputs"]["reports_validation"]["path"]),
         "models_pretrained": Path(pretrained["outputs"]["models_pretrained"]["path"]),
+        "models_warmstart": full_plan(work / "warmstart"),
     }
     return _run(compiled, "finetune", work, overrides, arts, container)
 

@@ -380,13 +380,14 @@ def test_two_workers_share_registrations_and_a_restart_keeps_them(served, tmp_pa
         cal = display8_calibration("gate-9", "g1").model_dump(mode="json")
         assert _post(server, "/register_camera", json={"calibration": cal}, headers=AUTH).status_code == 200
         pids, codes = set(), []
-        for _ in range(40):
+        deadline = time.monotonic() + 90  # which worker accepts a connection is the kernel's choice: under
+        while len(pids) < 2 and time.monotonic() < deadline:  # load one may take many in a row, so ask until both did
             s = requests.Session()  # a new connection each time: the workers take turns
             codes.append(
                 s.post(server.url + "/classify", json={"tubelet": arr.tolist(), "camera_id": "gate-9"}).status_code
             )
             pids.add(s.post(server.url + "/stats", json={}).json()["pid"])
-        assert len(pids) == 2, "both workers answered"
+        assert len(pids) == 2, f"both workers answered ({len(codes)} connections)"
         assert set(codes) == {200}
     finally:
         server.stop()

@@ -227,7 +227,8 @@ def _unlabeled_params(tmp: Path, **changes) -> Path:
 def _unlabeled(params: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "components.unlabeled", "--params", str(params), "--calibration",
-         str(ROOT / "data/calibration"), "--raw", str(out.parent / "raw"), "--out", str(out)],
+         str(ROOT / "data/calibration"), "--raw", str(out.parent / "raw"), "--out", str(out),
+         "--cache", str(out.parent / "cache")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -245,6 +246,54 @@ def test_unlabeled_step_writes_label_free_tubelets(tmp_path):
     # a labelled source as unlabeled pretraining data is refused before anything is written
     bad = _unlabeled(_unlabeled_params(tmp_path, real_sources=["synthetic"]), tmp_path / "u2")
     assert bad.returncode == 1 and "leak" in bad.stderr and not (tmp_path / "u2").exists()
+
+
+def test_unlabeled_cache_renders_only_the_recalibrated_camera_and_changes_no_byte(tmp_path):
+    """Cached cameras give the bytes a fresh render gives; a recalibrated camera is rendered again."""
+    import shutil
+
+    from components.unlabeled import UnlabeledParams
+    from components.unlabeled import run as unlabeled
+    from thermops.camera.calibration import load_calibrations, write_calibration
+    from thermops.data.extract import PrepareParams
+    from thermops.world.synth import SynthParams
+
+    cal = tmp_path / "calibration"
+    shutil.copytree(ROOT / "data/calibration", cal)
+    cache = tmp_path / "cache"
+    cfg = from_params(
+        UnlabeledParams, "unlabeled", clips_per_camera=1, frames_per_clip=10, objects_per_clip=2, nuisance_per_clip=1
+    )
+    args = (cfg, from_params(SynthParams, "synth"), from_params(PrepareParams, "prepare"), ["gate_wide", "fence_mid"],
+            ["synthetic"], ["person", "vehicle", "animal", "nuisance"], 7, cal, tmp_path / "raw")  # fmt: skip
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+    first = unlabeled(*args, tmp_path / "u1", cache)
+    assert first["cameras_from_cache"] == [] and len(list(cache.glob("*.npz"))) == 2
+    again = unlabeled(*args, tmp_path / "u2", cache)
+    assert again["cameras_from_cache"] == ["gate_wide", "fence_mid"]
+    fresh = unlabeled(*args, tmp_path / "u3", None)
+    assert files(tmp_path / "u1") == files(tmp_path / "u2") == files(tmp_path / "u3")
+
+    old = load_calibrations(cal)["fence_mid"]
+    geometry = old.geometry.model_copy(update={"pitch_deg": old.geometry.pitch_deg + 3})
+    write_calibration(old.model_copy(update={"geometry": geometry, "version": "2026-11-29.1"}), cal)
+    moved = unlabeled(*args, tmp_path / "u4", cache)
+    assert moved["cameras_from_cache"] == ["gate_wide"]
+    assert len(list(cache.glob("*.npz"))) == 2  # the old fence_mid entry is gone
+    before, after = load_prepared(tmp_path / "u1"), load_prepared(tmp_path / "u4")
+
+    def camera(data, cam):
+        idx = [i for i, r in enumerate(data.rows) if r["camera_id"] == cam]
+        return [data.rows[i] for i in idx], np.asarray(data.tubelets[idx])
+
+    rows_b, arr_b = camera(before, "gate_wide")
+    rows_a, arr_a = camera(after, "gate_wide")
+    assert rows_a == rows_b and np.array_equal(arr_a, arr_b)
+    assert {r["calibration_version"] for r in camera(after, "fence_mid")[0]} == {"2026-11-29.1"}
+    assert fresh["n_tubelets"] == first["n_tubelets"]
 
 
 def test_range_augmentation_lowers_resolution_and_moves_pixel_scale():

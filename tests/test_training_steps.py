@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.training_helpers import CLASSES, make_prepared, make_unlabeled, small_training_params
+from tests.training_helpers import CLASSES, full_plan, make_prepared, make_unlabeled, small_training_params
 from thermops.model.card import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,8 @@ def trained(tmp_path_factory):
         str(d / "m/pretrain_loss.csv"),
         "--checkpoints",
         str(d / "ck/pre"),
+        "--warmstart",
+        str(full_plan(d / "warmstart")),
         timings=d / "timings",
     )
     assert pre.returncode == 0, pre.stderr[-2000:]
@@ -73,6 +75,8 @@ def trained(tmp_path_factory):
         str(d / "fig"),
         "--checkpoints",
         str(d / "ck/ft"),
+        "--warmstart",
+        str(full_plan(d / "warmstart")),
         timings=d / "timings",
     )
     assert ft.returncode == 0, ft.stderr[-2000:]
@@ -168,6 +172,8 @@ def test_missing_data_is_one_clear_error(tmp_path):
         str(tmp_path / "c.csv"),
         "--checkpoints",
         str(tmp_path / "ck"),
+        "--warmstart",
+        str(full_plan(tmp_path / "warmstart")),
     )
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr and "nope" in r.stderr

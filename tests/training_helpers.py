@@ -94,6 +94,14 @@ def make_unlabeled(root: str | Path, n_per_class: int = 6, seed: int = 9) -> Pat
     return root
 
 
+def full_plan(folder: str | Path) -> Path:
+    """What the `warmstart` step writes when there is no production model: a full retrain."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text('{"mode": "full"}')
+    return folder
+
+
 def small_training_params(params: dict) -> dict:
     """Shrink the pretrain/finetune sections of `params` for tests (a copy)."""
     import copy

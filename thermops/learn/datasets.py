@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from thermops.data.prepared import PreparedData, PreparedDataError, load_prepared
 from thermops.io import hash_files
+from thermops.learn.warmstart import camera_fingerprints
 from thermops.model.preprocess import InputSpec, geometry_features, prepare_batch
 
 
@@ -215,6 +216,7 @@ def load_splits(
             for s in ("train", "val", "test")
         },
         "split": "prepared" if split is None else split.mode,
+        "per_camera": camera_fingerprints(data, assigned),  # what a warm retrain compares (thermops.learn.warmstart)
     }
     if split is not None and split.mode != "prepared":
         info["split_params"] = {

@@ -46,7 +46,7 @@ def loaded_code(top: str | Path) -> list[str]:
     files = set()
     for mod in list(sys.modules.values()):
         f = getattr(mod, "__file__", None)
-        if not f or not f.endswith(".py"):
+        if not f or not f.endswith(".py") or not os.path.isabs(f):  # e.g. torch._classes says "_classes.py"
             continue
         try:
             rel = Path(f).resolve().relative_to(top)
