@@ -56,13 +56,15 @@ def _baseline_metrics(
     baseline_dir: Path,
     tubelets: np.ndarray,
     units: list[str],
+    cameras: list[str],
     labels: np.ndarray,
     p: GateParams,
     seed: int,
     d_hash: str,
     p_hash: str,
 ) -> tuple[dict | None, dict]:
-    """The production model's metrics: stored in its card when data and protocol match, else re-measured."""
+    """The production model's metrics: stored in its card when data and protocol match (and the stored
+    figures hold per-camera accuracy), else re-measured."""
     from thermops.robustness.evaluate import evaluate
 
     rec = baseline_record(baseline_dir)
@@ -77,13 +79,18 @@ def _baseline_metrics(
         "git_revision": card.get("git_revision"),
         "data": card.get("data"),
     }
-    if stored and stored.get("data_hash") == d_hash and stored.get("params_hash") == p_hash:
+    same = bool(stored) and stored.get("data_hash") == d_hash and stored.get("params_hash") == p_hash
+    if same and stored.get("per_camera"):
         info["metrics_source"] = "stored in the production card (same test data and protocol)"
         return stored, info
-    m = evaluate(model, input_spec_from_card(card), tubelets, units, labels, p, seed, baseline=True)
+    m = evaluate(model, input_spec_from_card(card), tubelets, units, cameras, labels, p, seed, baseline=True)
     m.pop("_artefacts")
     m.pop("timing_s", None)
-    info["metrics_source"] = "re-measured on this test data (data or protocol changed)"
+    info["metrics_source"] = (
+        "re-measured on this test data (the stored figures have no per-camera accuracy)"
+        if same
+        else "re-measured on this test data (data or protocol changed)"
+    )
     return m, info
 
 
@@ -91,7 +98,10 @@ def decision_figures(gate: dict[str, Any], params: GateParams) -> dict[str, Any]
     """The few numbers the decision rests on: metrics/gate.json (what `dvc metrics show` and KFP show).
 
     Robust accuracy is the per-tubelet worst case over the attacks at each eps the
-    thresholds judge; everything else (curves, sweeps, every check) is in reports/gate/gate.json.
+    thresholds judge; `worst_camera_drop` is the largest production-minus-candidate clean
+    accuracy over the cameras the per-camera regression check compared (None without a
+    production model or with no camera compared); everything else (curves, sweeps, every
+    check, the per-camera table) is in reports/gate/gate.json.
     """
     robust = {}
     for threat, by_eps in params.thresholds.robust_accuracy.items():
@@ -100,6 +110,11 @@ def decision_figures(gate: dict[str, Any], params: GateParams) -> dict[str, Any]
             val = next((v for k, v in curve.items() if abs(float(k) - float(eps)) < 1e-9), None)
             robust[f"{threat}@{eps:g}"] = None if val is None else round(float(val), 4)
     base = gate["baseline"]
+    drops = [
+        c["blessed_value"] - c["value"]
+        for c in gate["checks"]
+        if c["name"].startswith("regression:clean_accuracy[") and not c.get("skipped") and "blessed_value" in c
+    ]
     return {
         "passed": bool(gate["passed"]),
         "failed_checks": len(gate["reasons"]),
@@ -109,6 +124,7 @@ def decision_figures(gate: dict[str, Any], params: GateParams) -> dict[str, Any]
         "flip_rate": round(float(gate["flip_rate"]), 4),
         "slope": round(float(gate["stability_slope"]), 4),
         "baseline": base.get("version") or 0,
+        "worst_camera_drop": round(float(max(drops)), 4) if drops else None,
     }
 
 
@@ -155,15 +171,16 @@ def run(
     labels = data.labels(classes)[idx]
     tubelets = np.asarray(data.tubelets[idx], dtype=np.float32)
     units = [data.rows[i]["units"] for i in idx]
-    d_hash, p_hash = data_hash(tubelets, labels), params_hash(params)
+    cameras = [str(data.rows[i]["camera_id"]) for i in idx]
+    d_hash, p_hash = data_hash(tubelets, labels, cameras), params_hash(params)
 
-    m = evaluate(model, spec, tubelets, units, labels, params, seed)
+    m = evaluate(model, spec, tubelets, units, cameras, labels, params, seed)
     art = m.pop("_artefacts")
     timings = {k: float(v) for k, v in m.pop("timing_s").items()}
     m["data_hash"], m["params_hash"] = d_hash, p_hash
 
     t0 = time.perf_counter()
-    base, base_info = _baseline_metrics(baseline_dir, tubelets, units, labels, params, seed, d_hash, p_hash)
+    base, base_info = _baseline_metrics(baseline_dir, tubelets, units, cameras, labels, params, seed, d_hash, p_hash)
     timings["baseline"] = time.perf_counter() - t0
     normalizer = base["corruption_errors"] if base else m["corruption_errors"]
     m["corruption_ce"], m["mean_ce"] = corruption_ce(m["corruption_errors"], normalizer)

@@ -133,7 +133,7 @@ def gate_params(**over) -> dict:
             "max_flip_rate": 0.5,
             "max_stability_slope": 10.0,
         },
-        "regression": {"accuracy_tol": 0.03, "relative_tol": 0.1, "z": 1.0},
+        "regression": {"accuracy_tol": 0.03, "relative_tol": 0.1, "z": 1.0, "min_camera_n": 10},
         "report": {"examples": 2, "occlusion_window": [2, 8, 8]},
     }
     return merge_params(p, over)

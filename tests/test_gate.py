@@ -110,8 +110,10 @@ def test_a_passing_model_is_gated_and_reported_without_a_baseline(passed, world)
         "flip_rate",
         "slope",
         "baseline",
+        "worst_camera_drop",
     }
     assert figures["passed"] is True and figures["failed_checks"] == 0 and figures["baseline"] == 0
+    assert figures["worst_camera_drop"] is None  # no production model: no camera compared
     assert figures["clean_accuracy"] == round(gate["clean_accuracy"], 4)
     worst = gate["robust_accuracy"]
     assert figures["robust"] == {
@@ -286,3 +288,127 @@ def test_the_gate_report_opened_alone_shows_its_images(passed, tmp_path):
     seen = inspect_page(alone)
     assert len(seen["images"]) == 6 and all(i["ok"] for i in seen["images"]), seen["images"]
     assert seen["text_chars"] > 500
+
+
+# --- per-camera regression check -------------------------------------------------------------
+
+
+def test_per_camera_accuracy_is_computed_from_the_same_predictions(passed, world):
+    import numpy as np
+    import torch
+
+    from thermops.data.prepared import load_prepared
+    from thermops.model.card import input_spec_from_card, load_model_dir
+    from thermops.model.preprocess import prepare_batch
+
+    res, out, _ = passed
+    data = load_prepared(world["prepared"])
+    idx = data.indices("test")
+    model, card = load_model_dir(world["robust"])
+    with torch.no_grad():
+        x = prepare_batch(
+            np.asarray(data.tubelets[idx]), [data.rows[i]["units"] for i in idx], input_spec_from_card(card)
+        )
+        ok = (model(x).argmax(1) == torch.as_tensor(data.labels(card["classes"])[idx])).numpy()
+    cams = np.array([data.rows[i]["camera_id"] for i in idx])
+    expected = {c: {"accuracy": float(ok[cams == c].mean()), "n": int((cams == c).sum())} for c in ("cam0", "cam1")}
+    assert res["per_camera"] == expected
+    assert sum(v["n"] for v in res["per_camera"].values()) == res["n_test"]
+    weighted = sum(v["accuracy"] * v["n"] for v in res["per_camera"].values()) / res["n_test"]
+    assert weighted == pytest.approx(res["clean_accuracy"])
+    # stored in the card, so the next gate compares with it; no check without a production model
+    assert load_card(out / "gated")["gate"]["metrics"]["per_camera"] == res["per_camera"]
+    assert not any(c["name"].startswith("regression:") for c in res["checks"])
+    html = (out / "report" / "index.html").read_text()
+    assert "<h2>Clean accuracy per camera</h2>" in html and html.count("no production model</td>") == 2
+
+
+def test_the_production_model_against_itself_passes_every_camera(world, passed):
+    _, _, baseline = passed
+    res, out = _run(world, world["robust"], "self", baseline)
+    assert res["baseline"]["metrics_source"].startswith("stored")
+    cams = {c["name"]: c for c in res["checks"] if c["name"].startswith("regression:clean_accuracy[")}
+    assert set(cams) == {"regression:clean_accuracy[cam0]", "regression:clean_accuracy[cam1]"}
+    for c in cams.values():
+        assert c["passed"] and not c["skipped"] and c["value"] == c["blessed_value"] and c["n"] == 16
+        assert c["limit"] < c["blessed_value"]  # a margin: tol + z SE on 16 tubelets each side
+    assert res["passed"], res["reasons"]
+    assert json.loads((out / "gate.json").read_text())["worst_camera_drop"] == 0.0
+    html = (out / "report" / "index.html").read_text()
+    assert html.count("<td>pass</td>") == 2
+
+
+def _fpn_camera_data(root: Path, wrong_camera: str | None) -> Path:
+    """Prepared data whose cam1 has a column fixed-pattern (its look: stripes 2 columns wide, +-2 K);
+    with `wrong_camera`, that camera's training labels are shifted by one class (a labelling error)."""
+    import numpy as np
+
+    from thermops.data.prepared import MANIFEST_COLUMNS
+    from thermops.io import read_csv, write_csv
+
+    classes = ["person", "vehicle", "animal", "nuisance"]
+    d = make_prepared(root, n_per_class=80, seed=3)
+    t = np.load(d / "tubelets.npy")
+    rows = read_csv(d / "manifest.csv")
+    stripes = np.where((np.arange(t.shape[-1]) // 2) % 2 == 0, 2.0, -2.0).astype(np.float32)
+    for i, r in enumerate(rows):
+        if r["camera_id"] == "cam1":
+            t[i] += stripes
+        if r["camera_id"] == wrong_camera and r["split"] == "train":
+            r["label"] = classes[(classes.index(r["label"]) + 1) % len(classes)]
+    np.save(d / "tubelets.npy", t)
+    write_csv(d / "manifest.csv", rows, MANIFEST_COLUMNS)
+    return d
+
+
+def test_a_candidate_as_good_overall_but_worse_on_one_camera_fails(tmp_path):
+    """Production learned cam0 wrong and cam1 right; the retrain learned cam0 right and cam1 wrong.
+    Overall they are about as good (the whole-split check passes); cam1 collapses, and the gate says so."""
+    from components import gate
+
+    data = _fpn_camera_data(tmp_path / "test-data", None)
+    production = save_tiny(tmp_path / "production", train_tiny(_fpn_camera_data(tmp_path / "a", "cam0"), epochs=15))
+    candidate = save_tiny(tmp_path / "candidate", train_tiny(_fpn_camera_data(tmp_path / "b", "cam1"), epochs=15))
+    baseline = tmp_path / "baseline"
+    shutil.copytree(production, baseline)
+    (baseline / "production.json").write_text(json.dumps({"version": 3, "tag": "t:3", "digest": "sha256:" + "b" * 64}))
+    loose = {"clean_accuracy": 0.0, "robust_accuracy": {"linf": {0.05: 0.0}}, "max_mean_ce": 100.0}
+    p = section({"gate": gate_params(thresholds=loose, regression={"relative_tol": 100.0})}, "gate", GateParams)
+    out = tmp_path / "run"
+    res = gate.run(p, 7, candidate, data, baseline, out / "gated", out / "report", out / "gate.json")
+    checks = {c["name"]: c for c in res["checks"]}
+    overall = checks["regression:clean_accuracy"]
+    assert overall["passed"], overall  # the whole test split alone would have let it through
+    cam0, cam1 = checks["regression:clean_accuracy[cam0]"], checks["regression:clean_accuracy[cam1]"]
+    assert cam0["passed"] and cam0["value"] > cam0["blessed_value"]  # the candidate fixed cam0
+    assert not cam1["passed"] and cam1["n"] == 32 and cam1["blessed_n"] == 32
+    assert cam1["blessed_value"] - cam1["value"] > 0.5
+    clean_reasons = [r for r in res["reasons"] if r.startswith("regression:clean_accuracy")]
+    assert not res["passed"] and len(clean_reasons) == 1, res["reasons"]
+    assert clean_reasons[0].startswith("regression:clean_accuracy[cam1]: camera cam1 clean accuracy")
+    figures = json.loads((out / "gate.json").read_text())
+    assert figures["worst_camera_drop"] == round(cam1["blessed_value"] - cam1["value"], 4)
+    assert figures["failed_checks"] == len(res["reasons"]) and figures["passed"] is False
+    html = (out / "report" / "index.html").read_text()
+    import re
+
+    rows = dict(re.findall(r"<tr><td>(cam\d)</td><td>32</td>(.*?)</tr>", html))  # the per-camera table
+    assert rows["cam1"].endswith("<td class='fail'>FAIL</td>") and rows["cam0"].endswith("<td>pass</td>")
+
+
+def test_an_old_production_card_without_per_camera_is_re_measured(world, passed):
+    from thermops.io import read_json, write_json
+
+    _, _, baseline = passed
+    old = world["root"] / "baseline-before-per-camera"
+    shutil.copytree(baseline, old)
+    card = read_json(old / "card.json")
+    del card["gate"]["metrics"]["per_camera"]  # a card the gate wrote before per-camera figures
+    write_json(old / "card.json", card)
+    res, _ = _run(world, world["robust"], "old-card", old)
+    assert res["baseline"]["metrics_source"] == (
+        "re-measured on this test data (the stored figures have no per-camera accuracy)"
+    )
+    names = {c["name"] for c in res["checks"] if c["kind"] == "regression"}
+    assert {"regression:clean_accuracy[cam0]", "regression:clean_accuracy[cam1]"} <= names
+    assert res["passed"], res["reasons"]

@@ -17,7 +17,7 @@ import torch
 from robustness_helpers import ArgmaxInside, QuantizedInput, gate_params, one_thread, split_xy, train_tiny  # noqa: F401 (autouse fixture)
 from training_helpers import make_prepared
 
-from thermops.config import section
+from thermops.config import ParamsError, section
 from thermops.robustness import attacks as A
 from thermops.robustness import corruptions as C
 from thermops.robustness import envelope as E
@@ -291,17 +291,28 @@ def test_decision_catches_a_regression_against_the_blessed_model():
     p = section({"gate": gate_params()}, "gate", GateParams)
     th = p.thresholds
     blessed = _metrics(clean=0.9, rob=0.7)
-    ok = decide(_metrics(clean=0.89, rob=0.69), th, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0))
+    ok = decide(
+        _metrics(clean=0.89, rob=0.69),
+        th,
+        blessed,
+        Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=10),
+    )
     assert ok["passed"], ok["reasons"]
     bad = decide(
-        _metrics(clean=0.8, rob=0.5, mce=1.3), th, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+        _metrics(clean=0.8, rob=0.5, mce=1.3),
+        th,
+        blessed,
+        Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=10),
     )
     assert not bad["passed"]
     names = {c["name"] for c in bad["checks"] if not c["passed"]}
     assert {"regression:clean_accuracy", "regression:robust_accuracy[linf][0.05]", "regression:mean_ce"} <= names
     assert len(bad["reasons"]) == len(names)  # one reason per failed check
     first = decide(
-        _metrics(clean=0.8, rob=0.5, mce=1.3), th, None, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+        _metrics(clean=0.8, rob=0.5, mce=1.3),
+        th,
+        None,
+        Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=10),
     )
     assert first["passed"] and not any(c["kind"] == "regression" for c in first["checks"])
 
@@ -320,16 +331,86 @@ def test_regression_margin_grows_with_sampling_noise():
     blessed = _metrics(clean=0.9, rob=0.7)
     cand = _metrics(clean=0.8, rob=0.6)
     strict = decide(
-        cand, p.thresholds, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+        cand, p.thresholds, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=10)
     )  # n unknown: tolerance alone
     assert "regression:clean_accuracy" in {c["name"] for c in strict["checks"] if not c["passed"]}
     for m in (blessed, cand):
         m["n_test"] = 40
         m["robust_accuracy"]["linf"]["n"] = 40
     noisy = decide(
-        cand, p.thresholds, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0)
+        cand, p.thresholds, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=10)
     )  # SE of 0.8 vs 0.9 on 40 each ~ 0.078
     assert "regression:clean_accuracy" not in {c["name"] for c in noisy["checks"] if not c["passed"]}
+
+
+def _cams(**acc_n):
+    return {cam: {"accuracy": a, "n": n} for cam, (a, n) in acc_n.items()}
+
+
+def test_per_camera_regression_fails_the_camera_that_dropped_even_when_overall_holds():
+    p = section({"gate": gate_params()}, "gate", GateParams)
+    reg = Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=30)
+    blessed, cand = _metrics(clean=0.8), _metrics(clean=0.8)
+    blessed["n_test"] = cand["n_test"] = 400
+    blessed["per_camera"] = _cams(north=(0.7, 200), south=(0.9, 200))
+    cand["per_camera"] = _cams(north=(0.9, 200), south=(0.7, 200))  # north improved, south broke
+    d = decide(cand, p.thresholds, blessed, reg)
+    checks = {c["name"]: c for c in d["checks"]}
+    assert checks["regression:clean_accuracy"]["passed"]
+    assert checks["regression:clean_accuracy[north]"]["passed"]
+    south = checks["regression:clean_accuracy[south]"]
+    se = ((0.7 * 0.3 + 0.9 * 0.1) / 200) ** 0.5  # the overall formula on each side's own n
+    assert south["limit"] == pytest.approx(0.9 - (0.03 + se)) and not south["passed"]
+    assert d["reasons"] == [r for r in d["reasons"] if r.startswith("regression:clean_accuracy[south]")] != []
+    assert "camera south" in d["reasons"][0]
+    # around the margin: 0.85 vs 0.9 on 200 each: limit 0.9 - (0.03 + 0.033) = 0.837
+    for south_acc, ok in ((0.85, True), (0.83, False)):
+        cand["per_camera"] = _cams(north=(0.9, 200), south=(south_acc, 200))
+        assert decide(cand, p.thresholds, blessed, reg)["passed"] is ok
+
+
+def test_per_camera_regression_skips_cameras_below_min_camera_n():
+    p = section({"gate": gate_params()}, "gate", GateParams)
+    blessed, cand = _metrics(clean=0.8), _metrics(clean=0.8)
+    blessed["per_camera"] = _cams(big=(0.8, 300), tiny=(0.9, 12))
+    cand["per_camera"] = _cams(big=(0.8, 300), tiny=(0.2, 12))
+    reg = Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=30)
+    d = decide(cand, p.thresholds, blessed, reg)
+    tiny = next(c for c in d["checks"] if c["name"] == "regression:clean_accuracy[tiny]")
+    assert d["passed"] and tiny["passed"] and tiny["skipped"] and tiny["limit"] is None
+    assert "n 12 < min_camera_n 30" in tiny["text"]
+    from thermops.robustness.report import per_camera_rows
+
+    rows = {r[0]: r for r in per_camera_rows({**cand, "checks": d["checks"], "baseline": {"version": 2}})}
+    assert rows["tiny"][-1] == "skipped: n 12 < min_camera_n 30" and rows["big"][-1] == "pass"
+    # the same figures with the knob below 12 are compared, and the drop fails
+    strict = decide(
+        cand, p.thresholds, blessed, Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=12)
+    )
+    assert not strict["passed"] and strict["reasons"][0].startswith("regression:clean_accuracy[tiny]")
+    with pytest.raises(ParamsError, match="min_camera_n must be >= 1"):
+        section({"gate": gate_params(regression={"min_camera_n": 0})}, "gate", GateParams)
+
+
+def test_per_camera_regression_without_production_per_camera_figures_says_so():
+    from thermops.robustness.report import per_camera_rows
+
+    p = section({"gate": gate_params()}, "gate", GateParams)
+    reg = Regression(accuracy_tol=0.03, relative_tol=0.1, z=1.0, min_camera_n=30)
+    cand = _metrics(clean=0.8)
+    cand["per_camera"] = _cams(north=(0.1, 100), south=(0.9, 100))
+    d = decide(cand, p.thresholds, _metrics(clean=0.8), reg)  # a card written before per-camera figures
+    notes = [c for c in d["checks"] if c["name"] == "regression:clean_accuracy[per camera]"]
+    assert d["passed"] and len(notes) == 1 and notes[0]["passed"] and notes[0]["skipped"]
+    assert "not compared: the production model's figures have no per-camera accuracy" in notes[0]["text"]
+    rows = per_camera_rows({**cand, "checks": d["checks"], "baseline": {"version": 2}})
+    assert [r[0] for r in rows] == ["north", "south"] and {r[-1] for r in rows} == {"not compared"}
+    # a camera the production model was never measured on is named, not compared, not failed
+    blessed = _metrics(clean=0.8)
+    blessed["per_camera"] = _cams(south=(0.9, 100))
+    d = decide(cand, p.thresholds, blessed, reg)
+    north = next(c for c in d["checks"] if c["name"] == "regression:clean_accuracy[north]")
+    assert d["passed"] and north["skipped"] and "not in the production model's figures" in north["text"]
 
 
 def test_pgd_early_stop_changes_the_work_not_the_result(plain, test_xy):

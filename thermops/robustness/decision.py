@@ -26,12 +26,66 @@ def _eps_key(curve: dict, eps: float) -> Any:
     return None
 
 
+PER_CAMERA = "regression:clean_accuracy[per camera]"
+
+
+def _per_camera_checks(cand: dict | None, blessed: dict | None, regression: Regression, margin_of) -> list[dict]:
+    """One `regression:clean_accuracy[<camera>]` check per camera both models were measured on.
+
+    Same margin as the overall check on each side's own n; a camera with fewer than
+    `min_camera_n` tubelets on either side is skipped (passed, `skipped: true`). Figures
+    without `per_camera` (a card written before per-camera accuracy) give one passed
+    `not compared` entry instead, never an error.
+    """
+    tol, z, min_n = regression.accuracy_tol, regression.z, regression.min_camera_n
+    if not cand or not blessed:
+        side = "the candidate's" if not cand else "the production model's"
+        return [
+            {
+                **_c(
+                    PER_CAMERA,
+                    "regression",
+                    None,
+                    None,
+                    True,
+                    f"not compared: {side} figures have no per-camera accuracy (measured before per-camera checks)",
+                ),
+                "skipped": True,
+            }
+        ]
+    out = []
+    for cam in sorted(set(cand) | set(blessed)):
+        name = f"regression:clean_accuracy[{cam}]"
+        if cam not in cand or cam not in blessed:
+            where = "the production model's" if cam not in blessed else "the candidate's"
+            out.append(
+                {
+                    **_c(name, "regression", None, None, True, f"camera {cam}: not compared, not in {where} figures"),
+                    "skipped": True,
+                    "camera": cam,
+                }
+            )
+            continue
+        a, na = float(cand[cam]["accuracy"]), int(cand[cam]["n"])
+        b, nb = float(blessed[cam]["accuracy"]), int(blessed[cam]["n"])
+        base = {"camera": cam, "n": na, "blessed_value": b, "blessed_n": nb}
+        if min(na, nb) < min_n:
+            text = f"camera {cam}: not compared, n {min(na, nb)} < min_camera_n {min_n}"
+            out.append({**_c(name, "regression", a, None, True, text), **base, "skipped": True})
+            continue
+        mg = margin_of(a, na, b, nb)
+        text = f"camera {cam} clean accuracy {a:.3f} (n {na}) vs blessed {b:.3f} (n {nb}) - {mg:.3f} ({tol} + {z} SE)"
+        out.append({**_c(name, "regression", a, b - mg, a >= b - mg, text), **base, "skipped": False})
+    return out
+
+
 def decide(metrics: dict, thresholds: Thresholds, blessed: dict | None, regression: Regression) -> dict:
     """Judge `metrics` (the gate's figures) against thresholds and the blessed model's metrics.
 
     Args:
         metrics: needs clean_accuracy, robust_accuracy[threat]["worst"][eps], mean_ce,
-            flip_rate, stability_slope, sanity (list of checks).
+            flip_rate, stability_slope, sanity (list of checks); per_camera
+            ({camera: {accuracy, n}}, optional) for the per-camera regression checks.
         blessed: the blessed model's metrics (same keys), or None for the first model.
     """
     checks: list[dict] = []
@@ -118,6 +172,7 @@ def decide(metrics: dict, thresholds: Thresholds, blessed: dict | None, regressi
                 f"clean accuracy {ca:.3f} vs blessed {b:.3f} - {mg:.3f} ({tol} + {z} SE)",
             )
         )
+        checks.extend(_per_camera_checks(metrics.get("per_camera"), blessed.get("per_camera"), regression, margin_of))
         # Robust accuracy is compared at the eps the thresholds name (where the decision is made).
         for threat, by_eps in thresholds.robust_accuracy.items():
             tm = metrics["robust_accuracy"].get(threat, {})

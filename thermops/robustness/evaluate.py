@@ -1,9 +1,9 @@
 """Run the whole robustness evaluation of one model: the figures the gate decides on.
 
 `evaluate` takes raw test tubelets (N, T0, H0, W0) in their units, resamples them
-to the model's InputSpec, and measures clean accuracy, robust accuracy by threat
-model / attack / eps (with the sanity checks), corruption errors, perspective
-stability and the validated envelope. Expensive parts run on deterministic
+to the model's InputSpec, and measures clean accuracy (overall and per camera, from the
+same predictions), robust accuracy by threat model / attack / eps (with the sanity
+checks), corruption errors, perspective stability and the validated envelope. Expensive parts run on deterministic
 subsets whose sizes come from params (`attack_subset`, `cw.subset`,
 `corruptions.subset`, `perspective.subset`, `perspective.worst_case.subset`).
 """
@@ -36,12 +36,26 @@ def subset(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
-def data_hash(tubelets: np.ndarray, labels: np.ndarray) -> str:
-    """Content hash of the evaluated tubelets and labels (decides whether stored blessed figures apply)."""
+def data_hash(tubelets: np.ndarray, labels: np.ndarray, cameras: list[str]) -> str:
+    """Content hash of the evaluated tubelets, labels and camera ids (decides whether stored blessed
+    figures apply: the per-camera accuracies depend on which camera each tubelet came from)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(tubelets, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    h.update(dumps_json(list(cameras)).encode())
     return h.hexdigest()[:16]
+
+
+def per_camera_accuracy(correct: np.ndarray, cameras: list[str]) -> dict[str, dict[str, Any]]:
+    """{camera_id: {"accuracy", "n"}} of per-tubelet correctness (N,) and the tubelets' camera ids."""
+    correct = np.asarray(correct, dtype=bool)
+    if len(cameras) != len(correct):
+        raise ValueError(f"{len(cameras)} camera ids for {len(correct)} tubelets")
+    cams = np.asarray([str(c) for c in cameras])
+    return {
+        c: {"accuracy": float(correct[cams == c].mean()), "n": int((cams == c).sum())}
+        for c in sorted(set(cams.tolist()))
+    }
 
 
 def params_hash(p: GateParams) -> str:
@@ -210,6 +224,7 @@ def evaluate(
     spec: InputSpec,
     tubelets: np.ndarray,
     units: list[str],
+    cameras: list[str],
     labels: np.ndarray,
     p: GateParams,
     seed: int,
@@ -219,11 +234,14 @@ def evaluate(
 
     Args:
         tubelets: (N, T0, H0, W0) raw test tubelets in their units.
-        units: per-tubelet units; labels: (N,) class indices.
+        units: per-tubelet units; cameras: per-tubelet camera ids (for `per_camera`, the clean
+            accuracy of each camera's tubelets); labels: (N,) class indices.
         baseline: only what the decision compares with (the blessed model re-measured on new
             data): the thresholds' eps, no sanity checks, no worst-case homography or radiometric sweep.
     Returns: a JSON-able metrics dict plus `_artefacts` (tensors for the report).
     """
+    if len(cameras) != len(tubelets):
+        raise ValueError(f"{len(cameras)} camera ids for {len(tubelets)} tubelets")
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     model.eval()
@@ -232,6 +250,7 @@ def evaluate(
     x = normalize(raw, units, spec)
     pred = A.predict(model, x)
     clean_acc = float((pred == y).float().mean())
+    per_camera = per_camera_accuracy((pred == y).numpy(), cameras)
     timing["clean"] = time.perf_counter() - t0
 
     ia = torch.as_tensor(subset(len(x), p.attack_subset, seed))
@@ -277,6 +296,7 @@ def evaluate(
     return {
         "n_test": int(len(x)),
         "clean_accuracy": clean_acc,
+        "per_camera": per_camera,
         "robust_accuracy": suite["robust_accuracy"],
         "sanity": suite["sanity"],
         "sanity_passed": all(s["passed"] for s in suite["sanity"]),

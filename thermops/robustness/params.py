@@ -90,11 +90,18 @@ class Regression:
     """Tolerances against the blessed model: accuracies may drop `accuracy_tol` (absolute)
     plus `z` standard errors of the difference of the two measured accuracies (so that the
     sampling noise of a few dozen attacked tubelets is not called a regression); mean CE,
-    flip rate and stability slope may grow `relative_tol` (relative)."""
+    flip rate and stability slope may grow `relative_tol` (relative). Clean accuracy is also
+    compared camera by camera, with the same margin on each camera's own n; a camera with
+    fewer than `min_camera_n` test tubelets on either side is skipped (its SE says nothing)."""
 
     accuracy_tol: float
     relative_tol: float
     z: float
+    min_camera_n: int
+
+    def __post_init__(self) -> None:
+        if self.min_camera_n < 1:
+            raise ValueError(f"min_camera_n must be >= 1, got {self.min_camera_n}")
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,11 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
         return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+
+    def td(v: Any) -> str:
+        return "<td class='fail'>FAIL</td>" if v == "FAIL" else f"<td>{cell(v)}</td>"
+
+    body = "".join("<tr>" + "".join(td(v) for v in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -246,6 +250,27 @@ def data_uri(path: Path) -> str:
     return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def per_camera_rows(gate: dict) -> list[list[Any]]:
+    """Rows of the per-camera table: camera, n, candidate, production (n), limit, result."""
+    by_cam = {c["camera"]: c for c in gate["checks"] if c.get("camera") is not None}
+    no_base = gate.get("baseline", {}).get("version") is None
+    note = next((c for c in gate["checks"] if c["name"] == "regression:clean_accuracy[per camera]"), None)
+    rows = []
+    for cam, fig in sorted(gate.get("per_camera", {}).items()):
+        c = by_cam.get(cam)
+        if c is None:
+            result = "no production model" if no_base else ("not compared" if note else "-")
+            rows.append([cam, fig["n"], fig["accuracy"], "-", "-", result])
+            continue
+        prod = "-" if c.get("blessed_value") is None else f"{c['blessed_value']:.3f} (n {c['blessed_n']})"
+        if c.get("skipped"):
+            result = "skipped: " + c["text"].split("not compared, ", 1)[-1]
+        else:
+            result = "pass" if c["passed"] else "FAIL"
+        rows.append([cam, fig["n"], fig["accuracy"], prod, "-" if c["limit"] is None else c["limit"], result])
+    return rows
+
+
 def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
     """index.html: decision, reasons, every check, tables of figures, the PNGs inlined (self-contained)."""
     status = "PASSED" if gate["passed"] else "FAILED"
@@ -263,11 +288,29 @@ def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
             + "".join(f"<li class='fail'>{html.escape(r)}</li>" for r in gate["reasons"])
             + "</ul>"
         )
+    note = next((c for c in gate["checks"] if c["name"] == "regression:clean_accuracy[per camera]"), None)
+    parts.append(
+        "<h2>Clean accuracy per camera</h2><p>"
+        + html.escape(
+            "No camera may lose more than the overall check allows (accuracy_tol + z standard errors, "
+            "on each camera's own n) against the production model; cameras with too few test tubelets "
+            "are skipped. " + (note["text"] if note else "")
+        ).strip()
+        + "</p>"
+        + _table(per_camera_rows(gate), ["camera", "n", "candidate", "production", "limit", "result"])
+    )
     parts.append(
         "<h2>Every check</h2>"
         + _table(
             [
-                [("ok" if c["passed"] else "FAIL"), c["name"], c["kind"], c["value"], c["limit"], c["text"]]
+                [
+                    ("skip" if c.get("skipped") else "ok" if c["passed"] else "FAIL"),
+                    c["name"],
+                    c["kind"],
+                    c["value"],
+                    c["limit"],
+                    c["text"],
+                ]
                 for c in gate["checks"]
             ],
             ["", "check", "kind", "value", "limit", "detail"],
