@@ -23,6 +23,7 @@ bento carries the new calibration version.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -127,6 +128,16 @@ def main() -> None:
         for c in gate["checks"]
         if c["name"].startswith("regression:clean_accuracy[")
     }
+    stamps = [  # the watcher logs the retrain's output with a time stamp on every line
+        (dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), m.group(2))
+        for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) \S+ \| (.*)$", recal_log, re.M)
+    ]
+    starts = [(t, m.group(1)) for t, line in stamps if (m := re.match(r"Running stage '([^']+)'", line))]
+    end = stamps[-1][0] if stamps else None
+    stage_s = {
+        name: round(((starts[i + 1][0] if i + 1 < len(starts) else end) - t).total_seconds(), 1)
+        for i, (t, name) in enumerate(starts)
+    }
     result = {
         "camera": args.camera,
         "promoted_first": not args.no_promote,
@@ -136,6 +147,7 @@ def main() -> None:
         "ratio": round(recal_s / full_s, 3),
         "full_stages": sorted(set(re.findall(r"Running stage '([^']+)'", full_log))),
         "recalibration_stages": sorted(set(re.findall(r"Running stage '([^']+)'", recal_log))),
+        "recalibration_stage_s": stage_s,
         "gate_passed": gate["passed"],
         "clean_accuracy": gate["clean_accuracy"],
         "per_camera_regression_checks": per_camera,
