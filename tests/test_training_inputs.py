@@ -339,3 +339,39 @@ def test_each_pretraining_method_trains_the_encoder(method):
     assert all(g is not None for g in grads) and all(float(g.abs().sum()) > 0 for g in grads)
     with pytest.raises(ValueError, match="pretrain.method"):
         from_params(PretrainParams, "pretrain", method="byol")
+
+
+def test_each_few_label_arm_trains_with_its_own_encoder_learning_rate(tmp_path):
+    """scratch_encoder_lr_scale reaches the scratch arm only: at 0 its encoder weights stay at their init,
+    while the pretrained arm (low_label.optim.encoder_lr_scale 1.0) moves its encoder."""
+    from components.finetune import FinetuneParams, few_label_comparison, initializer
+
+    prepared = make_prepared(tmp_path / "prepared", n_per_class=12, seed=4)
+    spec = from_params(InputSpec, "input")
+    splits = load_splits(prepared, CLASSES, spec)
+    mc = from_params(ModelConfig, "model", size="tiny")
+    ft = from_params(FinetuneParams, "finetune")
+    low = dataclasses.replace(
+        ft.low_label,
+        optim=dataclasses.replace(ft.low_label.optim, epochs=1, batch_size=8, warmup_epochs=0, encoder_lr_scale=1.0),
+        seeds=[0],
+        scratch_encoder_lr_scale=0.0,
+    )
+    ft = dataclasses.replace(ft, low_label=low)
+    enc = TubeletClassifier(mc, len(CLASSES)).encoder.state_dict()
+    made = initializer(mc, len(CLASSES), 0, enc)
+    seen: dict[str, tuple[TubeletClassifier, dict]] = {}
+
+    def fresh(pretrained: bool, seed: int):
+        m, missing, unexpected = made(pretrained, seed)
+        weights = {k: v.clone() for k, v in m.encoder.named_parameters()}
+        seen["pretrained" if pretrained else "scratch"] = (m, weights)
+        return m, missing, unexpected
+
+    few_label_comparison(ft, splits, CLASSES, 0, torch.device("cpu"), fresh)
+
+    def moved(arm: str) -> bool:
+        m, before = seen[arm]
+        return any(not torch.equal(p, before[k]) for k, p in m.encoder.named_parameters())
+
+    assert moved("pretrained") and not moved("scratch")
