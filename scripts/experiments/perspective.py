@@ -67,19 +67,22 @@ VARIANTS = {
 
 class BoundGeometry(nn.Module):
     """A geometry-taking classifier with the features of a fixed batch bound, for the gate's
-    perspective sweep (which calls model(x) and model.embed(x) on that batch as a whole)."""
+    perspective sweep, which calls model(x) on that batch in consecutive chunks (every pass over
+    all rows, in order): each call takes the next len(x) rows' features, cycling."""
 
     def __init__(self, model: TubeletClassifier, geo: torch.Tensor):
         super().__init__()
-        self.model, self.geo_rows = model, geo
+        self.model, self.geo_rows, self.cursor = model, geo, 0
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.embed(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(x) != len(self.geo_rows):
-            raise ValueError(f"bound to {len(self.geo_rows)} rows, got {len(x)}")
-        return self.model(x, self.geo_rows)
+        start, n = self.cursor, len(x)
+        if start + n > len(self.geo_rows):
+            raise ValueError(f"bound to {len(self.geo_rows)} rows: rows {start}-{start + n} do not exist")
+        self.cursor = (start + n) % len(self.geo_rows)
+        return self.model(x, self.geo_rows[start : start + n])
 
 
 def split_grid(cameras: list[str], base: SplitParams, names: list[str]) -> dict[str, SplitParams]:
