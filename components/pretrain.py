@@ -109,8 +109,9 @@ def run(
         The metrics dict.
     """
     t0 = time.perf_counter()
-    if warmstart is not None and read_plan(warmstart)["mode"] == "warm":
-        return reuse_production_encoder(cfg, model_cfg, spec, seed, warmstart, out, metrics, curve, t0)
+    plan = read_plan(warmstart) if warmstart is not None else {"mode": "full"}
+    if plan["mode"] == "warm":
+        return reuse_production_encoder(cfg, model_cfg, spec, seed, plan, warmstart, out, metrics, curve, t0)
     seed_everything(seed)
     device = setup_distributed(cfg.device)
     dataset, info = load_unlabeled(data, spec, split, unlabeled if cfg.unlabeled else None)
@@ -192,14 +193,15 @@ def reuse_production_encoder(
     model_cfg: ModelConfig,
     spec: InputSpec,
     seed: int,
+    plan: dict,
     warmstart: Path,
     out: Path,
     metrics: Path,
     curve: Path,
     t0: float,
 ) -> dict:
-    """A warm retrain's encoder: the production model's, unchanged (no epoch runs)."""
-    plan, prod = read_plan(warmstart), load_card(warmstart)
+    """A warm retrain's encoder: the production model's (`plan` and the model in `warmstart`), unchanged."""
+    prod = load_card(warmstart)
     if prod["model"] != model_cfg.to_dict() or prod["input"] != spec.to_dict():
         raise ValueError(f"{warmstart}: the production model's architecture or input differs from params")
     state = torch.load(Path(warmstart) / "model.pt", map_location="cpu", weights_only=True)

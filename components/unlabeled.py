@@ -76,10 +76,9 @@ def _unlabel(rows: list[dict]) -> list[dict]:
     return [{**{k: r[k] for k in UNLABELED_COLUMNS if k in r}, "split": UNLABELED_SPLIT} for r in rows]
 
 
-def _camera_key(cal, world: SynthParams, p: PrepareParams, cfg: UnlabeledParams, classes, seed: int) -> str:
-    """What one camera's unlabeled tubelets are a function of, hashed (see the module docstring)."""
-    inputs = {
-        "calibration": cal.model_dump(mode="json"),
+def _key_inputs(world: SynthParams, p: PrepareParams, cfg: UnlabeledParams, classes, seed: int) -> dict:
+    """What every camera's unlabeled tubelets depend on besides its calibration (the code hashed once)."""
+    return {
         "world": dataclasses.asdict(world),
         "prepare": dataclasses.asdict(p),
         "unlabeled": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "real_sources"},
@@ -87,20 +86,24 @@ def _camera_key(cal, world: SynthParams, p: PrepareParams, cfg: UnlabeledParams,
         "seed": seed,
         "code": hash_files([CODE_ROOT / f for f in loaded_code(CODE_ROOT)], root=CODE_ROOT),
     }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _cached(cache: Path | None, cam: str, key: str) -> tuple[list[dict], list[np.ndarray]] | None:
-    if cache is None or not (cache / f"{cam}-{key}.npz").is_file():
+def _entry(cam: str, cal, shared: dict) -> str:
+    """The cache file name of one camera's tubelets: its id and the hash of all they depend on."""
+    inputs = {**shared, "calibration": cal.model_dump(mode="json")}
+    return f"{cam}-{hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:32]}.npz"
+
+
+def _cached(cache: Path | None, name: str) -> tuple[list[dict], list[np.ndarray]] | None:
+    if cache is None or not (cache / name).is_file():
         return None
-    with np.load(cache / f"{cam}-{key}.npz", allow_pickle=False) as z:
-        rows = json.loads(str(z["rows"]))
-        return rows, list(z["tubelets"])
+    with np.load(cache / name, allow_pickle=False) as z:
+        return json.loads(str(z["rows"])), list(z["tubelets"])
 
 
-def _store(cache: Path, cam: str, key: str, rows: list[dict], arrays: list[np.ndarray]) -> None:
+def _store(cache: Path, name: str, rows: list[dict], arrays: list[np.ndarray]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
-    with atomic_file(cache / f"{cam}-{key}.npz", "wb") as fh:
+    with atomic_file(cache / name, "wb") as fh:
         np.savez(fh, tubelets=np.stack(arrays).astype(np.float32), rows=np.array(dumps_json(rows)))
 
 
@@ -140,13 +143,14 @@ def run(
     arrays: list[np.ndarray] = []
     keys: set[str] = set()
     from_cache: list[str] = []
+    shared = _key_inputs(world, p, cfg, classes, seed) if cache is not None else {}
     for cam in cameras if cfg.clips_per_camera else []:
         cal = calibrations.get(cam)
         if cal is None:
             raise PrepareError(f"{calibration_dir}: no calibration for camera {cam!r}")
-        key = _camera_key(cal, world, p, cfg, classes, seed)
-        keys.add(f"{cam}-{key}.npz")
-        hit = _cached(cache, cam, key)
+        name = _entry(cam, cal, shared)
+        keys.add(name)
+        hit = _cached(cache, name)
         if hit is not None:
             rows.extend(hit[0])
             arrays.extend(hit[1])
@@ -162,8 +166,7 @@ def run(
             cam_rows.extend(_unlabel(r))
             cam_arrays.extend(a)
         if cache is not None and cam_rows:
-            _store(cache, cam, key, cam_rows, cam_arrays)
-            cam_rows = _cached(cache, cam, key)[0]  # the rows as the cache gives them: one form either way
+            _store(cache, name, cam_rows, cam_arrays)
         rows.extend(cam_rows)
         arrays.extend(cam_arrays)
     if cache is not None and cache.is_dir():

@@ -101,13 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         """{encoder LR factor: the arm's few-label figures} (same seeds and subsets): the params' factor of
         the arm (`low_label.optim.encoder_lr_scale`, or `scratch_encoder_lr_scale` for scratch), or each of
         --encoder-lr-scales."""
-        if not args.encoder_lr_scales:
-            sc = ft.low_label.optim.encoder_lr_scale if arm == "pretrained" else ft.low_label.scratch_encoder_lr_scale
-            return {
-                f"{sc:g}": few_label_comparison(ft, splits, classes, seed, device, fresh, arms=(arm,))["few_label"][arm]
-            }
+        own = ft.low_label.optim.encoder_lr_scale if arm == "pretrained" else ft.low_label.scratch_encoder_lr_scale
         out = {}
-        for sc in args.encoder_lr_scales:
+        for sc in args.encoder_lr_scales or [own]:
             low = dataclasses.replace(
                 ft.low_label,
                 optim=dataclasses.replace(ft.low_label.optim, encoder_lr_scale=sc),

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from thermops.robustness.decision import PER_CAMERA
+
 NOT_CURVES = ("more_steps", "subset_n")  # entries of robust_accuracy[threat] that are not {eps: acc}
 
 
@@ -254,7 +256,7 @@ def per_camera_rows(gate: dict) -> list[list[Any]]:
     """Rows of the per-camera table: camera, n, candidate, production (n), limit, result."""
     by_cam = {c["camera"]: c for c in gate["checks"] if c.get("camera") is not None}
     no_base = gate.get("baseline", {}).get("version") is None
-    note = next((c for c in gate["checks"] if c["name"] == "regression:clean_accuracy[per camera]"), None)
+    note = next((c for c in gate["checks"] if c["name"] == PER_CAMERA), None)
     rows = []
     for cam, fig in sorted(gate.get("per_camera", {}).items()):
         c = by_cam.get(cam)
@@ -288,7 +290,7 @@ def write_html(out: Path, gate: dict, images: list[tuple[str, str]]) -> None:
             + "".join(f"<li class='fail'>{html.escape(r)}</li>" for r in gate["reasons"])
             + "</ul>"
         )
-    note = next((c for c in gate["checks"] if c["name"] == "regression:clean_accuracy[per camera]"), None)
+    note = next((c for c in gate["checks"] if c["name"] == PER_CAMERA), None)
     parts.append(
         "<h2>Clean accuracy per camera</h2><p>"
         + html.escape(
