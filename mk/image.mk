@@ -3,7 +3,7 @@
 # with `docker build` where a daemon answers. See docs/image.md.
 #   make base-image   debootstrap Debian bookworm -> localhost/thermops-base:bookworm (once; reused)
 #   make image        build ./Dockerfile -> $(IMAGE):<git rev> and :latest, print the size
-#   make image-test   build, then run compiled pipeline steps inside the image (tests/test_image_run.py)
+#   make image-test   build, then run compiled pipeline steps inside the image (tests/test_image_run.py, tests/test_image_missing_import.py)
 #   make image-push   push $(IMAGE):<git rev> to $(REGISTRY)/thermops:<git rev>; prints the
 #                     pinned reference (repo@sha256:<digest>) for kubeflow.image
 IMAGE ?= localhost/thermops
@@ -32,4 +32,4 @@ image-push: image
 
 # The in-image run: fast pin checks plus real steps in the just-built image.
 image-test: setup image
-	THERMOPS_IMAGE=$(IMAGE):latest $(BIN)/python -m pytest tests/test_image_pins.py tests/test_image_run.py tests/test_image_registry.py -x -q -p no:cacheprovider
+	THERMOPS_IMAGE=$(IMAGE):latest $(BIN)/python -m pytest tests/test_image_pins.py tests/test_image_run.py tests/test_image_missing_import.py tests/test_image_registry.py -x -q -p no:cacheprovider

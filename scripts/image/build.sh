@@ -9,6 +9,8 @@
 # Debian base with buildah, the Dockerfile's CUDA PyTorch default with Docker),
 # BUILDER (auto|buildah|docker), LAYERS (buildah --layers, default false: with vfs
 # storage every cached step is a full copy of the root filesystem, 6+ GB here),
+# COMPRESS (default 1: gzip the committed layer; 0 stores it uncompressed, which is
+# faster but needs ~5 GB more free disk while committing, see docs/image.md "Disk"),
 # EXTRA_BUILD_ARGS (appended to the build command).
 set -euo pipefail
 
@@ -42,6 +44,20 @@ if [[ "$BUILDER" == docker ]]; then
     size=$(docker image inspect --format '{{.Size}}' "$IMAGE:$TAG")
 else
     "$repo/scripts/image/ensure-tools.sh"
+    # Committing the one big layer holds the working container, the layer's blob (twice:
+    # buildah's copy and the storage's) and the new layer at once: 19 GB at the peak here
+    # with gzip, 25.5 GB without (docs/image.md, "Disk"). Say so before minutes of work.
+    need_gb=$([[ "${COMPRESS:-1}" == 0 ]] && echo 26 || echo 19)
+    graphroot=$(buildah --storage-driver "$STORAGE_DRIVER" info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)
+    for dir in "$graphroot" "${TMPDIR:-/var/tmp}"; do
+        probe=$dir; while [[ ! -e "$probe" ]]; do probe=$(dirname "$probe"); done
+        free_gb=$(( $(df -Pk "$probe" | awk 'NR==2 {print $4}') / 1048576 ))
+        if (( free_gb < need_gb )); then
+            echo "warning: $dir has $free_gb GB free; building the image needs about $need_gb GB there" \
+                 "(vfs storage: working container + layer blobs + new layer). Free space, or remove old" \
+                 "images: buildah --storage-driver $STORAGE_DRIVER rmi --all" >&2
+        fi
+    done
     BASE_IMAGE="${BASE_IMAGE:-localhost/thermops-base:bookworm}"
     if [[ "$BASE_IMAGE" == localhost/thermops-base:* ]]; then
         BASE_TAG="$BASE_IMAGE" "$repo/scripts/image/make-base.sh"
@@ -68,6 +84,7 @@ else
     nice buildah --storage-driver "$STORAGE_DRIVER" bud \
         --isolation chroot \
         --layers="${LAYERS:-false}" \
+        --disable-compression="$([[ "${COMPRESS:-1}" == 0 ]] && echo true || echo false)" \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         --build-arg "GIT_REVISION=$rev" \
         "${volumes[@]}" \
