@@ -9,8 +9,10 @@
 # Debian base with buildah, the Dockerfile's CUDA PyTorch default with Docker),
 # BUILDER (auto|buildah|docker), LAYERS (buildah --layers, default false: with vfs
 # storage every cached step is a full copy of the root filesystem, 6+ GB here),
-# COMPRESS (default 1: gzip the committed layer; 0 stores it uncompressed, which is
-# faster but needs ~5 GB more free disk while committing, see docs/image.md "Disk"),
+# BLOB_TMPDIR (where the layer blobs go while committing; default TMPDIR, or /dev/shm
+# when the disk is short and memory is not), COMPRESS (default 1: gzip the committed
+# layer; 0 leaves it uncompressed: no faster here, and its blobs take ~5 GB more; see
+# docs/image.md, "Disk"),
 # EXTRA_BUILD_ARGS (appended to the build command).
 set -euo pipefail
 
@@ -44,19 +46,41 @@ if [[ "$BUILDER" == docker ]]; then
     size=$(docker image inspect --format '{{.Size}}' "$IMAGE:$TAG")
 else
     "$repo/scripts/image/ensure-tools.sh"
-    # Committing the one big layer holds the working container, the layer's blob (twice:
-    # buildah's copy and the storage's) and the new layer at once: 19 GB at the peak here
-    # with gzip, 25.5 GB without (docs/image.md, "Disk"). Say so before minutes of work.
-    need_gb=$([[ "${COMPRESS:-1}" == 0 ]] && echo 26 || echo 19)
+    # Committing the one big layer holds, at once, the working container and the new
+    # layer on the storage's disk (with vfs each a full copy of the image, ~6.5 GB), and
+    # the layer's blob twice (buildah's copy and the storage's, ~3.7 GB each with gzip)
+    # under TMPDIR (default /var/tmp). Measured peaks: docs/image.md, "Disk". When that is
+    # one disk, it is short, and memory is not, the blobs go to a RAM-backed folder
+    # (/dev/shm) instead; BLOB_TMPDIR names a folder for them explicitly.
+    gb_free() { local p=$1; while [[ ! -e "$p" ]]; do p=$(dirname "$p"); done; echo $(( $(df -Pk "$p" | awk 'NR==2 {print $4}') / 1048576 )); }
+    fs_of() { local p=$1; while [[ ! -e "$p" ]]; do p=$(dirname "$p"); done; df -P "$p" | awk 'NR==2 {print $1}'; }
+    store_need=13
+    blob_need=$([[ "${COMPRESS:-1}" == 0 ]] && echo 13 || echo 8)
     graphroot=$(buildah --storage-driver "$STORAGE_DRIVER" info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)
-    for dir in "$graphroot" "${TMPDIR:-/var/tmp}"; do
-        probe=$dir; while [[ ! -e "$probe" ]]; do probe=$(dirname "$probe"); done
-        free_gb=$(( $(df -Pk "$probe" | awk 'NR==2 {print $4}') / 1048576 ))
-        if (( free_gb < need_gb )); then
-            echo "warning: $dir has $free_gb GB free; building the image needs about $need_gb GB there" \
-                 "(vfs storage: working container + layer blobs + new layer). Free space, or remove old" \
-                 "images: buildah --storage-driver $STORAGE_DRIVER rmi --all" >&2
-        fi
+    blob_dir=${BLOB_TMPDIR:-${TMPDIR:-/var/tmp}}
+    made_blob_dir=
+    if [[ -z "${BLOB_TMPDIR:-}" && "$(fs_of "$blob_dir")" == "$(fs_of "$graphroot")" ]] \
+        && (( $(gb_free "$graphroot") < store_need + blob_need )) \
+        && [[ "$(df -P /dev/shm 2>/dev/null | awk 'NR==2 {print $1}')" == tmpfs ]] \
+        && (( $(gb_free /dev/shm) >= blob_need + 2 )) \
+        && (( $(awk '/^MemAvailable:/ {print int($2 / 1048576)}' /proc/meminfo) >= blob_need + 6 )); then
+        blob_dir=$(mktemp -d /dev/shm/thermops-image-blobs.XXXXXX)
+        made_blob_dir=$blob_dir
+        trap 'rm -rf "$made_blob_dir"' EXIT
+        echo "note: $(gb_free "$graphroot") GB free on the storage's disk, short of $((store_need + blob_need)) GB:" \
+             "the layer blobs ($blob_need GB at most) go to $blob_dir (RAM) while committing" >&2
+    fi
+    short=()
+    if [[ "$(fs_of "$blob_dir")" == "$(fs_of "$graphroot")" ]]; then
+        (( $(gb_free "$graphroot") >= store_need + blob_need )) || short+=("$graphroot and $blob_dir (one disk): $(gb_free "$graphroot") GB free, about $((store_need + blob_need)) GB needed")
+    else
+        (( $(gb_free "$graphroot") >= store_need )) || short+=("$graphroot: $(gb_free "$graphroot") GB free, about $store_need GB needed")
+        (( $(gb_free "$blob_dir") >= blob_need )) || short+=("$blob_dir: $(gb_free "$blob_dir") GB free, about $blob_need GB needed")
+    fi
+    for line in "${short[@]}"; do
+        echo "warning: short of disk for the image build: $line (vfs: working container + new layer;" \
+             "TMPDIR/BLOB_TMPDIR: the layer blobs). Free space, or remove old images:" \
+             "buildah --storage-driver $STORAGE_DRIVER rmi --all" >&2
     done
     BASE_IMAGE="${BASE_IMAGE:-localhost/thermops-base:bookworm}"
     if [[ "$BASE_IMAGE" == localhost/thermops-base:* ]]; then
@@ -81,7 +105,7 @@ else
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] && \
         volumes+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
     # shellcheck disable=SC2086
-    nice buildah --storage-driver "$STORAGE_DRIVER" bud \
+    TMPDIR="$blob_dir" nice buildah --storage-driver "$STORAGE_DRIVER" bud \
         --isolation chroot \
         --layers="${LAYERS:-false}" \
         --disable-compression="$([[ "${COMPRESS:-1}" == 0 ]] && echo true || echo false)" \
