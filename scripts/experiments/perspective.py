@@ -59,9 +59,13 @@ VARIANTS = {
     "metric": (True, (), False),
     "box": (False, (), False),
     "box+scale": (False, GEOMETRY_FEATURES, False),
+    # only the range-invariant feature: the metres the window covers (with `known`), not the
+    # camera pixels across it, which shrink with range and extrapolate on unseen ranges
+    "box+metric": (False, ("metric_scale", "known"), False),
     "metric+scale": (True, GEOMETRY_FEATURES, False),
     "box+far": (False, (), True),
     "box+scale+far": (False, GEOMETRY_FEATURES, True),
+    "box+metric+far": (False, ("metric_scale", "known"), True),
 }
 
 

@@ -33,6 +33,7 @@ from thermops.camera.sensor import (
     invert_display,
     motion_smear,
 )
+from thermops.parallel import map_in_processes
 from thermops.world.objects import (
     Animal,
     Bird,
@@ -47,7 +48,17 @@ from thermops.world.objects import (
     Vehicle,
     person_params,
 )
-from thermops.world.scene import Conditions, background, camera_rays, conditions, layout, scene_geometry
+from thermops.world.scene import (
+    Conditions,
+    Layout,
+    Rays,
+    SceneGeometry,
+    background,
+    camera_rays,
+    conditions,
+    layout,
+    scene_geometry,
+)
 
 LABELS = ("person", "vehicle", "animal", "nuisance")
 
@@ -589,89 +600,114 @@ def synthesize_camera(cfg: SynthParams, cal: Calibration, seed: int) -> list[Cli
     weights = np.array([cfg.outputs[k] for k in kinds], dtype=np.float64)
     weights /= weights.sum()
     gain = float(cal.radiometry.celsius_to_counts(21.0) - cal.radiometry.celsius_to_counts(20.0))  # counts per K
-    out = []
+    shared = _CameraWorld(cfg, cal, camera, base, lay, sensor, rays, geom, hour_offset, kinds, weights, gain)
     # Sequences first, then single frames (stills), each split and kind from its own random stream.
     plan = [(split, si, ci, False) for si, split in enumerate(SPLITS) for ci in range(cfg.clips[split])]
     plan += [(split, si, ci, True) for si, split in enumerate(SPLITS) for ci in range(cfg.stills[split])]
-    for split, si, ci, still in plan:
-        n = 1 if still else cfg.frames[split]
-        t_mid = 0.5 * (n - 1) / cfg.fps
-        rng = np.random.default_rng([base, 1 + si + (len(SPLITS) if still else 0), ci])
-        clip_id = f"{cal.camera_id}-{split}{'-still' if still else ''}{ci:03d}"
-        h_index = (ci + hour_offset + 2 * si + (1 if still else 0)) % len(cfg.hours)
-        hour = float(cfg.hours[h_index]) + float(rng.uniform(-0.25, 0.25))
-        weather = str(rng.choice(cfg.weathers))
-        cond = conditions(hour % 24.0, weather, float(rng.uniform(*cfg.mean_air_c)))
-        output = str(rng.choice(kinds, p=weights))
-        extra_blur = float(rng.uniform(*cfg.defocus_px))
-        tau_s = float(rng.uniform(*cfg.tau_ms)) / 1000.0
-        bg, depth, _ = background(camera, rays, lay, cond, geom)
-        things: list[Thing] = []
-        first = int(rng.integers(0, 3))
-        for k in range(cfg.objects_per_clip):
-            things.append(
-                sample_object(LABELS[(first + k) % 3], camera, cond, rng, t_mid, cfg.near_fraction, cfg.static_fraction)
-            )
-        for _ in range(cfg.nuisance_per_clip):
-            things.append(sample_nuisance(camera, cond, rng, t_mid, int(rng.integers(0, 2**31))))
-        tracks = [f"{clip_id}-t{j:02d}" for j in range(len(things))]
-        temps = np.empty((n, camera.height, camera.width), dtype=np.float32)
-        anns: list[dict] = []
-        for fi in range(n):
-            t = fi / cfg.fps
-            fld = bg.copy()
-            if cond.weather == "rain":
-                rain_streaks(fld, cond, rng)
-            owner = np.full(fld.shape, -1, dtype=np.int16)
-            cv = Canvas(camera, cond, fld, depth, owner=owner, reach=owner.copy())
-            # Painter's order: far objects first, so near ones cover them.
-            order = sorted(range(len(things)), key=lambda j: -float(camera.ground_range(things[j].ground_xy(t))[0]))
-            drawn = []
-            for j in order:
-                before, reach = cv.drawn, cv.reachable
-                cv.current = j
-                ext = _draw(cv, things[j], t, tau_s)
-                field_like = isinstance(things[j], (HeatShimmer, RainStreak))  # no solid outline to hide
-                hidden = cv.drawn - before < 0.3 and not field_like
-                if ext is None or hidden:
-                    continue  # behind the camera, outside the frame, or hidden behind a structure
-                seen = 1.0 if field_like else (cv.drawn - before) / max(cv.reachable - reach, 1e-9)
-                win = (max(0, int(ext[0][0]) - 1), max(0, int(ext[0][1]) - 1),
-                       int(np.ceil(ext[1][0])) + 2, int(np.ceil(ext[1][1])) + 2)  # fmt: skip
-                px = int((cv.reach[win[1] : win[3], win[0] : win[2]] == j).sum())  # its own pixels, parts united
-                drawn.append((j, ext, seen, px, win, field_like))
-            for j, ext, seen, px, win, field_like in drawn:
-                if px >= 4 and not field_like:  # what nearer objects and structures left of it in the frame
-                    seen = min(seen, float((owner[win[1] : win[3], win[0] : win[2]] == j).sum()) / px)
-                row = _annotation(clip_id, fi, tracks[j], things[j], ext, camera, t, seen, cfg.min_visible)
-                if row is not None:
-                    anns.append(row)
-            temps[fi] = fld
-        ffc_phase = float(rng.uniform(0, sensor.ffc_interval_s))
-        agc = ""
-        if output == "counts":
-            frames = sensor.counts(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
-            dtype, units = "uint16", "counts"
-        else:
-            c = sensor.counts_float(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
-            frames, agc = display_output(output, c, gain, cfg.display, rng)
-            dtype, units = "uint8", "display8"
-        row = {
-            "clip_id": clip_id,
-            "camera_id": cal.camera_id,
-            "calibration_version": cal.version,
-            "source": "synthetic",
-            "n_frames": n,
-            "height": camera.height,
-            "width": camera.width,
-            "dtype": dtype,
-            "units": units,
-            "fps": cfg.fps,
-            "time_of_day_h": round(hour % 24.0, 3),
-            "weather": weather,
-            "ambient_c": round(cond.air_c, 3),
-            "split": split,
-            "agc": agc,
-        }
-        out.append(ClipResult(row, anns, frames))
-    return out
+    # every clip draws from its own stream and reads the camera's world only: one process per core
+    return map_in_processes(_render_clip, [(shared, item) for item in plan])
+
+
+@dataclass(frozen=True)
+class _CameraWorld:
+    """What every clip of one camera shares, read-only: the camera, its layout, sensor and scene."""
+
+    cfg: SynthParams
+    cal: Calibration
+    camera: PinholeCamera
+    base: int
+    lay: Layout
+    sensor: SensorModel
+    rays: Rays
+    geom: SceneGeometry
+    hour_offset: int
+    kinds: list[str]
+    weights: np.ndarray
+    gain: float
+
+
+def _render_clip(job: tuple[_CameraWorld, tuple[str, int, int, bool]]) -> ClipResult:
+    """One clip of a camera (`synthesize_camera`'s plan item), from its own random stream."""
+    w, (split, si, ci, still) = job
+    cfg, cal, camera, base, lay, sensor, rays, geom = w.cfg, w.cal, w.camera, w.base, w.lay, w.sensor, w.rays, w.geom
+    hour_offset, kinds, weights, gain = w.hour_offset, w.kinds, w.weights, w.gain
+    n = 1 if still else cfg.frames[split]
+    t_mid = 0.5 * (n - 1) / cfg.fps
+    rng = np.random.default_rng([base, 1 + si + (len(SPLITS) if still else 0), ci])
+    clip_id = f"{cal.camera_id}-{split}{'-still' if still else ''}{ci:03d}"
+    h_index = (ci + hour_offset + 2 * si + (1 if still else 0)) % len(cfg.hours)
+    hour = float(cfg.hours[h_index]) + float(rng.uniform(-0.25, 0.25))
+    weather = str(rng.choice(cfg.weathers))
+    cond = conditions(hour % 24.0, weather, float(rng.uniform(*cfg.mean_air_c)))
+    output = str(rng.choice(kinds, p=weights))
+    extra_blur = float(rng.uniform(*cfg.defocus_px))
+    tau_s = float(rng.uniform(*cfg.tau_ms)) / 1000.0
+    bg, depth, _ = background(camera, rays, lay, cond, geom)
+    things: list[Thing] = []
+    first = int(rng.integers(0, 3))
+    for k in range(cfg.objects_per_clip):
+        things.append(
+            sample_object(LABELS[(first + k) % 3], camera, cond, rng, t_mid, cfg.near_fraction, cfg.static_fraction)
+        )
+    for _ in range(cfg.nuisance_per_clip):
+        things.append(sample_nuisance(camera, cond, rng, t_mid, int(rng.integers(0, 2**31))))
+    tracks = [f"{clip_id}-t{j:02d}" for j in range(len(things))]
+    temps = np.empty((n, camera.height, camera.width), dtype=np.float32)
+    anns: list[dict] = []
+    for fi in range(n):
+        t = fi / cfg.fps
+        fld = bg.copy()
+        if cond.weather == "rain":
+            rain_streaks(fld, cond, rng)
+        owner = np.full(fld.shape, -1, dtype=np.int16)
+        cv = Canvas(camera, cond, fld, depth, owner=owner, reach=owner.copy())
+        # Painter's order: far objects first, so near ones cover them.
+        order = sorted(range(len(things)), key=lambda j: -float(camera.ground_range(things[j].ground_xy(t))[0]))
+        drawn = []
+        for j in order:
+            before, reach = cv.drawn, cv.reachable
+            cv.current = j
+            ext = _draw(cv, things[j], t, tau_s)
+            field_like = isinstance(things[j], (HeatShimmer, RainStreak))  # no solid outline to hide
+            hidden = cv.drawn - before < 0.3 and not field_like
+            if ext is None or hidden:
+                continue  # behind the camera, outside the frame, or hidden behind a structure
+            seen = 1.0 if field_like else (cv.drawn - before) / max(cv.reachable - reach, 1e-9)
+            win = (max(0, int(ext[0][0]) - 1), max(0, int(ext[0][1]) - 1),
+                   int(np.ceil(ext[1][0])) + 2, int(np.ceil(ext[1][1])) + 2)  # fmt: skip
+            px = int((cv.reach[win[1] : win[3], win[0] : win[2]] == j).sum())  # its own pixels, parts united
+            drawn.append((j, ext, seen, px, win, field_like))
+        for j, ext, seen, px, win, field_like in drawn:
+            if px >= 4 and not field_like:  # what nearer objects and structures left of it in the frame
+                seen = min(seen, float((owner[win[1] : win[3], win[0] : win[2]] == j).sum()) / px)
+            row = _annotation(clip_id, fi, tracks[j], things[j], ext, camera, t, seen, cfg.min_visible)
+            if row is not None:
+                anns.append(row)
+        temps[fi] = fld
+    ffc_phase = float(rng.uniform(0, sensor.ffc_interval_s))
+    agc = ""
+    if output == "counts":
+        frames = sensor.counts(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
+        dtype, units = "uint16", "counts"
+    else:
+        c = sensor.counts_float(temps, rng, ffc_phase, housing_c=cond.air_c, extra_blur_px=extra_blur)
+        frames, agc = display_output(output, c, gain, cfg.display, rng)
+        dtype, units = "uint8", "display8"
+    row = {
+        "clip_id": clip_id,
+        "camera_id": cal.camera_id,
+        "calibration_version": cal.version,
+        "source": "synthetic",
+        "n_frames": n,
+        "height": camera.height,
+        "width": camera.width,
+        "dtype": dtype,
+        "units": units,
+        "fps": cfg.fps,
+        "time_of_day_h": round(hour % 24.0, 3),
+        "weather": weather,
+        "ambient_c": round(cond.air_c, 3),
+        "split": split,
+        "agc": agc,
+    }
+    return ClipResult(row, anns, frames)
