@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from thermops.parallel import ENV, map_in_processes, worker_count
+from thermops.parallel import ENV, _cgroup_quota, map_in_processes, usable_cores, worker_count
 
 
 def _pid_and_square(x: int) -> tuple[int, int]:
@@ -29,7 +29,24 @@ def test_worker_count_follows_the_env_and_never_exceeds_the_items(monkeypatch):
     monkeypatch.setenv(ENV, "3")
     assert worker_count(10) == 3 and worker_count(2) == 2 and worker_count(0) == 1
     monkeypatch.delenv(ENV)
-    assert worker_count(100) == len(os.sched_getaffinity(0))
+    assert worker_count(100) == usable_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    "files, cpus",
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # a pod limited to 1500m
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_cgroup_cpu_quota_is_read_as_cpus(tmp_path, files, cpus):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _cgroup_quota(str(tmp_path)) == cpus
 
 
 @pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])

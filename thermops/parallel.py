@@ -4,11 +4,12 @@ stages (rendering a camera's clips, cutting a clip's tubelets).
 Each item's result depends only on the item (its seeds travel with it), so the output is the
 same, byte for byte, with any number of workers; only the wall time changes. Workers are an
 execution setting, not a result knob, so they are not in params.yaml: by default one per
-usable CPU core (at most one per item); `THERMOPS_WORKERS=1` runs everything in this process.
+usable CPU core (affinity and cgroup quota; at most one per item); `THERMOPS_WORKERS=1` runs everything in this process.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
@@ -29,7 +30,7 @@ def _mark_worker() -> None:
 
 
 def worker_count(n_items: int) -> int:
-    """Processes for `n_items` items: THERMOPS_WORKERS, else the usable cores; at most n_items."""
+    """Processes for `n_items` items: THERMOPS_WORKERS, else `usable_cores()`; at most n_items."""
     raw = os.environ.get(ENV, "").strip()
     if raw:
         try:
@@ -39,8 +40,34 @@ def worker_count(n_items: int) -> int:
         if n < 1:
             raise ValueError(f"{ENV}={raw!r}: needs at least 1 worker process")
     else:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = usable_cores()
     return max(1, min(n, n_items))
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    Kubernetes pod's CPU limit shows up only there; the affinity is the whole node's)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(n, math.ceil(quota))) if quota else n
+
+
+def _cgroup_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by the cgroup's quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), None when unlimited."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as fh:
+            quota, period = fh.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as fh:
+            quota_us = int(fh.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as fh:
+            period_us = int(fh.read())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 def map_in_processes(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
