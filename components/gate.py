@@ -163,6 +163,13 @@ def run(
     model, card = load_model_dir(model_dir)
     baseline_record(baseline_dir)  # a malformed baseline fails before minutes of attacks
     spec = input_spec_from_card(card)
+    if spec.geometry:
+        # attacks, corruptions, attributions and the perspective sweep feed the model pixels only
+        raise ModelCardError(
+            f"{model_dir}: the classifier takes geometry features beside the pixels (input.geometry: "
+            f"{list(spec.geometry)}), which the gate cannot judge yet; train with input.geometry: [] "
+            "(docs/training.md, 'Only the range-invariant feature')"
+        )
     classes = list(card["classes"])
     data = load_prepared(data_dir)
     idx = data.indices(params.split)

@@ -257,6 +257,21 @@ def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+def test_a_classifier_taking_geometry_features_is_refused_before_any_work(world, tmp_path):
+    from thermops.model.card import load_model_dir, model_config_from_card, save_model_dir
+    from thermops.model.network import TubeletClassifier
+
+    _, card = load_model_dir(world["robust"])
+    card = {**card, "input": {**card["input"], "geometry": ["metric_scale", "known"]}}
+    model = TubeletClassifier(model_config_from_card(card), len(card["classes"]), geo_dim=2)
+    save_model_dir(tmp_path / "geo", model, card)
+    proc = _cli(world, tmp_path, tmp_path / "geo")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "takes geometry features" in proc.stderr and "input.geometry: []" in proc.stderr
+    assert not (tmp_path / "gated").exists() and not (tmp_path / "gate.json").exists()
+    assert not (tmp_path / "report").exists()
+
+
 def test_the_production_model_is_re_measured_when_the_data_changed(world, passed):
     from thermops.io import read_json, write_json
 
