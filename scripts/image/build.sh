@@ -52,30 +52,33 @@ else
     # under TMPDIR (default /var/tmp). Measured peaks: docs/image.md, "Disk". When that is
     # one disk, it is short, and memory is not, the blobs go to a RAM-backed folder
     # (/dev/shm) instead; BLOB_TMPDIR names a folder for them explicitly.
-    gb_free() { local p=$1; while [[ ! -e "$p" ]]; do p=$(dirname "$p"); done; echo $(( $(df -Pk "$p" | awk 'NR==2 {print $4}') / 1048576 )); }
-    fs_of() { local p=$1; while [[ ! -e "$p" ]]; do p=$(dirname "$p"); done; df -P "$p" | awk 'NR==2 {print $1}'; }
+    existing() { local p=$1; while [[ ! -e "$p" ]]; do p=$(dirname "$p"); done; echo "$p"; }
+    gb_free() { echo $(( $(df -Pk "$(existing "$1")" | awk 'NR==2 {print $4}') / 1048576 )); }
+    fs_of() { df -P "$(existing "$1")" | awk 'NR==2 {print $1}'; }
     store_need=13
     blob_need=$([[ "${COMPRESS:-1}" == 0 ]] && echo 13 || echo 8)
     graphroot=$(buildah --storage-driver "$STORAGE_DRIVER" info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)
+    store_free=$(gb_free "$graphroot")
     blob_dir=${BLOB_TMPDIR:-${TMPDIR:-/var/tmp}}
     made_blob_dir=
     if [[ -z "${BLOB_TMPDIR:-}" && "$(fs_of "$blob_dir")" == "$(fs_of "$graphroot")" ]] \
-        && (( $(gb_free "$graphroot") < store_need + blob_need )) \
-        && [[ "$(df -P /dev/shm 2>/dev/null | awk 'NR==2 {print $1}')" == tmpfs ]] \
+        && (( store_free < store_need + blob_need )) \
+        && [[ "$(fs_of /dev/shm 2>/dev/null)" == tmpfs ]] \
         && (( $(gb_free /dev/shm) >= blob_need + 2 )) \
         && (( $(awk '/^MemAvailable:/ {print int($2 / 1048576)}' /proc/meminfo) >= blob_need + 6 )); then
         blob_dir=$(mktemp -d /dev/shm/thermops-image-blobs.XXXXXX)
         made_blob_dir=$blob_dir
         trap 'rm -rf "$made_blob_dir"' EXIT
-        echo "note: $(gb_free "$graphroot") GB free on the storage's disk, short of $((store_need + blob_need)) GB:" \
+        echo "note: $store_free GB free on the storage's disk, short of $((store_need + blob_need)) GB:" \
              "the layer blobs ($blob_need GB at most) go to $blob_dir (RAM) while committing" >&2
     fi
     short=()
     if [[ "$(fs_of "$blob_dir")" == "$(fs_of "$graphroot")" ]]; then
-        (( $(gb_free "$graphroot") >= store_need + blob_need )) || short+=("$graphroot and $blob_dir (one disk): $(gb_free "$graphroot") GB free, about $((store_need + blob_need)) GB needed")
+        (( store_free >= store_need + blob_need )) || short+=("$graphroot and $blob_dir (one disk): $store_free GB free, about $((store_need + blob_need)) GB needed")
     else
-        (( $(gb_free "$graphroot") >= store_need )) || short+=("$graphroot: $(gb_free "$graphroot") GB free, about $store_need GB needed")
-        (( $(gb_free "$blob_dir") >= blob_need )) || short+=("$blob_dir: $(gb_free "$blob_dir") GB free, about $blob_need GB needed")
+        (( store_free >= store_need )) || short+=("$graphroot: $store_free GB free, about $store_need GB needed")
+        blob_free=$(gb_free "$blob_dir")
+        (( blob_free >= blob_need )) || short+=("$blob_dir: $blob_free GB free, about $blob_need GB needed")
     fi
     for line in "${short[@]}"; do
         echo "warning: short of disk for the image build: $line (vfs: working container + new layer;" \
