@@ -236,6 +236,37 @@ def test_flat_background_is_skipped_and_near_windows_fit_the_frame(tmp_path, rep
     assert all(float(r["std"]) > 0 for r in data.rows if r["kind"] == "background")
 
 
+def test_background_boxes_in_metres_span_the_same_sizes_at_every_range(tmp_path, repo_root, cal):
+    """Box windows: background "boxes" 8-32 px across cover more metres the farther they are (the
+    range-split shortcut: far background looks as big as a vehicle); `background_m` draws their
+    metres instead, so near and far background windows cover the same range of sizes."""
+    _make_raw(tmp_path / "raw", cal, [("p", "person", 40.0, 1.8)], n_frames=8)
+    raw = tmp_path / "raw" / "synthetic" / CAM / "frames" / "c0.npy"
+    frames = np.load(raw)
+    np.save(raw, frames + np.random.default_rng(0).integers(0, 30, frames.shape).astype(frames.dtype))  # texture
+    base = from_params(PrepareParams, "prepare", geometric=False, background_per_clip=60, background_m=None)
+
+    def background(p, out):
+        _run(tmp_path, repo_root, p, out)
+        rows = [r for r in load_prepared(tmp_path / out).rows if r["kind"] == "background"]
+        d = np.array([float(r["distance_m"]) for r in rows])
+        m = np.array([float(r["window_m"]) for r in rows])
+        near, far = d < np.median(d), d >= np.median(d)
+        return m, near, far
+
+    m, near, far = background(base, "px")
+    assert np.median(m[far]) > 2 * np.median(m[near])  # pixel-sized: metres grow with range
+    lo, hi = 0.3, 10.0
+    m, near, far = background(from_params(PrepareParams, "prepare", geometric=False, background_per_clip=60,
+                                          background_m=[lo, hi]), "m")  # fmt: skip
+    ratio = np.median(m[far]) / np.median(m[near])
+    assert 0.5 < ratio < 2.0
+    capped = m < base.context * hi * 0.999  # windows reaching the frame edge are capped below context x hi
+    assert (m[capped] >= base.context * lo * 0.999).all()
+    with pytest.raises(ValueError, match="background_m"):
+        from_params(PrepareParams, "prepare", background_m=[2.0, 1.0])
+
+
 def _still_images(root: Path, cal, n: int) -> None:
     """`n` still images (one-frame clips) with a person, a vehicle and an animal box each."""
     h, w = cal.geometry.image_height, cal.geometry.image_width

@@ -154,6 +154,21 @@ def main(argv: list[str] | None = None) -> None:
         help="range augmentation of the +far variants (default: finetune.augment far_p / far_max)",
     )
     ap.add_argument(
+        "--background-m",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="prepare.background_m of the box windows (default: params.yaml's)",
+    )
+    ap.add_argument(
+        "--geometry-aug",
+        type=float,
+        nargs=2,
+        metavar=("JITTER", "DROP"),
+        help="scale_jitter and geometry_drop of the variants with geometry features "
+        "(default: finetune.augment scale_jitter / geometry_drop)",
+    )
+    ap.add_argument(
         "--magnitudes",
         type=float,
         nargs="+",
@@ -174,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cpu")
     folders = {}
     far_p, far_max = args.far or (ft.augment.far_p, ft.augment.far_max)
+    if args.background_m:
+        prep = dataclasses.replace(prep, background_m=tuple(args.background_m))
+    jitter, drop = args.geometry_aug or (ft.augment.scale_jitter, ft.augment.geometry_drop)
     for geometric in sorted({VARIANTS[v][0] for v in args.variants}):
         folder = args.work / ("metric" if geometric else "box")
         if not (folder / "manifest.csv").is_file():
@@ -196,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         "model": model_cfg.to_dict(),
         "seeds": args.seeds,
         "far": [far_p, far_max],
+        "background_m": list(prep.background_m) if prep.background_m else None,
+        "geometry_aug": {"scale_jitter": jitter, "geometry_drop": drop},
         "magnitudes_px": list(gate.perspective.magnitudes_px),
         "extended_magnitudes_px": sorted(set(args.magnitudes) | set(gate.perspective.magnitudes_px)),
         "runs": [],
@@ -204,7 +224,13 @@ def main(argv: list[str] | None = None) -> None:
         for variant in args.variants:
             geometric, geometry, use_far = VARIANTS[variant]
             spec = dataclasses.replace(spec0, geometry=tuple(geometry))
-            aug = dataclasses.replace(ft.augment, far_p=far_p if use_far else 0.0, far_max=far_max if use_far else 1.0)
+            aug = dataclasses.replace(
+                ft.augment,
+                far_p=far_p if use_far else 0.0,
+                far_max=far_max if use_far else 1.0,
+                scale_jitter=jitter if geometry else 0.0,
+                geometry_drop=drop if geometry else 0.0,
+            )
             data = load_splits(folders[geometric], classes, spec, split)
             prepared = load_prepared(folders[geometric])
             test_idx = [i for i, a in enumerate(split_rows(prepared.rows, split)) if a == "test"]

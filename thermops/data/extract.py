@@ -52,6 +52,11 @@ class PrepareParams:
     min_box_px: int
     background_per_clip: int
     splits: dict[str, float]
+    # Box-relative background windows where the geometry is known: None cuts them around a
+    # random 8-32 px "box" (so their metric size grows with range, unlike any object's);
+    # [lo, hi] draws the box's metres log-uniform in [lo, hi] instead, so that at every range
+    # background windows span the objects' sizes and size alone does not say "background".
+    background_m: tuple[float, float] | None
 
     def __post_init__(self) -> None:
         if set(self.splits) != set(SPLITS):
@@ -62,6 +67,8 @@ class PrepareParams:
             raise ValueError("frames >= 1, size >= 8 and stride >= 1 are required")
         if not 0.0 <= self.box_fraction <= 1.0:
             raise ValueError("box_fraction must be in [0, 1]")
+        if self.background_m is not None and not 0 < self.background_m[0] <= self.background_m[1]:
+            raise ValueError(f"background_m {list(self.background_m)} must be [lo, hi] metres with 0 < lo <= hi")
 
 
 # Background windows flatter than this (in their units) are skipped: a saturated
@@ -211,7 +218,11 @@ def _background(source, clip, values, units, anns, cam, p, seed):
                 continue
             ground = (float(g[0]), float(g[1]))
         attempts += 1
-        side, window_m = _side_px(cam, p, ground, rng.uniform(8, 32), min(h, w))
+        box_px = rng.uniform(8, 32)
+        if p.background_m is not None and ground is not None and not p.geometric:
+            lo, hi = np.log(p.background_m)
+            box_px = float(np.exp(rng.uniform(lo, hi))) * cam.metric_extent_px(np.array(ground), 1.0)
+        side, window_m = _side_px(cam, p, ground, box_px, min(h, w))
         f0 = int(rng.integers(0, max(1, t - p.frames + 1)))
         win = window_frames(list(range(f0, min(t, f0 + p.frames))), p.frames, p.stride)[0]
         x0, y0, x1, y1 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
