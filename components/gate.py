@@ -15,6 +15,13 @@ Passing the gate makes a candidate, never production: promotion is
 `python -m pipeline.production promote`. With `gate.enforce: true` a failing gate exits
 3, so `dvc repro` stops before packaging. Timings go to `.thermops/timings/gate.json`
 (`thermops.io.write_timings`), never into a tracked file.
+
+A classifier trained with geometry features (its card's `input.geometry`) is judged with
+every figure a geometry-free one gets: each test row's features come from its manifest
+`window_m` / `window_px` through the model's own input spec (`thermops.learn.datasets.
+row_geometry`, as `thermops.evaluation.inference` computes them), and they are held fixed
+while the pixels are attacked, corrupted, warped or drifted. The production model gets its
+own features from its own card, so either model may take them or not.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import numpy as np
 
 from components._cli import Refused, parser, run_cli
 from thermops.config import load_params, section, seed_everything, seed_of
-from thermops.data.prepared import PreparedDataError, load_prepared
+from thermops.data.prepared import PreparedData, PreparedDataError, load_prepared
 from thermops.io import atomic_dir, read_json, write_json, write_timings
+from thermops.learn.datasets import row_geometry
 from thermops.model.card import ModelCardError, input_spec_from_card, lineage, load_model_dir
 from thermops.robustness.params import GateParams
 
@@ -60,17 +68,22 @@ def _baseline_metrics(
     labels: np.ndarray,
     p: GateParams,
     seed: int,
-    d_hash: str,
     p_hash: str,
+    data: PreparedData,
+    idx: np.ndarray,
 ) -> tuple[dict | None, dict]:
-    """The production model's metrics: stored in its card when data and protocol match (and the stored
-    figures hold per-camera accuracy), else re-measured."""
-    from thermops.robustness.evaluate import evaluate
+    """The production model's metrics: stored in its card when data (the tubelets and, for a model
+    taking geometry features, its features of them) and protocol match (and the stored figures hold
+    per-camera accuracy), else re-measured with its own card's input spec."""
+    from thermops.robustness.evaluate import data_hash, evaluate
 
     rec = baseline_record(baseline_dir)
     if rec.get("version") is None:
         return None, {"version": None, "note": rec.get("note", "no production model")}
     model, card = load_model_dir(baseline_dir)
+    spec = input_spec_from_card(card)
+    geo = row_geometry(data, idx, spec)  # its own features (None for a geometry-free production model)
+    d_hash = data_hash(tubelets, labels, cameras, geo)
     stored = card.get("gate", {}).get("metrics")
     info = {
         "version": rec["version"],
@@ -83,7 +96,7 @@ def _baseline_metrics(
     if same and stored.get("per_camera"):
         info["metrics_source"] = "stored in the production card (same test data and protocol)"
         return stored, info
-    m = evaluate(model, input_spec_from_card(card), tubelets, units, cameras, labels, p, seed, baseline=True)
+    m = evaluate(model, spec, tubelets, units, cameras, labels, p, seed, baseline=True, geo=geo)
     m.pop("_artefacts")
     m.pop("timing_s", None)
     info["metrics_source"] = (
@@ -163,13 +176,6 @@ def run(
     model, card = load_model_dir(model_dir)
     baseline_record(baseline_dir)  # a malformed baseline fails before minutes of attacks
     spec = input_spec_from_card(card)
-    if spec.geometry:
-        # attacks, corruptions, attributions and the perspective sweep feed the model pixels only
-        raise ModelCardError(
-            f"{model_dir}: the classifier takes geometry features beside the pixels (input.geometry: "
-            f"{list(spec.geometry)}), which the gate cannot judge yet; train with input.geometry: [] "
-            "(docs/training.md, 'Only the range-invariant feature')"
-        )
     classes = list(card["classes"])
     data = load_prepared(data_dir)
     idx = data.indices(params.split)
@@ -179,15 +185,16 @@ def run(
     tubelets = np.asarray(data.tubelets[idx], dtype=np.float32)
     units = [data.rows[i]["units"] for i in idx]
     cameras = [str(data.rows[i]["camera_id"]) for i in idx]
-    d_hash, p_hash = data_hash(tubelets, labels, cameras), params_hash(params)
+    geo = row_geometry(data, idx, spec)  # (N, G) per-row geometry features, None without input.geometry
+    d_hash, p_hash = data_hash(tubelets, labels, cameras, geo), params_hash(params)
 
-    m = evaluate(model, spec, tubelets, units, cameras, labels, params, seed)
+    m = evaluate(model, spec, tubelets, units, cameras, labels, params, seed, geo=geo)
     art = m.pop("_artefacts")
     timings = {k: float(v) for k, v in m.pop("timing_s").items()}
     m["data_hash"], m["params_hash"] = d_hash, p_hash
 
     t0 = time.perf_counter()
-    base, base_info = _baseline_metrics(baseline_dir, tubelets, units, cameras, labels, params, seed, d_hash, p_hash)
+    base, base_info = _baseline_metrics(baseline_dir, tubelets, units, cameras, labels, params, seed, p_hash, data, idx)
     timings["baseline"] = time.perf_counter() - t0
     normalizer = base["corruption_errors"] if base else m["corruption_errors"]
     m["corruption_ce"], m["mean_ce"] = corruption_ce(m["corruption_errors"], normalizer)
@@ -226,6 +233,13 @@ def run(
             f"({spec.size} px across the tubelet window)"
         ),
     }
+    if spec.geometry:  # only for such a model: a geometry-free model's record stays as it was
+        gate["geometry_note"] = (
+            f"the classifier takes geometry features {list(spec.geometry)} of each window beside the pixels "
+            "(from the manifest's window_m / window_px); every figure feeds each tubelet its own features, "
+            "held fixed: attacks and corruptions change pixels only, and a warped or drifted window keeps "
+            "its row's features"
+        )
 
     # Report: plots and captum maps on the PGD examples of the first threat model.
     t0 = time.perf_counter()
@@ -240,13 +254,14 @@ def run(
         R.plot_stability(gate, rd / images[2][1])
         k = params.report.examples
         picks: list[int] | None = None
+        ageo = art["geo"]  # the attacked rows' geometry features (None without)
         for threat, adv in art["examples"].items():
             # Show tubelets the model gets right and the attack flips, then other correct ones.
-            ok = predict(model, art["x"]) == art["y"]
-            flipped = ok & (predict(model, adv) != art["y"])
+            ok = predict(model, art["x"], ageo) == art["y"]
+            flipped = ok & (predict(model, adv, ageo) != art["y"])
             pick = sorted(range(len(ok)), key=lambda i: (not bool(flipped[i]), not bool(ok[i]), i))[:k]
             x, y, xa = art["x"][pick], art["y"][pick], adv[pick]
-            pa = predict(model, xa)
+            pa = predict(model, xa, None if ageo is None else ageo[pick])
             name = f"adversarial_{threat}.png"
             R.plot_adversarial(
                 x,
@@ -269,6 +284,7 @@ def run(
                 art["y"][picks],
                 rd / "attributions.png",
                 list(params.report.occlusion_window),
+                None if ageo is None else ageo[picks],
             )
             images.append(
                 (f"Saliency / Grad-CAM / occlusion (captum), clean and PGD-{threat} attacked", "attributions.png")

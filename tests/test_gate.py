@@ -257,19 +257,76 @@ def test_bad_inputs_give_one_clear_error_line(world, tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_a_classifier_taking_geometry_features_is_refused_before_any_work(world, tmp_path):
+def _geometry_twin(world, folder: Path) -> Path:
+    """The robust tiny model as a classifier taking geometry features (metric_scale, known): its
+    encoder and image head columns copied, small fixed weights on the geometry embedding."""
+    import torch
+
     from thermops.model.card import load_model_dir, model_config_from_card, save_model_dir
     from thermops.model.network import TubeletClassifier
 
-    _, card = load_model_dir(world["robust"])
+    plain, card = load_model_dir(world["robust"])
     card = {**card, "input": {**card["input"], "geometry": ["metric_scale", "known"]}}
+    torch.manual_seed(0)
     model = TubeletClassifier(model_config_from_card(card), len(card["classes"]), geo_dim=2)
-    save_model_dir(tmp_path / "geo", model, card)
-    proc = _cli(world, tmp_path, tmp_path / "geo")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "takes geometry features" in proc.stderr and "input.geometry: []" in proc.stderr
-    assert not (tmp_path / "gated").exists() and not (tmp_path / "gate.json").exists()
-    assert not (tmp_path / "report").exists()
+    state = {k: v for k, v in plain.state_dict().items() if k != "head.weight"}
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        e = plain.head.weight.shape[1]
+        model.head.weight[:, :e] = plain.head.weight
+        model.head.weight[:, e:] = 0.01 * torch.randn(model.head.weight.shape[0], model.head.weight.shape[1] - e)
+    save_model_dir(folder, model.eval(), card)
+    return folder
+
+
+def test_the_gate_judges_a_classifier_taking_geometry_features(world, passed, tmp_path):
+    """End to end through the CLI: every figure, the report with its attributions, the gated card;
+    the clean accuracy is the one the evaluation's inference path (each row's own features) gives.
+    Then against a geometry-free production model, and as a production model re-measured for a
+    geometry-free candidate: each model gets its own features from its own card."""
+    import numpy as np
+
+    from thermops.data.prepared import load_prepared
+    from thermops.evaluation.inference import probabilities
+    from thermops.io import read_json, write_json
+    from thermops.model.card import load_model_dir
+
+    geo_dir = _geometry_twin(world, tmp_path / "geo")
+    proc = _cli(world, tmp_path, geo_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "gate passed" in proc.stdout, proc.stdout
+    gate = json.loads((tmp_path / "report" / "gate.json").read_text())
+    assert "metric_scale" in gate["geometry_note"] and "held fixed" in gate["geometry_note"]
+    data = load_prepared(world["prepared"])
+    idx = data.indices("test")
+    model, card = load_model_dir(geo_dir)
+    pred = probabilities(model, card, data, idx).argmax(1)
+    assert gate["clean_accuracy"] == pytest.approx(float(np.mean(pred == data.labels(card["classes"])[idx])))
+    assert set(gate["robust_accuracy"]) == {"linf", "l2"} and gate["sanity_passed"]
+    assert len(gate["corruption_errors"]) == 9 and gate["perspective"]["worst_case"]["n"] == 8
+    for png in ("adversarial_linf.png", "attributions.png", "stability.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 5000, png
+    gated = load_card(tmp_path / "gated")
+    assert gated["gate"]["decision"] == "pass" and gated["input"]["geometry"] == ["metric_scale", "known"]
+
+    # a geometry candidate against the geometry-free production model (its stored figures apply)
+    free, _, baseline = passed
+    res, _ = _run(world, geo_dir, "geo-vs-free", baseline)
+    assert res["baseline"]["version"] == 1 and res["baseline"]["metrics_source"].startswith("stored")
+    cams = {c["camera"]: c for c in res["checks"] if c.get("camera") is not None and not c.get("skipped")}
+    assert set(cams) == {"cam0", "cam1"}
+    assert all(c["blessed_value"] == free["per_camera"][cam]["accuracy"] for cam, c in cams.items())
+
+    # the geometry model in production, re-measured (data changed) for a geometry-free candidate
+    prod = as_baseline(tmp_path / "gated", tmp_path / "production-geo", version=2)
+    stored = read_json(prod / "card.json")
+    stored["gate"]["metrics"]["data_hash"] = "another-dataset"
+    write_json(prod / "card.json", stored)
+    res, _ = _run(world, world["robust"], "free-vs-geo", prod)
+    assert res["baseline"]["version"] == 2 and res["baseline"]["metrics_source"].startswith("re-measured")
+    cams = {c["camera"]: c for c in res["checks"] if c.get("camera") is not None and not c.get("skipped")}
+    assert set(cams) == {"cam0", "cam1"}  # the production figures re-measured with its own features:
+    assert all(c["blessed_value"] == pytest.approx(gate["per_camera"][cam]["accuracy"]) for cam, c in cams.items())
 
 
 def test_the_production_model_is_re_measured_when_the_data_changed(world, passed):

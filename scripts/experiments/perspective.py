@@ -39,7 +39,6 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from components.finetune import FinetuneParams  # noqa: E402
 from components.prepare import run as prepare_run  # noqa: E402
@@ -69,26 +68,6 @@ VARIANTS = {
 }
 
 
-class BoundGeometry(nn.Module):
-    """A geometry-taking classifier with the features of a fixed batch bound, for the gate's
-    perspective sweep, which calls model(x) on that batch in consecutive chunks (every pass over
-    all rows, in order): each call takes the next len(x) rows' features, cycling."""
-
-    def __init__(self, model: TubeletClassifier, geo: torch.Tensor):
-        super().__init__()
-        self.model, self.geo_rows, self.cursor = model, geo, 0
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        start, n = self.cursor, len(x)
-        if start + n > len(self.geo_rows):
-            raise ValueError(f"bound to {len(self.geo_rows)} rows: rows {start}-{start + n} do not exist")
-        self.cursor = (start + n) % len(self.geo_rows)
-        return self.model(x, self.geo_rows[start : start + n])
-
-
 def split_grid(cameras: list[str], base: SplitParams, names: list[str]) -> dict[str, SplitParams]:
     grid = {}
     for n in names:
@@ -105,9 +84,9 @@ def split_grid(cameras: list[str], base: SplitParams, names: list[str]) -> dict[
 def perspective_figures(model, raw, labels, units, spec, gate: GateParams, geo, magnitudes: list[float]) -> dict:
     """The gate's perspective figures on the gate's magnitudes, and the envelope over `magnitudes` too
     (a superset reaching farther, where the gate's largest tested change is tolerated by every variant)."""
-    m = model if geo is None else BoundGeometry(model, geo)
-    m.eval()
-    rows = P.sweep(m, raw, labels, units, spec, sorted(set(magnitudes) | set(gate.perspective.magnitudes_px)))
+    model.eval()  # each row keeps its own geometry features (None: a geometry-free classifier)
+    mags = sorted(set(magnitudes) | set(gate.perspective.magnitudes_px))
+    rows = P.sweep(model, raw, labels, units, spec, mags, geo=geo)
     gate_rows = [r for r in rows if any(abs(abs(r["px"]) - g) < 1e-9 for g in gate.perspective.magnitudes_px)]
     at = [r for r in rows if abs(abs(r["px"]) - gate.perspective.decision_px) < 1e-9]
 

@@ -21,6 +21,13 @@ References:
 - APGD-CE / APGD-DLR: Croce & Hein, "Reliable evaluation of adversarial robustness
   with an ensemble of diverse parameter-free attacks", ICML 2020 (AutoAttack).
 
+Geometry features: a classifier trained with `input.geometry` is called `model(x, geo)`
+with each row's (N, G) window geometry (`thermops.model.preprocess.geometry_features`).
+The threat model perturbs pixels only: `attack(x, y, geo)` keeps every row's geometry
+fixed and, wherever an attack works on a subset of rows (PGD's active samples, APGD's
+unfooled ones, `predict`'s chunks), it feeds that subset's rows of `geo` with it (an
+index, never a call order). `geo=None` is the geometry-free classifier, called `model(x)`.
+
 Only torch is imported here; ART is used in the tests and the benchmark to
 cross-check these implementations.
 """
@@ -84,6 +91,17 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(zy - z_other) / denom
 
 
+def call_model(model: nn.Module, x: torch.Tensor, geo: torch.Tensor | None = None) -> torch.Tensor:
+    """`model(x)`, or `model(x, geo)` for a classifier taking (N, G) geometry features of the same rows."""
+    return model(x) if geo is None else model(x, geo)
+
+
+def check_geometry(x: torch.Tensor, geo: torch.Tensor | None, who: str) -> None:
+    """Geometry features must be (N, G), one row per tubelet of x."""
+    if geo is not None and (geo.ndim != 2 or len(geo) != len(x)):
+        raise ValueError(f"{who}: geometry features of shape {tuple(geo.shape)} for {len(x)} tubelets, expected (N, G)")
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Z_y - max_{j != y} Z_j per sample (N,): negative means misclassified."""
     zy = logits.gather(1, y[:, None])[:, 0]
@@ -96,7 +114,8 @@ class Attack:
     """Base class: device, eval mode, shapes, clamping and the threat model.
 
     Args:
-        model: a classifier (N, 1, T, H, W) -> (N, K) logits.
+        model: a classifier (N, 1, T, H, W) -> (N, K) logits, or ((N, 1, T, H, W), (N, G)
+            geometry features) -> (N, K) when called with `geo`.
         eps: radius of the threat model's ball, model-input units, per tubelet.
         norm: `linf` or `l2`.
         bounds: optional (low, high) box the adversarial input is clamped to.
@@ -123,12 +142,18 @@ class Attack:
         self.device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
         self.n_grad = 0  # gradient evaluations x samples, for throughput figures
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(N, 1, T, H, W) inputs and (N,) labels -> adversarial inputs of the same shape."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, geo: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 1, T, H, W) inputs and (N,) labels -> adversarial inputs of the same shape.
+
+        `geo`: (N, G) geometry features of the rows, for a classifier that takes them; they are
+        not perturbed, and every forward on a subset of rows takes the same rows of `geo`.
+        """
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"{self.name}: expected (N, 1, T, H, W), got {tuple(x.shape)}")
         if y.shape != (x.shape[0],):
             raise ValueError(f"{self.name}: expected {x.shape[0]} labels, got shape {tuple(y.shape)}")
+        check_geometry(x, geo, self.name)
+        self.geo = None if geo is None else geo.detach().to(self.device).float()
         was_training = self.model.training
         self.model.eval()  # BatchNorm and dropout must not move under attack
         self.gen = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -147,15 +172,24 @@ class Attack:
     def clamp(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.bounds is None else x.clamp(*self.bounds)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    geo: torch.Tensor | None = None  # the (N, G) geometry features of the rows being attacked
+
+    def _model(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of x, which holds the attacked rows `rows` (an index or a mask into them; None: all
+        rows, in order): a geometry-taking classifier gets exactly those rows' features."""
+        if self.geo is None:
+            return self.model(x)
+        return self.model(x, self.geo if rows is None else self.geo[rows])
+
+    def logits(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self._model(x, rows)
 
     def grad(
-        self, x: torch.Tensor, y: torch.Tensor, loss: str = "ce"
+        self, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample loss gradient w.r.t. x: (grad, per-sample loss, logits)."""
+        """Per-sample loss gradient w.r.t. x: (grad, per-sample loss, logits); x holds rows `rows`."""
         x = x.clone().requires_grad_(True)
-        logits = self.model(x)
+        logits = self._model(x, rows)
         per = F.cross_entropy(logits, y, reduction="none") if loss == "ce" else dlr_loss(logits, y)
         self.n_grad += x.shape[0]
         if not per.requires_grad:  # a forward detached from its input (argmax inside): no gradient at all
@@ -231,7 +265,7 @@ class PGD(Attack):
             adv = self.clamp(adv)
             done = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
             for _ in range(self.steps):
-                g, _, logits = self.grad(adv, ya)
+                g, _, logits = self.grad(adv, ya, rows=idx)
                 fooled = (logits.argmax(1) != ya) & ~done
                 if fooled.any() and not self.early_stop:  # record the first adversarial point, keep stepping
                     best[idx[fooled]] = adv[fooled]
@@ -252,7 +286,7 @@ class PGD(Attack):
                 idx, xa, ya, adv = idx[~done], xa[~done], ya[~done], adv[~done]
             if len(idx):
                 with torch.no_grad():
-                    fooled = self.logits(adv).argmax(1) != ya
+                    fooled = self.logits(adv, idx).argmax(1) != ya
                 best[idx[fooled]] = adv[fooled]
                 active[idx[fooled]] = False
                 still = idx[~fooled]
@@ -335,7 +369,7 @@ class APGD(Attack):
             # Only samples not yet fooled need a gradient: the others keep their adversarial point.
             act = (~fooled).nonzero()[:, 0]
             g_new, f_new, logits = torch.zeros_like(g), f_k.clone(), torch.zeros(n, logits.shape[1], device=x.device)
-            g_new[act], f_new[act], logits[act] = self.grad(x_new[act], y[act])
+            g_new[act], f_new[act], logits[act] = self.grad(x_new[act], y[act], rows=act)
             logits[fooled] = -F.one_hot(y[fooled], logits.shape[1]).float()  # keeps them counted as fooled
             new = (logits.argmax(1) != y) & ~fooled
             adv[new], fooled = x_new[new], fooled | new
@@ -353,7 +387,7 @@ class APGD(Attack):
                 x_k = torch.where(_bcast(halve, x_k), x_best, x_k)
                 halve &= ~fooled
                 if halve.any():
-                    g2, f2, _ = self.grad(x_k[halve], y[halve])
+                    g2, f2, _ = self.grad(x_k[halve], y[halve], rows=halve)
                     g[halve], f_k[halve] = g2, f2
                 count.zero_()
                 last = k
@@ -412,7 +446,7 @@ class CarliniWagnerL2(Attack):
             success = torch.zeros(n, dtype=torch.bool, device=x.device)
             for _ in range(self.steps):
                 adv = self.clamp(x + delta)
-                logits = self.model(adv)
+                logits = self._model(adv)
                 m = margin(logits, y)
                 l2 = delta.reshape(n, -1).pow(2).sum(1)
                 loss = (l2 + c * torch.clamp(m + self.kappa, min=0)).sum()
@@ -435,11 +469,14 @@ class CarliniWagnerL2(Attack):
         self.best_norm = best_norm
         return best
 
-    def robust_mask(self, x: torch.Tensor, y: torch.Tensor, eps_list: list[float]) -> dict[float, torch.Tensor]:
-        """Run once; for each eps, the (N,) mask of samples that stay correct within L2 <= eps."""
+    def robust_mask(
+        self, x: torch.Tensor, y: torch.Tensor, eps_list: list[float], geo: torch.Tensor | None = None
+    ) -> dict[float, torch.Tensor]:
+        """Run once; for each eps, the (N,) mask of samples that stay correct within L2 <= eps
+        (`geo`: the rows' geometry features, as in `__call__`)."""
         with torch.no_grad():
-            clean_ok = self.model.eval()(x).argmax(1) == y
-        self(x, y)
+            clean_ok = call_model(self.model.eval(), x, geo).argmax(1) == y
+        self(x, y, geo)
         return {e: clean_ok & ~(self.best_norm <= e) for e in eps_list}
 
 
@@ -502,13 +539,19 @@ def build_attack(threat: str, name: str, model: nn.Module, eps: float, norm: str
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Predicted classes (N,) for (N, 1, T, H, W), in eval mode, batched."""
+def predict(model: nn.Module, x: torch.Tensor, geo: torch.Tensor | None = None, batch: int = 256) -> torch.Tensor:
+    """Predicted classes (N,) for (N, 1, T, H, W) (and the rows' (N, G) geometry features), eval mode, batched."""
+    check_geometry(x, geo, "predict")
     was = model.training
     model.eval()
     try:
         return (
-            torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+            torch.cat(
+                [
+                    call_model(model, x[i : i + batch], None if geo is None else geo[i : i + batch]).argmax(1)
+                    for i in range(0, len(x), batch)
+                ]
+            )
             if len(x)
             else torch.zeros(0, dtype=torch.long)
         )
@@ -516,8 +559,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor
         model.train(was)
 
 
-def robust_correct(attack: Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: correct on x and still correct on attack(x, y)."""
-    clean = predict(attack.model, x) == y
-    adv = attack(x, y)
-    return clean & (predict(attack.model, adv) == y)
+def robust_correct(attack: Attack, x: torch.Tensor, y: torch.Tensor, geo: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) bool: correct on x and still correct on attack(x, y, geo) (the rows' geometry held fixed)."""
+    clean = predict(attack.model, x, geo) == y
+    adv = attack(x, y, geo)
+    return clean & (predict(attack.model, adv, geo) == y)

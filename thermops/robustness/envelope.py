@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from thermops.model.preprocess import InputSpec, normalize, robust_spread
+from thermops.robustness.attacks import call_model
 
 
 def _units_scale(raw: torch.Tensor, units: list[str], spec: InputSpec) -> torch.Tensor:
@@ -56,16 +57,21 @@ def radiometric_sweep(
     spec: InputSpec,
     gains: list[float],
     offsets_k: list[float],
+    geo: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Accuracy and flip rate under gain changes (both signs) and non-uniform offset drifts (both signs)."""
+    """Accuracy and flip rate under gain changes (both signs) and non-uniform offset drifts (both signs).
+
+    `geo`: the rows' (N, G) geometry features for a classifier that takes them, held fixed: a
+    radiometric drift changes the temperatures a window reads, not where it is or how large.
+    """
     model.eval()
-    pred0 = model(normalize(raw, units, spec)).argmax(1)
+    pred0 = call_model(model, normalize(raw, units, spec), geo).argmax(1)
     rows = []
     for kind, values in (("gain", gains), ("offset", offsets_k)):
         for v in values:
             for s in (v, -v):
                 drifted = gain_drift(raw, s) if kind == "gain" else offset_drift(raw, s, units, spec)
-                pred = model(normalize(drifted, units, spec)).argmax(1)
+                pred = call_model(model, normalize(drifted, units, spec), geo).argmax(1)
                 rows.append(
                     {
                         "kind": kind,

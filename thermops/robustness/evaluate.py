@@ -6,6 +6,13 @@ same predictions), robust accuracy by threat model / attack / eps (with the sani
 checks), corruption errors, perspective stability and the validated envelope. Expensive parts run on deterministic
 subsets whose sizes come from params (`attack_subset`, `cw.subset`,
 `corruptions.subset`, `perspective.subset`, `perspective.worst_case.subset`).
+
+Geometry features: a classifier trained with `input.geometry` takes each row's (N, G)
+window geometry (`geo`) beside the pixels. Every figure feeds each row its own features and
+every subset of rows takes the same rows of `geo`; the features are never perturbed: the
+attacks' threat model is on pixels, corruptions corrupt pixels, the perspective and
+radiometric sweeps warp or drift pixels (`thermops.robustness.perspective` says why a warped
+window keeps its row's features). `geo=None` (a geometry-free classifier) calls `model(x)`.
 """
 
 from __future__ import annotations
@@ -36,13 +43,20 @@ def subset(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
-def data_hash(tubelets: np.ndarray, labels: np.ndarray, cameras: list[str]) -> str:
+def data_hash(
+    tubelets: np.ndarray, labels: np.ndarray, cameras: list[str], geo: torch.Tensor | np.ndarray | None = None
+) -> str:
     """Content hash of the evaluated tubelets, labels and camera ids (decides whether stored blessed
-    figures apply: the per-camera accuracies depend on which camera each tubelet came from)."""
+    figures apply: the per-camera accuracies depend on which camera each tubelet came from), and of
+    the geometry features a classifier that takes them was fed (None: none; the hash is then the
+    geometry-free one)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(tubelets, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     h.update(dumps_json(list(cameras)).encode())
+    if geo is not None:
+        h.update(b"geometry")
+        h.update(np.ascontiguousarray(np.asarray(geo), dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -83,19 +97,27 @@ def _attack_kwargs(name: str, p: GateParams, seed: int) -> dict:
 
 
 def attack_suite(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: GateParams, seed: int, baseline: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    p: GateParams,
+    seed: int,
+    baseline: bool = False,
+    geo: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Robust accuracy by threat model, attack and eps, the sanity checks, and example adversarials.
 
     Args:
-        x: (N, 1, T, H, W) model input; y: (N,) labels.
+        x: (N, 1, T, H, W) model input; y: (N,) labels; geo: (N, G) geometry features of the rows
+            for a classifier that takes them (never perturbed), or None.
     Returns: {robust_accuracy, sanity, timing_s, examples}; robust_accuracy[threat] holds
         one {eps: acc} curve per attack, `worst` (per-sample worst case over the attacks,
         the AutoAttack protocol) and `random_noise` (black-box), each including the large eps.
         With `baseline` (re-measuring the blessed model for the decision), only the eps
         named in the thresholds are attacked and the sanity checks are skipped.
     """
-    clean = A.predict(model, x) == y
+    A.check_geometry(x, geo, "attack suite")
+    clean = A.predict(model, x, geo) == y
     out: dict[str, Any] = {}
     sanity: list[dict] = []
     timing: dict[str, float] = {}
@@ -116,7 +138,7 @@ def attack_suite(
             if name == "cw_l2":
                 idx = torch.arange(min(p.cw.subset, len(x)))
                 cw = A.build_attack(threat, name, model, tm.eps[0], **_attack_kwargs(name, p, seed))
-                masks = cw.robust_mask(x[idx], y[idx], eps_all)
+                masks = cw.robust_mask(x[idx], y[idx], eps_all, None if geo is None else geo[idx])
                 curves[name] = {e: float(m.float().mean()) for e, m in masks.items()}
                 subset_n[name] = int(len(idx))
                 for e, m in masks.items():
@@ -125,8 +147,8 @@ def attack_suite(
                 curves[name] = {}
                 for e in eps_all:
                     atk = A.build_attack(threat, name, model, e, **_attack_kwargs(name, p, seed))
-                    adv = atk(x, y)
-                    ok = clean & (A.predict(model, adv) == y)
+                    adv = atk(x, y, geo)
+                    ok = clean & (A.predict(model, adv, geo) == y)
                     curves[name][e] = float(ok.float().mean())
                     worst[e] &= ok
                     if name == "pgd" and e == tm.eps[len(tm.eps) // 2]:
@@ -141,7 +163,7 @@ def attack_suite(
         curves["random_noise"] = {}
         for e in eps_all:
             rn = A.RandomNoise(model, e, threat, draws=p.sanity.random_draws, seed=seed)
-            curves["random_noise"][e] = float((clean & (A.predict(model, rn(x, y)) == y)).float().mean())
+            curves["random_noise"][e] = float((clean & (A.predict(model, rn(x, y, geo), geo) == y)).float().mean())
         timing[f"{threat}/random_noise"] = time.perf_counter() - t0
         # More PGD steps must not leave more samples robust.
         t0 = time.perf_counter()
@@ -157,8 +179,8 @@ def attack_suite(
             step_size=p.pgd.step_size * p.pgd.steps / many_steps,
             seed=seed,
         )
-        acc_few = float(A.robust_correct(few, x, y).float().mean())
-        acc_many = float(A.robust_correct(many, x, y).float().mean())
+        acc_few = float(A.robust_correct(few, x, y, geo).float().mean())
+        acc_many = float(A.robust_correct(many, x, y, geo).float().mean())
         timing[f"{threat}/more_steps"] = time.perf_counter() - t0
         sanity += [
             S.monotone_in_eps(curves["worst"], p.sanity.monotone_tol, threat),
@@ -178,15 +200,23 @@ def attack_suite(
         }
     if baseline:
         return {"robust_accuracy": out, "sanity": [], "timing_s": timing, "examples": examples}
-    sanity.insert(0, S.gradients_finite_nonzero(model, x, y, p.sanity.max_zero_grad_fraction))
+    sanity.insert(0, S.gradients_finite_nonzero(model, x, y, p.sanity.max_zero_grad_fraction, geo))
     return {"robust_accuracy": out, "sanity": sanity, "timing_s": timing, "examples": examples}
 
 
 @torch.no_grad()
 def corruption_errors(
-    model: nn.Module, raw: torch.Tensor, y: torch.Tensor, units: list[str], spec: InputSpec, p: GateParams, seed: int
+    model: nn.Module,
+    raw: torch.Tensor,
+    y: torch.Tensor,
+    units: list[str],
+    spec: InputSpec,
+    p: GateParams,
+    seed: int,
+    geo: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
-    """Top-1 error per corruption and severity (1..5) on (N, T, H, W) raw tubelets."""
+    """Top-1 error per corruption and severity (1..5) on (N, T, H, W) raw tubelets (`geo`: the rows'
+    geometry features, held fixed: a sensor corruption changes pixels, not the window's geometry)."""
     names = p.corruptions.names or list(C.REGISTRY)
     out = {}
     arr = raw.numpy()
@@ -200,7 +230,7 @@ def corruption_errors(
         errs = []
         for s in range(1, 6):
             xc = normalize(torch.from_numpy(corr(arr, s, units, seed=seed)), units, spec)
-            errs.append(float((A.predict(model, xc) != y).float().mean()))
+            errs.append(float((A.predict(model, xc, geo) != y).float().mean()))
         out[name] = errs
     return out
 
@@ -229,6 +259,7 @@ def evaluate(
     p: GateParams,
     seed: int,
     baseline: bool = False,
+    geo: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """All the gate's figures for one model (corruption CE still unnormalized; see `corruption_ce`).
 
@@ -238,47 +269,73 @@ def evaluate(
             accuracy of each camera's tubelets); labels: (N,) class indices.
         baseline: only what the decision compares with (the blessed model re-measured on new
             data): the thresholds' eps, no sanity checks, no worst-case homography or radiometric sweep.
-    Returns: a JSON-able metrics dict plus `_artefacts` (tensors for the report).
+        geo: (N, G) geometry features of the tubelets for a classifier with `spec.geometry`
+            (`thermops.model.preprocess.geometry_features` of each row), None for one without.
+    Returns: a JSON-able metrics dict plus `_artefacts` (tensors for the report; `geo` holds the
+        attacked rows' features, None without).
     """
     if len(cameras) != len(tubelets):
         raise ValueError(f"{len(cameras)} camera ids for {len(tubelets)} tubelets")
+    if bool(spec.geometry) != (geo is not None):
+        raise ValueError(
+            f"input.geometry {list(spec.geometry)} but "
+            + ("no geometry features" if geo is None else f"geometry features of shape {tuple(geo.shape)}")
+        )
+    if geo is not None:
+        geo = torch.as_tensor(geo, dtype=torch.float32)
+        if geo.shape != (len(tubelets), len(spec.geometry)):
+            raise ValueError(
+                f"geometry features of shape {tuple(geo.shape)}, expected ({len(tubelets)}, {len(spec.geometry)})"
+            )
+
+    def rows(i: torch.Tensor) -> torch.Tensor | None:
+        return None if geo is None else geo[i]
+
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     model.eval()
     raw = resample(np.asarray(tubelets, dtype=np.float32), spec.frames, spec.size)
     y = torch.as_tensor(labels, dtype=torch.long)
     x = normalize(raw, units, spec)
-    pred = A.predict(model, x)
+    pred = A.predict(model, x, geo)
     clean_acc = float((pred == y).float().mean())
     per_camera = per_camera_accuracy((pred == y).numpy(), cameras)
     timing["clean"] = time.perf_counter() - t0
 
     ia = torch.as_tensor(subset(len(x), p.attack_subset, seed))
     t0 = time.perf_counter()
-    suite = attack_suite(model, x[ia], y[ia], p, seed, baseline)
+    suite = attack_suite(model, x[ia], y[ia], p, seed, baseline, rows(ia))
     timing["attacks"] = time.perf_counter() - t0
     timing.update({f"attack/{k}": v for k, v in suite["timing_s"].items()})
 
     t0 = time.perf_counter()
     ic = torch.as_tensor(subset(len(x), p.corruptions.subset, seed + 1))
     units_c = [units[i] for i in ic.tolist()]
-    c_err = corruption_errors(model, raw[ic], y[ic], units_c, spec, p, seed)
+    c_err = corruption_errors(model, raw[ic], y[ic], units_c, spec, p, seed, rows(ic))
     c_clean_err = float((pred[ic] != y[ic]).float().mean())
     timing["corruptions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ip = torch.as_tensor(subset(len(x), p.perspective.subset, seed + 2))
     units_p = [units[i] for i in ip.tolist()]
-    geo = P.sweep(model, raw[ip], y[ip], units_p, spec, list(p.perspective.magnitudes_px))
-    slope = P.stability_slope(geo)
-    at = [r for r in geo if abs(abs(r["px"]) - p.perspective.decision_px) < 1e-9]
+    persp = P.sweep(model, raw[ip], y[ip], units_p, spec, list(p.perspective.magnitudes_px), geo=rows(ip))
+    slope = P.stability_slope(persp)
+    at = [r for r in persp if abs(abs(r["px"]) - p.perspective.decision_px) < 1e-9]
     flip = max((r["flip_rate"] for r in at), default=float("nan"))
     wc_p = p.perspective.worst_case
     iw = ip[: wc_p.subset]
     wc = None
     if not baseline:
         wc = P.worst_case(
-            model, raw[iw], y[iw], [units[i] for i in iw.tolist()], spec, wc_p.budget_px, wc_p.steps, seed
+            model,
+            raw[iw],
+            y[iw],
+            [units[i] for i in iw.tolist()],
+            spec,
+            wc_p.budget_px,
+            wc_p.steps,
+            seed,
+            geo=rows(iw),
         )
         wc.pop("offsets")
     timing["perspective"] = time.perf_counter() - t0
@@ -288,7 +345,14 @@ def evaluate(
         []
         if baseline
         else E.radiometric_sweep(
-            model, raw[ip], y[ip], units_p, spec, list(p.radiometric.gain_changes), list(p.radiometric.offset_k)
+            model,
+            raw[ip],
+            y[ip],
+            units_p,
+            spec,
+            list(p.radiometric.gain_changes),
+            list(p.radiometric.offset_k),
+            geo=rows(ip),
         )
     )
     timing["radiometric"] = time.perf_counter() - t0
@@ -303,10 +367,10 @@ def evaluate(
         "corruption_errors": c_err,
         "corruption_clean_error": c_clean_err,
         "corruption_n": int(len(ic)),
-        "perspective": {"n": int(len(ip)), "sweep": geo, "decision_px": p.perspective.decision_px, "worst_case": wc},
+        "perspective": {"n": int(len(ip)), "sweep": persp, "decision_px": p.perspective.decision_px, "worst_case": wc},
         "flip_rate": flip,
         "stability_slope": slope,
         "radiometric": {"n": int(len(ip)), "sweep": radio},
         "timing_s": timing,
-        "_artefacts": {"x": x[ia], "y": y[ia], "examples": suite["examples"], "raw": raw[ia]},
+        "_artefacts": {"x": x[ia], "y": y[ia], "geo": rows(ia), "examples": suite["examples"], "raw": raw[ia]},
     }

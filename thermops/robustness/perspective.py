@@ -19,6 +19,14 @@ for L_tau x(u) = x(u - tau(u)), r = ||phi(L_tau x) - phi(x)|| / ||phi(x)|| with
 phi = `model.embed`, against ||grad tau||_inf (the largest spectral norm of the
 Jacobian of tau over the frame); the fitted slope through the origin summarises
 it. Shapes: raw tubelets (N, T, H, W); model input (N, 1, T, H, W).
+
+Geometry features: a classifier trained with `input.geometry` (`model(x, geo)`) gets every
+row's own (N, G) features, unchanged, for each warped version of its window: the sweep
+asks how the decision moves when the pixels move under a small re-aim, with what the
+calibration says about the window (its metres and camera pixels across) held fixed, as the
+deployed classifier would see it until the camera is re-calibrated. A zoom that changes a
+window's true metric scale therefore shows up only through the pixels. phi stays
+`model.embed`, the image embedding (the geometry embedding is constant under the sweep).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thermops.model.preprocess import InputSpec, normalize
+from thermops.robustness.attacks import call_model, check_geometry
 
 KINDS = ("tilt", "pan", "roll", "zoom")
 
@@ -106,13 +115,18 @@ def grad_tau_norm(hom: torch.Tensor, h: int, w: int) -> float:
 
 
 @torch.no_grad()
-def _forward(model: nn.Module, x: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and embeddings of (N, 1, T, H, W) in eval mode."""
+def _forward(
+    model: nn.Module, x: torch.Tensor, geo: torch.Tensor | None = None, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and image embeddings of (N, 1, T, H, W) (with the rows' geometry features) in eval mode."""
     logits, emb = [], []
     for i in range(0, len(x), batch):
         e = model.embed(x[i : i + batch])
         emb.append(e)
-        logits.append(model.head(e) if hasattr(model, "head") else model(x[i : i + batch]))
+        if geo is not None:  # the head sees the geometry embedding too: the whole forward
+            logits.append(model(x[i : i + batch], geo[i : i + batch]))
+        else:
+            logits.append(model.head(e) if hasattr(model, "head") else model(x[i : i + batch]))
     return torch.cat(logits), torch.cat(emb)
 
 
@@ -125,17 +139,21 @@ def sweep(
     spec: InputSpec,
     magnitudes: list[float],
     kinds: tuple[str, ...] = KINDS,
+    geo: torch.Tensor | None = None,
 ) -> list[dict]:
     """Accuracy, flip rate and representation stability over transforms x signed magnitudes.
 
     Args:
         raw: (N, T, H, W) tubelets in their units at the model's T, H, W.
         magnitudes: corner displacements in input pixels; each is applied with both signs.
+        geo: (N, G) geometry features of the rows for a classifier that takes them; every warped
+            window keeps its row's own features (module docstring).
     Returns: one row per (kind, signed px) with accuracy, flip_rate, r (mean), grad_tau, scale.
     """
+    check_geometry(raw, geo, "perspective sweep")
     model.eval()
     n, t, h, w = raw.shape
-    logits0, emb0 = _forward(model, normalize(raw, units, spec))
+    logits0, emb0 = _forward(model, normalize(raw, units, spec), geo)
     pred0 = logits0.argmax(1)
     norm0 = emb0.norm(dim=1).clamp_min(1e-12)
     rows = []
@@ -143,7 +161,7 @@ def sweep(
         for m in magnitudes:
             for px in (m, -m):
                 hom = homography(corner_offsets(kind, px, h, w), h, w)
-                logits, emb = _forward(model, normalize(warp(raw, hom), units, spec))
+                logits, emb = _forward(model, normalize(warp(raw, hom), units, spec), geo)
                 pred = logits.argmax(1)
                 r = ((emb - emb0).norm(dim=1) / norm0).mean()
                 rows.append(
@@ -176,30 +194,32 @@ def worst_case(
     budget_px: float,
     steps: int = 10,
     seed: int = 0,
+    geo: torch.Tensor | None = None,
 ) -> dict:
     """Worst-case homography per tubelet by signed-gradient ascent on the loss.
 
     Each of the 8 corner coordinates moves at most `budget_px` input pixels
     (an L-inf budget on the corner displacements). Returns accuracy and flip rate
     under the worst case found, the mean largest corner displacement used, and the
-    offsets (N, 4, 2).
+    offsets (N, 4, 2). `geo`: the rows' geometry features, held fixed (module docstring).
     """
+    check_geometry(raw, geo, "worst-case homography")
     model.eval()
     n, t, h, w = raw.shape
     gen = torch.Generator().manual_seed(seed)
     off = ((torch.rand(n, 4, 2, generator=gen) * 2 - 1) * budget_px * 0.25).requires_grad_(True)
     alpha = 2.5 * budget_px / max(steps, 1)
     with torch.no_grad():
-        pred0 = model(normalize(raw, units, spec)).argmax(1)
+        pred0 = call_model(model, normalize(raw, units, spec), geo).argmax(1)
     for _ in range(steps):
-        logits = model(normalize(warp(raw, homography(off, h, w)), units, spec))
+        logits = call_model(model, normalize(warp(raw, homography(off, h, w)), units, spec), geo)
         loss = F.cross_entropy(logits, y, reduction="sum")
         (g,) = torch.autograd.grad(loss, off)
         with torch.no_grad():
             off += alpha * g.sign()
             off.clamp_(-budget_px, budget_px)
     with torch.no_grad():
-        pred = model(normalize(warp(raw, homography(off, h, w)), units, spec)).argmax(1)
+        pred = call_model(model, normalize(warp(raw, homography(off, h, w)), units, spec), geo).argmax(1)
     return {
         "budget_px": float(budget_px),
         "steps": int(steps),

@@ -9,7 +9,9 @@ random-noise baseline), corruption error vs severity, perspective stability
 (r vs ||grad tau|| with the fitted slope, accuracy and flip rate vs corner
 displacement, radiometric drift), adversarial frames beside clean ones, and
 saliency / Grad-CAM / occlusion maps (captum) on clean and attacked tubelets.
-All frames shown are the middle frame of the tubelet.
+All frames shown are the middle frame of the tubelet. A classifier that takes geometry
+features gets each shown row's own features (`geo`), unchanged, in every forward the maps
+make: the maps attribute the decision to pixels, with the window's geometry held fixed.
 """
 
 from __future__ import annotations
@@ -168,30 +170,45 @@ def plot_adversarial(
     plt.close(fig)
 
 
-def attributions(model: nn.Module, x: torch.Tensor, target: torch.Tensor, window: list[int]) -> dict[str, torch.Tensor]:
-    """Saliency, Grad-CAM (last encoder stage, upsampled) and occlusion maps, each (N, T, H, W)."""
+def attributions(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, window: list[int], geo: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Saliency, Grad-CAM (last encoder stage, upsampled) and occlusion maps, each (N, T, H, W).
+
+    `geo`: the rows' (N, G) geometry features for a classifier that takes them, passed to every
+    forward as captum's `additional_forward_args` (captum repeats them with the occlusion batches,
+    row for row); attributions are over the pixels only.
+    """
     from captum.attr import LayerAttribution, LayerGradCam, Occlusion, Saliency
 
     model.eval()
     x = x.detach().clone()
-    sal = Saliency(model).attribute(x.clone().requires_grad_(True), target=target, abs=True)[:, 0]
+    kw = {} if geo is None else {"additional_forward_args": (geo.detach(),)}
+    sal = Saliency(model).attribute(x.clone().requires_grad_(True), target=target, abs=True, **kw)[:, 0]
     layer = model.encoder.stages[-1]
-    cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
+    cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True, **kw)
     cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="trilinear")[:, 0]
     win = (1, *[min(w, s) for w, s in zip(window, x.shape[2:])])
     occ = Occlusion(model).attribute(
-        x, target=target, sliding_window_shapes=win, strides=win, baselines=0.0, perturbations_per_eval=64
+        x, target=target, sliding_window_shapes=win, strides=win, baselines=0.0, perturbations_per_eval=64, **kw
     )[:, 0]
     return {"saliency": sal.detach(), "grad_cam": cam.detach(), "occlusion": occ.detach()}
 
 
 def plot_attributions(
-    model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, path: Path, window: list[int]
+    model: nn.Module,
+    x: torch.Tensor,
+    adv: torch.Tensor,
+    y: torch.Tensor,
+    path: Path,
+    window: list[int],
+    geo: torch.Tensor | None = None,
 ) -> None:
-    """Rows: examples, clean then attacked; columns: input, saliency, Grad-CAM, occlusion (target = true class)."""
+    """Rows: examples, clean then attacked; columns: input, saliency, Grad-CAM, occlusion (target = true class).
+    `geo`: the examples' geometry features (clean and attacked share them), or None."""
     plt = _plt()
-    maps_c = attributions(model, x, y, window)
-    maps_a = attributions(model, adv, y, window)
+    maps_c = attributions(model, x, y, window, geo)
+    maps_a = attributions(model, adv, y, window, geo)
     n = len(x)
     t = x.shape[2] // 2
     fig, axes = plt.subplots(2 * n, 4, figsize=(10, 5 * n), squeeze=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from thermops.robustness.attacks import margin
+from thermops.robustness.attacks import call_model, margin
 
 
 def _check(name: str, passed: bool, value, limit, detail: str) -> dict:
@@ -64,8 +64,13 @@ def more_steps_not_weaker(
     )
 
 
-def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+def input_gradients(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, geo: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int, int]:
     """Per-sample L2 norm (N,) of d margin / d x, plus counts of zero and non-finite gradients.
+
+    `geo`: the rows' (N, G) geometry features for a classifier that takes them (held fixed;
+    the gradient is with respect to the pixels only).
 
     The margin Z_y - max_j Z_j is used rather than the cross-entropy because the
     cross-entropy of a confident model underflows to an exactly zero gradient,
@@ -76,7 +81,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
     model.eval()
     try:
         xg = x.detach().clone().requires_grad_(True)
-        logits = model(xg)
+        logits = call_model(model, xg, geo)
         if not logits.requires_grad:
             g = torch.zeros_like(xg)
         else:
@@ -90,9 +95,11 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
     return norms, zero, int((~finite).sum())
 
 
-def gradients_finite_nonzero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_zero_fraction: float) -> dict:
+def gradients_finite_nonzero(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_zero_fraction: float, geo: torch.Tensor | None = None
+) -> dict:
     """No NaN/inf gradients, and at most `max_zero_fraction` of samples with an all-zero gradient."""
-    norms, zero, nonfinite = input_gradients(model, x, y)
+    norms, zero, nonfinite = input_gradients(model, x, y, geo)
     frac = zero / max(len(x), 1)
     ok = nonfinite == 0 and frac <= max_zero_fraction
     return _check(
