@@ -323,41 +323,27 @@ def test_range_augmentation_lowers_resolution_and_moves_pixel_scale():
     assert torch.equal(changed, g2[:, 1] < -1e-6)  # exactly the rows whose resolution dropped
 
 
-def test_geometry_augmentations_jitter_known_metric_scale_and_drop_whole_views():
+def test_geometry_drop_marks_whole_views_as_of_a_camera_without_geometry():
     from thermops.learn.augment import AugmentConfig, augment_with_geometry
 
     x = torch.randn(512, 1, 8, 32, 32)
     geometry = ("metric_scale", "pixel_scale", "known")
-    geo = torch.tensor([[0.3, -0.5, 1.0]] * 256 + [[0.0, -0.5, 0.0]] * 256)  # known, then unknown geometry
+    geo = torch.tensor([[0.3, -0.5, 1.0]] * 512)
     base = from_params(AugmentConfig, "finetune.augment")
-    assert base.scale_jitter == 0 and base.geometry_drop == 0  # the default classifier takes no features anyway
+    assert base.geometry_drop == 0  # the default classifier takes no features anyway
     view0, geo0 = augment_with_geometry(x, geo, base, torch.Generator().manual_seed(3), geometry)
     assert torch.equal(geo0, geo)  # off: the features pass through
 
-    jit = dataclasses.replace(base, scale_jitter=0.2)
-    view1, geo1 = augment_with_geometry(x, geo, jit, torch.Generator().manual_seed(3), geometry)
-    assert torch.equal(view1, view0)  # the features' draws come after the view's: the view is the same
-    moved = geo1[:256, 0] - 0.3
-    assert 0.15 < float(moved.std()) < 0.25 and abs(float(moved.mean())) < 0.05
-    assert torch.equal(geo1[256:], geo[256:])  # unknown geometry gets no invented metres
-    assert torch.equal(geo1[:, 1:], geo[:, 1:])  # pixel_scale and known untouched
-
-    far = dataclasses.replace(jit, far_p=1.0, far_max=4.0, crop_scale=(1.0, 1.0))
-    _, geo2 = augment_with_geometry(x, geo, far, torch.Generator().manual_seed(3), geometry)
-    k = torch.exp(geo[:256, 1] - geo2[:256, 1])  # the factor each view was moved by
-    assert (k > 2).any()
-    assert float((geo2[:256, 0] - 0.3)[k > 2].std()) > 1.5 * float((geo2[:256, 0] - 0.3)[k < 1.2].std())
-
     drop = dataclasses.replace(base, geometry_drop=0.25)
-    _, geo3 = augment_with_geometry(x, geo, drop, torch.Generator().manual_seed(3), geometry)
-    dropped = geo3[:256, 2] == 0
-    assert 0.15 < float(dropped.float().mean()) < 0.35
-    assert (geo3[:256][dropped][:, 0] == 0).all() and torch.equal(geo3[:256][~dropped], geo[:256][~dropped])
-    assert torch.equal(geo3[:, 1], geo[:, 1])  # the pixels across the window are known either way
+    view1, geo1 = augment_with_geometry(x, geo, drop, torch.Generator().manual_seed(3), geometry)
+    assert torch.equal(view1, view0)  # the drop's draws come after the view's: the view is the same
+    dropped = geo1[:, 2] == 0
+    assert 0.18 < float(dropped.float().mean()) < 0.32
+    assert (geo1[dropped][:, 0] == 0).all() and torch.equal(geo1[~dropped], geo[~dropped])
+    assert torch.equal(geo1[:, 1], geo[:, 1])  # the pixels across the window are known either way
+    assert torch.equal(geo, torch.tensor([[0.3, -0.5, 1.0]] * 512))  # the caller's features are not written
     with pytest.raises(ValueError, match="geometry_drop"):
         dataclasses.replace(base, geometry_drop=1.5)
-    with pytest.raises(ValueError, match="scale_jitter"):
-        dataclasses.replace(base, scale_jitter=-0.1)
 
 
 @pytest.mark.parametrize("method", ["simclr", "mtm"])

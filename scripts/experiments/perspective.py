@@ -140,12 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         help="prepare.background_m of the box windows (default: params.yaml's)",
     )
     ap.add_argument(
-        "--geometry-aug",
+        "--geometry-drop",
         type=float,
-        nargs=2,
-        metavar=("JITTER", "DROP"),
-        help="scale_jitter and geometry_drop of the variants with geometry features "
-        "(default: finetune.augment scale_jitter / geometry_drop)",
+        metavar="P",
+        help="geometry_drop of the variants with geometry features (default: finetune.augment.geometry_drop)",
     )
     ap.add_argument(
         "--magnitudes",
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     far_p, far_max = args.far or (ft.augment.far_p, ft.augment.far_max)
     if args.background_m:
         prep = dataclasses.replace(prep, background_m=tuple(args.background_m))
-    jitter, drop = args.geometry_aug or (ft.augment.scale_jitter, ft.augment.geometry_drop)
+    drop = ft.augment.geometry_drop if args.geometry_drop is None else args.geometry_drop
     for geometric in sorted({VARIANTS[v][0] for v in args.variants}):
         folder = args.work / ("metric" if geometric else "box")
         if not (folder / "manifest.csv").is_file():
@@ -194,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": args.seeds,
         "far": [far_p, far_max],
         "background_m": list(prep.background_m) if prep.background_m else None,
-        "geometry_aug": {"scale_jitter": jitter, "geometry_drop": drop},
+        "geometry_drop": drop,
         "magnitudes_px": list(gate.perspective.magnitudes_px),
         "extended_magnitudes_px": sorted(set(args.magnitudes) | set(gate.perspective.magnitudes_px)),
         "runs": [],
@@ -207,7 +205,6 @@ def main(argv: list[str] | None = None) -> None:
                 ft.augment,
                 far_p=far_p if use_far else 0.0,
                 far_max=far_max if use_far else 1.0,
-                scale_jitter=jitter if geometry else 0.0,
                 geometry_drop=drop if geometry else 0.0,
             )
             data = load_splits(folders[geometric], classes, spec, split)

@@ -18,13 +18,10 @@ GPU with the model and draw every random number from one `torch.Generator`
   S/k and resampling it back to S, as `prepare` resamples a small window; a
   classifier that takes geometry features gets its `pixel_scale` moved by -log k
   (`augment_with_geometry`): the metric extent, what the object is, stays;
-- geometry features (`augment_with_geometry`), for a classifier that takes them:
-  `scale_jitter` puts log-normal noise on `metric_scale` (the metres come from a
-  tracker box a few pixels across and a ground-plane intersection, both uncertain;
-  a view simulated k times farther gets k times the noise: the same pixel error on
-  k times fewer pixels), and `geometry_drop` marks a share of views as of a camera
-  without geometry (`metric_scale` 0, `known` 0), as every imported real set is, so
-  that such cameras are in distribution and the pixels alone must carry the class.
+- unknown geometry (`geometry_drop`, `augment_with_geometry`), for a classifier that
+  takes geometry features: a share of views is marked as of a camera without geometry
+  (`metric_scale` 0, `known` 0), as every imported real set is, so that such cameras are
+  in distribution and the pixels alone must carry the class there.
 """
 
 from __future__ import annotations
@@ -51,15 +48,11 @@ class AugmentConfig:
     stripes: float
     far_p: float  # share of tubelets simulated farther away
     far_max: float  # up to this many times farther (log-uniform in [1, far_max])
-    # geometry features only (a classifier with input.geometry; nothing else reads them):
-    scale_jitter: float  # sigma of the log-normal noise on metric_scale (x k for a view k times farther)
-    geometry_drop: float  # share of views given unknown geometry (metric_scale 0, known 0)
+    geometry_drop: float  # share of views given unknown geometry (a classifier with input.geometry only)
 
     def __post_init__(self):
         if not 0.0 <= self.geometry_drop <= 1.0:
             raise ValueError(f"geometry_drop {self.geometry_drop} is not a share in [0, 1]")
-        if self.scale_jitter < 0:
-            raise ValueError(f"scale_jitter {self.scale_jitter} must be >= 0")
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
@@ -147,23 +140,14 @@ def augment_with_geometry(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`augment` for a classifier with geometry features `geometry` (N, G): a view simulated k times
     farther gets its `pixel_scale` lowered by log k, as `geometry_features` would compute it; then
-    `scale_jitter` noise on `metric_scale` (k times larger for that view) and `geometry_drop`
-    (unknown geometry), each drawing random numbers only when it is on."""
+    `geometry_drop` (unknown geometry), which draws random numbers only when it is on."""
     view, k = _augment(x, cfg, g)
     geo = geo.clone()
     if "pixel_scale" in geometry:
         i = geometry.index("pixel_scale")
         geo[:, i] = geo[:, i] - torch.log(k).to(geo.dtype)
-    n, dev = len(geo), geo.device
-    metric = geometry.index("metric_scale") if "metric_scale" in geometry else None
-    known = geometry.index("known") if "known" in geometry else None
-    if cfg.scale_jitter > 0 and metric is not None:
-        noise = torch.randn(n, generator=g, device=dev, dtype=geo.dtype) * cfg.scale_jitter * k.to(geo.dtype)
-        has = geo[:, known] > 0.5 if known is not None else torch.ones(n, dtype=torch.bool, device=dev)
-        geo[:, metric] = torch.where(has, geo[:, metric] + noise, geo[:, metric])
-    if cfg.geometry_drop > 0 and (metric is not None or known is not None):
-        drop = torch.rand(n, generator=g, device=dev) < cfg.geometry_drop
-        for i in (metric, known):
-            if i is not None:
-                geo[:, i] = torch.where(drop, torch.zeros_like(geo[:, i]), geo[:, i])
+    unknown = [geometry.index(f) for f in ("metric_scale", "known") if f in geometry]
+    if cfg.geometry_drop > 0 and unknown:
+        drop = torch.rand(len(geo), generator=g, device=geo.device) < cfg.geometry_drop
+        geo[drop.nonzero()[:, 0][:, None], torch.tensor(unknown, device=geo.device)] = 0.0
     return view, geo
