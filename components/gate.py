@@ -166,7 +166,7 @@ def run(
     from thermops.robustness import decision as D
     from thermops.robustness import envelope as E
     from thermops.robustness import report as R
-    from thermops.robustness.attacks import predict
+    from thermops.robustness.attacks import predict, rows_of
     from thermops.robustness.evaluate import corruption_ce, data_hash, evaluate, params_hash
 
     t_start = time.perf_counter()
@@ -261,7 +261,7 @@ def run(
             flipped = ok & (predict(model, adv, ageo) != art["y"])
             pick = sorted(range(len(ok)), key=lambda i: (not bool(flipped[i]), not bool(ok[i]), i))[:k]
             x, y, xa = art["x"][pick], art["y"][pick], adv[pick]
-            pa = predict(model, xa, None if ageo is None else ageo[pick])
+            pa = predict(model, xa, rows_of(ageo, pick))
             name = f"adversarial_{threat}.png"
             R.plot_adversarial(
                 x,
@@ -284,7 +284,7 @@ def run(
                 art["y"][picks],
                 rd / "attributions.png",
                 list(params.report.occlusion_window),
-                None if ageo is None else ageo[picks],
+                rows_of(ageo, picks),
             )
             images.append(
                 (f"Saliency / Grad-CAM / occlusion (captum), clean and PGD-{threat} attacked", "attributions.png")

@@ -162,7 +162,7 @@ def test_a_misaligned_attack_is_caught_by_the_row_tags(probe):
     """The probe of the two tests above: an attack that feeds a subset the first rows' features."""
 
     class Misaligned(A.PGD):
-        def _model(self, x, rows=None):
+        def logits(self, x, rows=None):
             return self.model(x, self.geo[: len(x)])
 
     _, _, x, y, geo = probe

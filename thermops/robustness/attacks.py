@@ -96,6 +96,11 @@ def call_model(model: nn.Module, x: torch.Tensor, geo: torch.Tensor | None = Non
     return model(x) if geo is None else model(x, geo)
 
 
+def rows_of(geo: torch.Tensor | None, idx) -> torch.Tensor | None:
+    """The rows `idx` (an index, a mask or a slice) of (N, G) geometry features; None stays None."""
+    return None if geo is None else geo[idx]
+
+
 def check_geometry(x: torch.Tensor, geo: torch.Tensor | None, who: str) -> None:
     """Geometry features must be (N, G), one row per tubelet of x."""
     if geo is not None and (geo.ndim != 2 or len(geo) != len(x)):
@@ -174,22 +179,17 @@ class Attack:
 
     geo: torch.Tensor | None = None  # the (N, G) geometry features of the rows being attacked
 
-    def _model(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of x, which holds the attacked rows `rows` (an index or a mask into them; None: all
         rows, in order): a geometry-taking classifier gets exactly those rows' features."""
-        if self.geo is None:
-            return self.model(x)
-        return self.model(x, self.geo if rows is None else self.geo[rows])
-
-    def logits(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        return self._model(x, rows)
+        return call_model(self.model, x, self.geo if rows is None else rows_of(self.geo, rows))
 
     def grad(
         self, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample loss gradient w.r.t. x: (grad, per-sample loss, logits); x holds rows `rows`."""
         x = x.clone().requires_grad_(True)
-        logits = self._model(x, rows)
+        logits = self.logits(x, rows)
         per = F.cross_entropy(logits, y, reduction="none") if loss == "ce" else dlr_loss(logits, y)
         self.n_grad += x.shape[0]
         if not per.requires_grad:  # a forward detached from its input (argmax inside): no gradient at all
@@ -446,7 +446,7 @@ class CarliniWagnerL2(Attack):
             success = torch.zeros(n, dtype=torch.bool, device=x.device)
             for _ in range(self.steps):
                 adv = self.clamp(x + delta)
-                logits = self._model(adv)
+                logits = self.logits(adv)
                 m = margin(logits, y)
                 l2 = delta.reshape(n, -1).pow(2).sum(1)
                 loss = (l2 + c * torch.clamp(m + self.kappa, min=0)).sum()
@@ -548,7 +548,7 @@ def predict(model: nn.Module, x: torch.Tensor, geo: torch.Tensor | None = None, 
         return (
             torch.cat(
                 [
-                    call_model(model, x[i : i + batch], None if geo is None else geo[i : i + batch]).argmax(1)
+                    call_model(model, x[i : i + batch], rows_of(geo, slice(i, i + batch))).argmax(1)
                     for i in range(0, len(x), batch)
                 ]
             )

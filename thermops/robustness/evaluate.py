@@ -138,7 +138,7 @@ def attack_suite(
             if name == "cw_l2":
                 idx = torch.arange(min(p.cw.subset, len(x)))
                 cw = A.build_attack(threat, name, model, tm.eps[0], **_attack_kwargs(name, p, seed))
-                masks = cw.robust_mask(x[idx], y[idx], eps_all, None if geo is None else geo[idx])
+                masks = cw.robust_mask(x[idx], y[idx], eps_all, A.rows_of(geo, idx))
                 curves[name] = {e: float(m.float().mean()) for e, m in masks.items()}
                 subset_n[name] = int(len(idx))
                 for e, m in masks.items():
@@ -288,9 +288,6 @@ def evaluate(
                 f"geometry features of shape {tuple(geo.shape)}, expected ({len(tubelets)}, {len(spec.geometry)})"
             )
 
-    def rows(i: torch.Tensor) -> torch.Tensor | None:
-        return None if geo is None else geo[i]
-
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     model.eval()
@@ -304,21 +301,21 @@ def evaluate(
 
     ia = torch.as_tensor(subset(len(x), p.attack_subset, seed))
     t0 = time.perf_counter()
-    suite = attack_suite(model, x[ia], y[ia], p, seed, baseline, rows(ia))
+    suite = attack_suite(model, x[ia], y[ia], p, seed, baseline, A.rows_of(geo, ia))
     timing["attacks"] = time.perf_counter() - t0
     timing.update({f"attack/{k}": v for k, v in suite["timing_s"].items()})
 
     t0 = time.perf_counter()
     ic = torch.as_tensor(subset(len(x), p.corruptions.subset, seed + 1))
     units_c = [units[i] for i in ic.tolist()]
-    c_err = corruption_errors(model, raw[ic], y[ic], units_c, spec, p, seed, rows(ic))
+    c_err = corruption_errors(model, raw[ic], y[ic], units_c, spec, p, seed, A.rows_of(geo, ic))
     c_clean_err = float((pred[ic] != y[ic]).float().mean())
     timing["corruptions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ip = torch.as_tensor(subset(len(x), p.perspective.subset, seed + 2))
     units_p = [units[i] for i in ip.tolist()]
-    persp = P.sweep(model, raw[ip], y[ip], units_p, spec, list(p.perspective.magnitudes_px), geo=rows(ip))
+    persp = P.sweep(model, raw[ip], y[ip], units_p, spec, list(p.perspective.magnitudes_px), geo=A.rows_of(geo, ip))
     slope = P.stability_slope(persp)
     at = [r for r in persp if abs(abs(r["px"]) - p.perspective.decision_px) < 1e-9]
     flip = max((r["flip_rate"] for r in at), default=float("nan"))
@@ -335,7 +332,7 @@ def evaluate(
             wc_p.budget_px,
             wc_p.steps,
             seed,
-            geo=rows(iw),
+            geo=A.rows_of(geo, iw),
         )
         wc.pop("offsets")
     timing["perspective"] = time.perf_counter() - t0
@@ -352,7 +349,7 @@ def evaluate(
             spec,
             list(p.radiometric.gain_changes),
             list(p.radiometric.offset_k),
-            geo=rows(ip),
+            geo=A.rows_of(geo, ip),
         )
     )
     timing["radiometric"] = time.perf_counter() - t0
@@ -372,5 +369,11 @@ def evaluate(
         "stability_slope": slope,
         "radiometric": {"n": int(len(ip)), "sweep": radio},
         "timing_s": timing,
-        "_artefacts": {"x": x[ia], "y": y[ia], "geo": rows(ia), "examples": suite["examples"], "raw": raw[ia]},
+        "_artefacts": {
+            "x": x[ia],
+            "y": y[ia],
+            "geo": A.rows_of(geo, ia),
+            "examples": suite["examples"],
+            "raw": raw[ia],
+        },
     }
