@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.training_helpers import CLASSES, full_plan, make_prepared, make_unlabeled, small_training_params
@@ -18,67 +19,52 @@ from thermops.model.card import load_model_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _step(module: str, *args: str, timings: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a step; its wall-clock timings go to `timings`, never into the repository's `.thermops/`."""
+def _step(module: str, *args: str, timings: Path | None = None, bare: str | None = None) -> subprocess.CompletedProcess:
+    """Run a step; its wall-clock timings go to `timings`, never into the repository's `.thermops/`.
+    `bare`: as on a GPU node whose python has torch, numpy, pyyaml and these distributions (comma-separated;
+    "" for none) alone (tests/bare_python.py)."""
     env = {**os.environ, **({"THERMOPS_TIMINGS_DIR": str(timings)} if timings else {})}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    run = [str(ROOT / "tests" / "bare_python.py"), "--with", bare or "", module] if bare is not None else ["-m", module]
+    return subprocess.run([sys.executable, *run, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _train(
+    d: Path, out: Path, bare: str | None = None
+) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """pretrain, then finetune, on the data and params in `d`, writing everything under `out`."""
+    params, prepared, plan = str(d / "params.yaml"), str(d / "prepared"), str(full_plan(out / "warmstart"))
+    pre = _step(
+        "components.pretrain",
+        *("--params", params, "--data", prepared, "--unlabeled", str(d / "unlabeled")),
+        *("--out", str(out / "pretrained"), "--metrics", str(out / "m/pretrain.json")),
+        *("--curve", str(out / "m/pretrain_loss.csv"), "--checkpoints", str(out / "ck/pre"), "--warmstart", plan),
+        timings=out / "timings",
+        bare=bare,
     )
+    if pre.returncode:
+        return pre, pre
+    ft = _step(
+        "components.finetune",
+        *("--params", params, "--data", prepared, "--pretrained", str(out / "pretrained")),
+        *("--out", str(out / "finetuned"), "--metrics", str(out / "m/finetune.json")),
+        *("--confusion", str(out / "m/confusion.csv"), "--curve", str(out / "m/curve.csv")),
+        *("--figures", str(out / "fig"), "--checkpoints", str(out / "ck/ft"), "--warmstart", plan),
+        timings=out / "timings",
+        bare=bare,
+    )
+    return pre, ft
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("steps")
-    prepared = make_prepared(d / "prepared", n_per_class=10, seed=2)
-    unlabeled = make_unlabeled(d / "unlabeled")
+    make_prepared(d / "prepared", n_per_class=10, seed=2)
+    make_unlabeled(d / "unlabeled")
     params = small_training_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     params["classes"] = CLASSES
     (d / "params.yaml").write_text(yaml.safe_dump(params))
-    pre = _step(
-        "components.pretrain",
-        "--params",
-        str(d / "params.yaml"),
-        "--data",
-        str(prepared),
-        "--unlabeled",
-        str(unlabeled),
-        "--out",
-        str(d / "pretrained"),
-        "--metrics",
-        str(d / "m/pretrain.json"),
-        "--curve",
-        str(d / "m/pretrain_loss.csv"),
-        "--checkpoints",
-        str(d / "ck/pre"),
-        "--warmstart",
-        str(full_plan(d / "warmstart")),
-        timings=d / "timings",
-    )
+    pre, ft = _train(d, d)
     assert pre.returncode == 0, pre.stderr[-2000:]
-    ft = _step(
-        "components.finetune",
-        "--params",
-        str(d / "params.yaml"),
-        "--data",
-        str(prepared),
-        "--pretrained",
-        str(d / "pretrained"),
-        "--out",
-        str(d / "finetuned"),
-        "--metrics",
-        str(d / "m/finetune.json"),
-        "--confusion",
-        str(d / "m/confusion.csv"),
-        "--curve",
-        str(d / "m/curve.csv"),
-        "--figures",
-        str(d / "fig"),
-        "--checkpoints",
-        str(d / "ck/ft"),
-        "--warmstart",
-        str(full_plan(d / "warmstart")),
-        timings=d / "timings",
-    )
     assert ft.returncode == 0, ft.stderr[-2000:]
     return d, ft.stderr
 
@@ -153,6 +139,23 @@ def test_finetune_metrics_confusion_and_card(trained):
     assert len(card["data"]["prepared_hash"]) == 64 and card["metrics"]["accuracy"] == m["accuracy"]
     assert card["data"]["split"] == "prepared" and "seconds" not in json.dumps(card)
     assert (d / "fig/confusion.png").stat().st_size > 1000
+
+
+def test_the_training_steps_run_on_a_bare_gpu_node(trained):
+    """A bare GPU node's python has torch, torchmetrics, numpy and pyyaml: pretrain and finetune run
+    there with every other third-party package missing (pydantic, matplotlib, bentoml, ...), and train
+    exactly what they train in the full environment. Both import with torch, numpy and pyyaml alone."""
+    d, _ = trained
+    for step in ("components.pretrain", "components.finetune"):
+        r = _step(step, "--help", bare="")
+        assert r.returncode == 0, r.stderr[-2000:]
+    pre, ft = _train(d, d / "bare", bare="torchmetrics")
+    assert pre.returncode == 0 and ft.returncode == 0, (pre.stderr + ft.stderr)[-2000:]
+    assert "no PNG figures" in ft.stderr and "matplotlib" in ft.stderr  # the one extra it skips
+    for name in ("pretrained/encoder.pt", "finetuned/model.pt"):
+        full, bare = (torch.load(root / name, weights_only=True) for root in (d, d / "bare"))
+        assert full.keys() == bare.keys() and all(torch.equal(full[k], bare[k]) for k in full), name
+    assert json.loads((d / "bare/m/finetune.json").read_text()) == json.loads((d / "m/finetune.json").read_text())
 
 
 def test_missing_data_is_one_clear_error(tmp_path):

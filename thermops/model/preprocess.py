@@ -14,12 +14,14 @@ Shapes: a tubelet is (T, H, W); a batch is (N, T, H, W); the model takes
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from thermops.camera.calibration import Calibration
+if TYPE_CHECKING:  # the training path imports with torch, numpy and pyyaml alone (no pydantic)
+    from thermops.camera.calibration import Calibration
 
 # Units a model can be trained on for radiometric cameras (recorded in its card);
 # display8 cameras always give `display8`.
