@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         help="run every few-label arm at each of these encoder learning-rate factors (default: the params' "
         "finetune.low_label.optim.encoder_lr_scale, and scratch_encoder_lr_scale for scratch)",
     )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda", "auto"],
+        help="where the probes and few-label runs train (pretraining follows pretrain.device); auto: CUDA when present",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -94,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     model_cfg = section(params, "model", ModelConfig)
     spec = section(params, "input", InputSpec)
     split = section(params, "split", SplitParams)
-    device = torch.device("cpu")
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    )
     splits = load_splits(args.data, classes, spec, split)
 
     def few_label(fresh, arm: str) -> dict:
@@ -133,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python scripts/experiments/pretraining.py " + " ".join(argv or sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": model_cfg.to_dict(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
         "few_label": {"fraction": ft.low_label.fraction, "seeds": list(ft.low_label.seeds)},
         "variants": {},
     }
