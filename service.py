@@ -2,8 +2,9 @@
 
 Endpoints (all POST, JSON answers):
 
-    /classify          {"tubelet": [[[...]]] (T, H, W), "camera_id": "..."}   JSON array
-    /classify_upload   multipart: file=<.npy or multi-page TIFF>, camera_id=...
+    /classify          {"tubelet": [[[...]]] (T, H, W), "camera_id": "...",
+                        "window_px": 48, "ground_px": [u, v]}   JSON array; geometry optional
+    /classify_upload   multipart: file=<.npy or multi-page TIFF>, camera_id=..., window_px=48, ground_px=[u, v]
     /register_camera   {"calibration": {...}}  a display8 camera; needs `Authorization: Bearer <token>`
     /metadata          lineage, gate summary, validated envelope, classes, cameras, limits
     /stats             model calls by batch size, requests in flight, refusals, worker memory
@@ -15,8 +16,10 @@ its API decodes it under the limits (`thermops.serve.decoders`), validates it, m
 to the model's input through the camera's calibration and the shared
 `thermops.model.preprocess.prepare_batch`, and hands it to the in-process batcher
 (`thermops.serve.batcher`), which joins concurrent requests into one model call
-without delaying a lone one. A bad request is answered 4xx on its own and never
-reaches, or fails, a batch. Knobs arrive as bento arguments that the package step
+without delaying a lone one. A model trained with window geometry (`input.geometry`)
+needs `window_px` and takes `ground_px` (`thermops.serve.windows`, checked before the
+tubelet is decoded); its features travel with the job, row-aligned in every batch.
+A bad request is answered 4xx on its own and never reaches, or fails, a batch. Knobs arrive as bento arguments that the package step
 sets from params.yaml.
 """
 
@@ -51,7 +54,8 @@ from thermops.serve.requests import (
     parse_json_tubelet,
     parse_upload,
 )
-from thermops.serve.schema import CameraId, JsonTubelet, Prediction, Registration
+from thermops.serve.schema import CameraId, GeometryUsed, GroundPx, JsonTubelet, Prediction, Registration, WindowPx
+from thermops.serve.windows import Window, request_window
 
 logger = logging.getLogger("thermops.serve")
 GIL_SWITCH_INTERVAL_S = 0.001
@@ -72,7 +76,7 @@ ServeArgs = _serve_args()
 ARGS = bentoml.use_arguments(ServeArgs)
 LIMITS = PackageParams(**{f.name: getattr(ARGS, f.name) for f in dataclasses.fields(PackageParams)})
 
-MODEL_ERRORS = (400, 404, 413, 415, 503)
+MODEL_ERRORS = (400, 404, 413, 415, 422, 503)
 ROUTES = {
     "/classify": RouteSpec(
         "json", LIMITS.max_json_bytes, model=True, max_values=LIMITS.max_elements + 64, errors=MODEL_ERRORS
@@ -81,7 +85,8 @@ ROUTES = {
         "multipart",
         LIMITS.max_request_bytes,
         model=True,
-        parts={"file": "file", "camera_id": "field"},
+        parts={"file": "file", "camera_id": "field", "window_px": "field", "ground_px": "field"},
+        optional=("window_px", "ground_px"),
         max_file_bytes=LIMITS.max_upload_bytes,
         errors=MODEL_ERRORS,
     ),
@@ -201,12 +206,11 @@ class ThermopsClassifier:
 
     # ------------------------------------------------------------------ per-request path
 
-    def _job(self, decode: typing.Callable[[], np.ndarray], camera_id: str) -> Job:
+    def _job(self, decode: typing.Callable[[], np.ndarray], cal: Any, window: Window | None) -> Job:
         """Decode under the limits, validate, check against the camera: the model thread's job."""
-        cal = self.cameras.get(camera_id)
         tubelet = check_tubelet(decode(), LIMITS)
         check_camera_range(tubelet, cal)
-        return Job(tubelet, cal, self.radiometric)
+        return Job(tubelet, cal, self.radiometric, geo=None if window is None else window.features)
 
     async def _alone(self) -> bool:
         """Whether this is the only request in flight (and the model idle). Two turns of the
@@ -220,13 +224,23 @@ class ThermopsClassifier:
         return gate is not None and gate.inflight <= 1
 
     async def _answer(
-        self, decode: typing.Callable[[], np.ndarray], camera_id: str, field: str, values: int
+        self,
+        decode: typing.Callable[[], np.ndarray],
+        camera_id: str,
+        field: str,
+        values: int,
+        window_px: float | None = None,
+        ground_px: list[float] | None = None,
     ) -> Prediction | JSONResponse:
+        window = None
         try:
+            cal = self.cameras.get(camera_id)
+            # the window geometry (a few scalars) before anything is decoded; None: the model takes none
+            window = request_window(self.spec, cal, window_px, ground_px)
             if values <= INLINE_VALUES:
-                job = self._job(decode, camera_id)
+                job = self._job(decode, cal, window)
             else:  # a large tubelet: keep the event loop free meanwhile
-                job = await asyncio.to_thread(self._job, decode, camera_id)
+                job = await asyncio.to_thread(self._job, decode, cal, window)
             probs = await self.batcher.submit(job, alone=await self._alone())
         except ServeError as err:
             err.field = err.field or field
@@ -246,11 +260,17 @@ class ThermopsClassifier:
             calibration_version=job.calibration.version,
             units=job.units,
             model_version=self.version,
+            geometry=None if window is None else GeometryUsed(**window.describe()),
         )
 
     @bentoml.api
-    async def classify(self, tubelet: JsonTubelet, camera_id: CameraId) -> Prediction:
-        """Classify one tubelet sent as a JSON array (T, H, W) in the camera's raw values."""
+    async def classify(
+        self, tubelet: JsonTubelet, camera_id: CameraId, window_px: WindowPx = None, ground_px: GroundPx = None
+    ) -> Prediction:
+        """Classify one tubelet sent as a JSON array (T, H, W) in the camera's raw values.
+
+        A model that takes window geometry (/metadata `input.geometry`) needs `window_px` and
+        takes `ground_px`; other models ignore both."""
         values = len(tubelet) * (len(tubelet[0]) * len(tubelet[0][0]) if tubelet and tubelet[0] else 1)
 
         def decode() -> np.ndarray:
@@ -260,11 +280,15 @@ class ThermopsClassifier:
             tubelet.clear()
             return arr
 
-        return await self._answer(decode, camera_id, "tubelet", values)
+        return await self._answer(decode, camera_id, "tubelet", values, window_px, ground_px)
 
     @bentoml.api
-    async def classify_upload(self, file: Path, camera_id: CameraId) -> Prediction:
-        """Classify one tubelet uploaded as an .npy array or a multi-page TIFF (T, H, W), one page per frame."""
+    async def classify_upload(
+        self, file: Path, camera_id: CameraId, window_px: WindowPx = None, ground_px: GroundPx = None
+    ) -> Prediction:
+        """Classify one tubelet uploaded as an .npy array or a multi-page TIFF (T, H, W), one page per frame.
+
+        Window geometry as in /classify, as text fields (`ground_px` as the text `[u, v]`)."""
         try:
             size = os.path.getsize(file)
             if size > LIMITS.max_upload_bytes:
@@ -273,8 +297,10 @@ class ThermopsClassifier:
                 )
         except ServeError as err:
             return _error(err)
-        data = Path(file).read_bytes()
-        return await self._answer(lambda: parse_upload(data, LIMITS), camera_id, "file", size // 2)
+        # read only once the camera and the window geometry passed (inside `_answer`)
+        return await self._answer(
+            lambda: parse_upload(Path(file).read_bytes(), LIMITS), camera_id, "file", size // 2, window_px, ground_px
+        )
 
     @bentoml.api
     def register_camera(self, calibration: dict[str, Any]) -> Registration:
@@ -303,6 +329,7 @@ class ThermopsClassifier:
             "model_version": self.version,
             "classes": self.classes,
             "input": self.spec.to_dict(),
+            "request_geometry": self._geometry_contract(),
             "radiometric_units": self.radiometric,
             "lineage": {k: m.get(k) for k in ("git_revision", "package_git_revision", "data_version", "calibrations")},
             "gate": m.get("gate", {}),
@@ -311,6 +338,26 @@ class ThermopsClassifier:
             "camera_state_error": self.cameras.state_error,
             "limits": {k: v for k, v in LIMITS.to_dict().items() if k != "register_token_env"},
             "device": self.device,
+        }
+
+    def _geometry_contract(self) -> dict[str, Any]:
+        """What /classify and /classify_upload do with the window geometry fields, for clients."""
+        if not self.spec.geometry:
+            return {
+                "takes_geometry": False,
+                "window_px": "ignored",
+                "ground_px": "ignored",
+                "note": "this model takes no window geometry; window_px and ground_px are accepted and ignored",
+            }
+        return {
+            "takes_geometry": True,
+            "features": list(self.spec.geometry),
+            "window_px": "required: the window's side in camera pixels before resampling, 1 .. the camera's "
+            "larger image side",
+            "ground_px": "optional: [u, v] ground contact point in camera pixels, inside the image and below the "
+            "horizon; gives window_m on cameras of known geometry",
+            "note": "without ground_px, or on a camera of unknown geometry, the geometry is unknown "
+            "(metric_scale 0, known 0), as training marks such rows",
         }
 
     @bentoml.api

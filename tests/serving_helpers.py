@@ -68,11 +68,19 @@ def display8_calibration(camera_id: str = "cam-d8", version: str = "d1") -> Cali
     )
 
 
-def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str, Path]:
-    """Write models/gated, metrics/gate.json and data/calibration under `root`."""
+def make_gated_model(
+    root: Path, passed: bool = True, seed: int = 0, geometry: tuple[str, ...] = (), model: Any = None
+) -> dict[str, Path]:
+    """Write models/gated, metrics/gate.json and data/calibration under `root`.
+
+    `geometry`: the input spec's geometry features (a classifier that takes window geometry);
+    `model`: the classifier to save (default: an untrained tiny one of that spec)."""
     torch.manual_seed(seed)
     cfg = from_params(ModelConfig, "model", size="tiny", embed_dim=32)
-    model = TubeletClassifier(cfg, len(CLASSES)).eval()
+    spec = from_params(InputSpec, "input", frames=8, size=32, geometry=tuple(geometry))
+    if model is None:
+        model = TubeletClassifier(cfg, len(CLASSES), geo_dim=len(spec.geometry))
+    model = model.eval()
     cals = [radiometric_calibration(), display8_calibration()]
     cal_dir = root / "data" / "calibration"
     for c in cals:
@@ -80,7 +88,7 @@ def make_gated_model(root: Path, passed: bool = True, seed: int = 0) -> dict[str
     card = make_card(
         classes=CLASSES,
         model_cfg=cfg,
-        input_spec=SPEC,
+        input_spec=spec,
         calibrations={c.camera_id: c.version for c in cals},
         data={"hash": "0123456789abcdef" * 2, "n_train": 10},
         metrics={"val_macro_f1": 0.5},
@@ -298,3 +306,43 @@ def packaged_once(tmp_path_factory) -> tuple[dict[str, Path], Path, dict[str, st
             raise RuntimeError(f"package step failed:\n{proc.stderr}")
         _PACKAGED.update(paths=paths, home=home, result=read_json(out))
     return _PACKAGED["paths"], _PACKAGED["home"], _PACKAGED["result"]
+
+
+def schemathesis_run(url: str, tmp_path: Path, max_examples: int) -> dict[str, list[str]]:
+    """schemathesis against a live server's OpenAPI document: zero 5xx and every status, content
+    type and body as documented; returns {"POST /route": [failure tags]} of the operations it ran
+    (asserting that the run itself passed)."""
+    import xml.etree.ElementTree as ET
+
+    st = Path(sys.executable).with_name("st")
+    report = tmp_path / "junit.xml"
+    cmd = [
+        str(st),
+        "run",
+        url + "/docs.json",
+        "--checks",
+        "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        "--max-examples",
+        str(max_examples),
+        "--seed",
+        "1",
+        "-H",
+        f"Authorization: Bearer {REGISTER_TOKEN}",  # so that /register_camera's body is fuzzed too
+        "--workers",
+        "2",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
+        "--suppress-health-check",
+        "all",
+        "--request-timeout",
+        "60",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=bento_env(tmp_path / "unused"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    cases = ET.parse(report).getroot().iter("testcase")
+    return {c.get("name"): [e.tag for e in c if e.tag in ("failure", "error")] for c in cases}

@@ -12,8 +12,13 @@ The model thread also does the torch-heavy half of the preprocessing (units,
 resampling, normalization, batched by shape), so that it runs beside the event loop's
 HTTP work on a second core instead of after it.
 
-Shapes: a job holds one (T, H, W) tubelet; a model call takes (N, 1, T, S, S) and
-gives (N, C) logits; each job gets its (C,) probabilities.
+A classifier that takes window geometry (`InputSpec.geometry`) gets each job's (G,)
+features in the same call, stacked in the same row order as the tubelets: a batch joins
+requests from many clients, and row k's features are always row k's request's.
+
+Shapes: a job holds one (T, H, W) tubelet (and, for such a model, its (G,) geometry
+features); a model call takes (N, 1, T, S, S) (and (N, G)) and gives (N, C) logits; each
+job gets its (C,) probabilities.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from thermops.model.preprocess import prepare_batch, to_model_units
-from thermops.serve.errors import Overloaded, TubeletError
+from thermops.serve.errors import GeometryError, Overloaded, TubeletError
 
 
 def select_device(setting: str, cuda_available: bool) -> str:
@@ -49,12 +54,14 @@ def select_device(setting: str, cuda_available: bool) -> str:
 class Job:
     """One validated request for the model thread: raw values (T, H, W) and how to read them.
 
-    `units` is set on the model thread (`celsius`, `counts` or `display8`).
+    `geo`: the (G,) float32 geometry features of the request's window, for a model that takes
+    them (None otherwise). `units` is set on the model thread (`celsius`, `counts` or `display8`).
     """
 
     values: np.ndarray
     calibration: Any
     radiometric: str
+    geo: np.ndarray | None = None
     units: str = ""
 
 
@@ -65,7 +72,8 @@ class ModelRunner:
     (`to_model_units`), jobs of one shape and unit are resampled and normalized together
     (`prepare_batch`, the one preprocessing training uses), the model sees one
     (N, 1, T, S, S) batch, and each job gets its (C,) class probabilities, or the
-    `TubeletError` that refused it alone.
+    `TubeletError` that refused it alone. A model whose spec has geometry features also
+    gets the jobs' (N, G) features, row k from the job of tubelet k; one without gets none.
     """
 
     def __init__(self, model: Any, device: str, spec: Any, trace: bool = True):
@@ -74,6 +82,7 @@ class ModelRunner:
         self.torch = torch
         self.device = torch.device(device)
         self.spec = spec
+        self.geo_dim = len(getattr(spec, "geometry", ()) or ())
         self.model = model.to(self.device).eval()
         self.traced = False
         if trace:
@@ -93,30 +102,48 @@ class ModelRunner:
         """
         torch = self.torch
         shape = (1, self.spec.frames, self.spec.size, self.spec.size)
+
+        def inputs(n: int, make: Callable[..., Any], **kw: Any) -> tuple[Any, ...]:
+            x = make(n, *shape, **kw).to(self.device)
+            return (x, make(n, self.geo_dim, **kw).to(self.device)) if self.geo_dim else (x,)
+
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of compilers we cannot ship
-                traced = torch.jit.trace(model, torch.zeros(2, *shape, device=self.device), check_trace=False)
-                probe = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0)).to(self.device)
-                same = torch.allclose(traced(probe), model(probe), atol=1e-5, rtol=0)
+                traced = torch.jit.trace(model, inputs(2, torch.zeros), check_trace=False)
+                probe = inputs(3, torch.randn, generator=torch.Generator().manual_seed(0))
+                same = torch.allclose(traced(*probe), model(*probe), atol=1e-5, rtol=0)
         except Exception:  # noqa: BLE001  (tracing is an optimisation; the eager model always works)
             return model, False
         return (traced, True) if same else (model, False)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """(N, 1, T, S, S) float32 -> (N, C) float32 logits."""
+    def forward(self, x: np.ndarray, geo: np.ndarray | None = None) -> np.ndarray:
+        """(N, 1, T, S, S) float32 (and (N, G) geometry features for a model that takes them)
+        -> (N, C) float32 logits."""
         torch = self.torch
         with torch.inference_mode():
-            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            args = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
+            if self.geo_dim:
+                if geo is None or geo.shape != (len(x), self.geo_dim):
+                    raise ValueError(
+                        f"({len(x)}, {self.geo_dim}) geometry features expected, got {getattr(geo, 'shape', None)}"
+                    )
+                args.append(torch.from_numpy(np.ascontiguousarray(geo, dtype=np.float32)))
             if self.device.type != "cpu":
-                xt = xt.to(self.device)
-            return self.model(xt).float().cpu().numpy()
+                args = [a.to(self.device) for a in args]
+            return self.model(*args).float().cpu().numpy()
 
     def prepare(self, jobs: list[Job]) -> list[np.ndarray | Exception]:
         """Jobs -> (1, 1, T, S, S) float32 model inputs (or the error of a job)."""
         out: list[np.ndarray | Exception] = [TubeletError("not prepared")] * len(jobs)
         groups: dict[tuple, list[tuple[int, np.ndarray]]] = collections.defaultdict(list)
         for i, job in enumerate(jobs):
+            if self.geo_dim and (job.geo is None or job.geo.shape != (self.geo_dim,)):
+                out[i] = GeometryError(
+                    f"this model takes {self.geo_dim} geometry feature(s) per tubelet; the request has none",
+                    field="window_px",
+                )
+                continue
             values, units = to_model_units(job.values, job.calibration, job.radiometric)
             job.units = units
             if not np.isfinite(values).all():
@@ -139,7 +166,9 @@ class ModelRunner:
         good = [i for i, x in enumerate(prepared) if isinstance(x, np.ndarray)]
         t1 = time.perf_counter()
         if good:
-            logits = self.forward(np.concatenate([prepared[i] for i in good]))
+            # geometry rows in the order of the tubelet rows: row k of both is job good[k]
+            geo = np.stack([jobs[i].geo for i in good]) if self.geo_dim else None
+            logits = self.forward(np.concatenate([prepared[i] for i in good]), geo)
         t2 = time.perf_counter()
         with self._lock:
             self.batch_sizes[len(good)] += 1

@@ -70,6 +70,15 @@ class InvalidRequest(ServeError, ValueError):
     code = "invalid_request"
 
 
+class GeometryError(ServeError, ValueError):
+    """A request's window geometry that the model and camera cannot use: missing where the
+    model takes it, a window larger than the camera's image, a ground point outside the
+    image or above the horizon."""
+
+    status = 422
+    code = "invalid_geometry"
+
+
 class UnknownCamera(ServeError, KeyError):
     """The request names a camera that the registry does not hold."""
 

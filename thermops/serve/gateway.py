@@ -77,6 +77,8 @@ DESCRIPTIONS = {
     409: "conflicts with the service's state (a trained camera, the registration cap)",
     413: "body, upload or declared tubelet over the limits",
     415: "content type or file format the route does not take",
+    422: "window geometry the model and camera cannot use (missing window_px for a model that takes geometry, "
+    "a window larger than the camera's image, a ground point outside the image or above the horizon)",
     503: "over capacity or past the deadline: retry after Retry-After seconds",
 }
 
@@ -90,7 +92,9 @@ class RouteSpec:
         max_bytes: largest body.
         model: counts against `max_concurrency` (routes that reach the model).
         auth: needs the registration bearer token.
-        parts: multipart only: part name -> `file` or `field`; exactly these, once each.
+        parts: multipart only: part name -> `file` or `field`; each at most once, all of them
+            but those in `optional` required, no other.
+        optional: multipart only: parts of `parts` that a body may leave out.
         max_file_bytes: multipart only: largest file part.
         max_values: JSON only: most numbers the body may hold.
         errors: the error statuses the route answers (documented in the OpenAPI schema).
@@ -101,6 +105,7 @@ class RouteSpec:
     model: bool = False
     auth: bool = False
     parts: dict[str, str] = field(default_factory=dict)
+    optional: tuple[str, ...] = ()
     max_file_bytes: int = 0
     max_values: int | None = None
     errors: tuple[int, ...] = (400, 413, 415, 503)
@@ -232,8 +237,10 @@ class _MultipartCheck:
         want = self.spec.parts.get(name)
         if want is None:
             raise InvalidRequest(
-                f"unexpected multipart part {ascii(name)[:60]}; this route takes exactly "
-                + ", ".join(f"{n} ({k})" for n, k in self.spec.parts.items()),
+                f"unexpected multipart part {ascii(name)[:60]}; this route takes "
+                + ", ".join(
+                    f"{n} ({k}{', optional' if n in self.spec.optional else ''})" for n, k in self.spec.parts.items()
+                ),
                 field=None,
             )
         if name in self.seen:
@@ -277,7 +284,7 @@ class _MultipartCheck:
             raise InvalidRequest(f"malformed multipart body: {type(err).__name__}: {ascii(str(err))[:200]}") from None
         if not self.ended:
             raise InvalidRequest("malformed multipart body: it ends before its closing boundary")
-        missing = [n for n in self.spec.parts if n not in self.seen]
+        missing = [n for n in self.spec.parts if n not in self.seen and n not in self.spec.optional]
         if missing:
             raise InvalidRequest(f"multipart body lacks the part(s) {', '.join(missing)}", field=missing[0])
 
