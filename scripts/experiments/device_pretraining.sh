@@ -5,7 +5,8 @@
 #     bash scripts/experiments/device_pretraining.sh OUT [EPOCHS_LONG] [EPOCHS_4X]
 #
 # Needs python3 with torch, numpy, pyyaml and pydantic (the data steps read calibrations through
-# pydantic; the training steps need only the first three). It renders the default data on
+# pydantic; the training steps import with the first three, and fine-tuning measures with
+# torchmetrics). It renders the default data on
 # the node (the synthesize, prepare and unlabeled steps, as dvc.yaml runs them; their sha256 is
 # printed to compare with a workstation's), and a 4x larger unlabeled set (unlabeled.clips_per_camera
 # x 4), then runs scripts/experiments/pretraining.py, in this order: SimCLR for the default 4 epochs
