@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,40 +37,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 GEOMETRY = ("metric_scale", "pixel_scale", "known")
 
 
-def serve(tree: Path, home: Path, args: dict, log: Path):
-    """`bentoml serve service:ThermopsClassifier` from `tree` (its own `thermops` first on the path)."""
-    from serving_helpers import bento_env, free_port
-
-    port = free_port()
-    env = bento_env(home)
-    env["PYTHONPATH"] = str(tree)
-    cmd = [sys.executable, "-m", "bentoml", "serve", "service:ThermopsClassifier", "--working-dir", str(tree)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    cmd += [x for k, v in args.items() for x in ("--arg", f"{k}={v}")]
-    fh = open(log, "wb")
-    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(proc, url: str, log: Path, timeout: float = 180.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
-
-
-def package(root: Path, geometry: tuple[str, ...]) -> tuple[Path, dict]:
-    """Package an untrained tiny model (with or without geometry) with the real package step."""
-    from serving_helpers import bento_args, make_gated_model, package_in_subprocess, small_package_params, write_params
+def package(root: Path, geometry: tuple[str, ...]) -> tuple[Path, str]:
+    """Package an untrained tiny model (with or without geometry) with the real package step:
+    (the BentoML home, the bento tag)."""
+    from serving_helpers import make_gated_model, package_in_subprocess, small_package_params, write_params
 
     paths = make_gated_model(root, geometry=geometry)
     home = root / "bentoml"
@@ -80,7 +49,7 @@ def package(root: Path, geometry: tuple[str, ...]) -> tuple[Path, dict]:
     proc = package_in_subprocess(paths, home, out, write_params(root / "params.yaml", params))
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
-    return home, bento_args(home, json.loads(out.read_text())["bento_tag"])
+    return home, json.loads(out.read_text())["bento_tag"]
 
 
 def round_trip(session, url: str, body: bytes, n: int) -> list[float]:
@@ -103,11 +72,12 @@ def main() -> None:
     a = ap.parse_args()
 
     import requests
+    from serving_helpers import source_server
     from serving_payloads import counts_tubelet
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-geometry-"))
-    plain_home, plain_args = package(tmp / "plain", ())
-    geo_home, geo_args = package(tmp / "geo", GEOMETRY)
+    plain_home, plain_tag = package(tmp / "plain", ())
+    geo_home, geo_tag = package(tmp / "geo", GEOMETRY)
     arr = counts_tubelet(8, 32, 32, seed=3)
     body = {"tubelet": arr.tolist(), "camera_id": "cam-lin"}
     fields = {"window_px": 48.0, "ground_px": [192.0, 200.0]}
@@ -119,17 +89,16 @@ def main() -> None:
     }
     servers = {}
     try:
-        for name, tree, home, args in (
-            ("base", a.baseline, plain_home, {**plain_args, "state_dir": "state-base"}),
-            ("plain", ROOT, plain_home, {**plain_args, "state_dir": "state-plain"}),
-            ("geo", ROOT, geo_home, {**geo_args, "state_dir": "state-geo"}),
+        for name, tree, home, tag in (
+            ("base", a.baseline, plain_home, plain_tag),
+            ("plain", ROOT, plain_home, plain_tag),
+            ("geo", ROOT, geo_home, geo_tag),
         ):
-            log = tmp / f"{name}.log"
-            servers[name] = (*serve(tree, home, args, log), log)
-        for proc, url, log in servers.values():
-            wait_ready(proc, url, log)
-        urls = {"base": servers["base"][1], "plain": servers["plain"][1], "plain+fields": servers["plain"][1]}
-        urls["geo"] = servers["geo"][1]
+            servers[name] = source_server(home, tag, tmp / f"{name}.log", tree=tree, state_dir=f"state-{name}")
+        for server in servers.values():
+            server.wait_ready(timeout=180)
+        urls = {"base": servers["base"].url, "plain": servers["plain"].url, "plain+fields": servers["plain"].url}
+        urls["geo"] = servers["geo"].url
         sessions = {k: requests.Session() for k in urls}
         answers = {k: sessions[k].post(urls[k] + "/classify", data=bodies[k], timeout=60).json() for k in urls}
         same = answers["base"]["scores"] == answers["plain"]["scores"] == answers["plain+fields"]["scores"]
@@ -145,10 +114,8 @@ def main() -> None:
                 times[k] += t
                 per_round[k].append(statistics.median(t))
     finally:
-        from process_helpers import stop_group
-
-        for proc, _, _ in servers.values():
-            stop_group(proc)
+        for server in servers.values():
+            server.stop()
 
     def ratio(x: str, y: str) -> dict:
         rs = [p / q for p, q in zip(per_round[x], per_round[y])]

@@ -158,7 +158,9 @@ def free_port() -> int:
 class Server:
     """`bentoml serve <bento>` on 127.0.0.1 as a subprocess; stopped by `stop()`."""
 
-    def __init__(self, target: str, home: Path, cwd: Path, log: Path, extra: list[str] | None = None):
+    def __init__(
+        self, target: str, home: Path, cwd: Path, log: Path, extra: list[str] | None = None, env: dict | None = None
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -176,7 +178,12 @@ class Server:
             *(extra or []),
         ]
         self.proc = subprocess.Popen(
-            cmd, cwd=cwd, env=bento_env(home), stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=cwd,
+            env={**bento_env(home), **(env or {})},
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -212,12 +219,14 @@ def bento_args(home: Path, bento_tag: str) -> dict[str, Any]:
     return yaml.safe_load((home / "bentos" / name / version / "bento.yaml").read_text())["args"]
 
 
-def source_server(home: Path, bento_tag: str, log: Path, **changes: Any) -> Server:
-    """`bentoml serve service:ThermopsClassifier` from this tree with the bento's arguments
-    plus `changes` (a served bento keeps its own arguments; `--arg` cannot change them)."""
+def source_server(home: Path, bento_tag: str, log: Path, tree: Path = ROOT, **changes: Any) -> Server:
+    """`bentoml serve service:ThermopsClassifier` from `tree` (this one by default; another, such as
+    an older commit's, imports its own `thermops` first) with the bento's arguments plus `changes`
+    (a served bento keeps its own arguments; `--arg` cannot change them)."""
     args = {**bento_args(home, bento_tag), **changes}
-    extra = ["--working-dir", str(ROOT)] + [x for k, v in args.items() for x in ("--arg", f"{k}={v}")]
-    return Server("service:ThermopsClassifier", home, ROOT, log, extra=extra)
+    extra = ["--working-dir", str(tree)] + [x for k, v in args.items() for x in ("--arg", f"{k}={v}")]
+    env = None if tree == ROOT else {"PYTHONPATH": str(tree)}
+    return Server("service:ThermopsClassifier", home, tree, log, extra=extra, env=env)
 
 
 def worker_rss(server: Server) -> int:
