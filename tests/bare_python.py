@@ -64,7 +64,7 @@ class Bare(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name, path, target=None):
         top = name.split(".")[0]
-        if top in sys.stdlib_module_names or top in PRESENT or top in PROJECT or top.startswith("_"):
+        if top in sys.stdlib_module_names or top in PRESENT or top in PROJECT:
             return self.finder.find_spec(name, path, target)
         return None
 

@@ -40,7 +40,7 @@ sha256sum data/prepared/tubelets.npy data/unlabeled/tubelets.npy
 
 stamp "pretraining: default unlabeled set"
 $py scripts/experiments/pretraining.py --params params.yaml --data data/prepared --unlabeled data/unlabeled \
-  --work "$work/default" --out "$out/default.json" --device auto \
+  --work "$work/default" --out "$out/default.json" \
   --variants simclr:unlabeled:4 "simclr:unlabeled:$long"
 
 if [ ! -f "$work/unlabeled4x/tubelets.npy" ]; then
@@ -56,10 +56,10 @@ PY
 fi
 stamp "pretraining: 4x unlabeled set"
 $py scripts/experiments/pretraining.py --params params.yaml --data data/prepared --unlabeled "$work/unlabeled4x" \
-  --work "$work/x4" --out "$out/unlabeled4x.json" --device auto --no-scratch \
+  --work "$work/x4" --out "$out/unlabeled4x.json" --no-scratch \
   --variants "simclr:unlabeled:$x4"
 stamp "pretraining: MTM, default unlabeled set"
 $py scripts/experiments/pretraining.py --params params.yaml --data data/prepared --unlabeled data/unlabeled \
-  --work "$work/default" --out "$out/mtm.json" --device auto --no-scratch \
+  --work "$work/default" --out "$out/mtm.json" --no-scratch \
   --variants "mtm:unlabeled:$long"
 stamp done

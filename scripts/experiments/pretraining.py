@@ -45,6 +45,7 @@ from components.pretrain import PretrainParams, build  # noqa: E402
 from components.pretrain import run as pretrain_run  # noqa: E402
 from thermops.config import classes_of, load_params, section, seed_of  # noqa: E402
 from thermops.learn.datasets import SplitParams, load_splits, load_unlabeled  # noqa: E402
+from thermops.learn.distributed import setup_distributed  # noqa: E402
 from thermops.learn.ssl import linear_probe  # noqa: E402
 from thermops.model.card import load_pretrained_encoder  # noqa: E402
 from thermops.model.network import ModelConfig, TubeletEncoder  # noqa: E402
@@ -84,12 +85,6 @@ def main(argv: list[str] | None = None) -> None:
         help="run every few-label arm at each of these encoder learning-rate factors (default: the params' "
         "finetune.low_label.optim.encoder_lr_scale, and scratch_encoder_lr_scale for scratch)",
     )
-    ap.add_argument(
-        "--device",
-        default="cpu",
-        choices=["cpu", "cuda", "auto"],
-        help="where the probes and few-label runs train (pretraining follows pretrain.device); auto: CUDA when present",
-    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -100,9 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     model_cfg = section(params, "model", ModelConfig)
     spec = section(params, "input", InputSpec)
     split = section(params, "split", SplitParams)
-    device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    )
+    device = setup_distributed(ft.device)  # where the probes and few-label runs train, as the finetune step
     splits = load_splits(args.data, classes, spec, split)
 
     def few_label(fresh, arm: str) -> dict:

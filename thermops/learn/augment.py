@@ -149,5 +149,6 @@ def augment_with_geometry(
     unknown = [geometry.index(f) for f in ("metric_scale", "known") if f in geometry]
     if cfg.geometry_drop > 0 and unknown:
         drop = torch.rand(len(geo), generator=g, device=geo.device) < cfg.geometry_drop
-        geo[drop.nonzero()[:, 0][:, None], torch.tensor(unknown, device=geo.device)] = 0.0
+        for i in unknown:
+            geo[drop, i] = 0.0
     return view, geo
