@@ -103,6 +103,10 @@ class LowLabelParams:
     # Each init with its standard small-batch recipe: a pretrained encoder keeps its BatchNorm statistics
     # frozen (batches of 16 from 28 labels give noisy ones); a random encoder has none to keep, so it trains them.
     pretrained_bn_eval: bool
+    # LP-FT for the pretrained init (Kumar et al., ICLR 2022): its head starts from the linear probe of its
+    # frozen features, so the first steps on few labels do not wreck them with a random head's gradients;
+    # scratch has no features worth probing (a probe of a random encoder made it worse: docs/training.md).
+    pretrained_probe_init: bool
     # The random encoder's own best learning-rate factor at 10% labels (0.3: +0.034 mean macro-F1 over
     # 1.0, ahead on all 5 seeds; docs/training.md), so that the gain is measured against scratch at its best.
     scratch_encoder_lr_scale: float
@@ -141,9 +145,11 @@ def _train_classifier(
     stop_after=None,
     select_on_val=True,
     geometry=(),
+    probe_init=None,
 ):
-    """Fit (after an LP-FT head init when `probe_init`) with val macro-F1 selection; returns the FitResult."""
-    if cfg.probe_init:
+    """Fit (after an LP-FT head init when `probe_init`, default `cfg.probe_init`) with val macro-F1
+    selection; returns the FitResult."""
+    if cfg.probe_init if probe_init is None else probe_init:
         init_head_by_probe(model, train.inputs, train.labels, device, cfg.probe.weight_decay, cfg.probe.iters)
     loss = classification_loss(cfg.augment, cfg.label_smoothing, adversarial, geometry)
     select = (lambda m: evaluate(m, val, classes, device)[0]["macro_f1"]) if select_on_val else None  # noqa: E731
@@ -210,6 +216,7 @@ def few_label_comparison(
                 desc=f"few-label-{name}",
                 select_on_val=cfg.low_label.select_on_val,
                 geometry=geometry,
+                probe_init=cfg.probe_init or (init and cfg.low_label.pretrained_probe_init),
             )
             r = evaluate(m, te, classes, device)[0]
             low[name]["macro_f1"].append(r["macro_f1"])
