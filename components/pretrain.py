@@ -72,11 +72,10 @@ class PretrainParams:
         }
 
 
-def build(cfg: PretrainParams, encoder: TubeletEncoder, pool: torch.Tensor | None = None):
-    """The pretraining module around `encoder` and its loss function (`pool`: the dataset's inputs, where
-    SimCLR draws same-track positives from)."""
+def build(cfg: PretrainParams, encoder: TubeletEncoder):
+    """The pretraining module around `encoder` and its loss function."""
     if cfg.method == "simclr":
-        return SimCLR(encoder, cfg.simclr), simclr_loss(cfg.simclr, cfg.augment, pool)
+        return SimCLR(encoder, cfg.simclr), simclr_loss(cfg.simclr, cfg.augment)
     return MaskedTubeModel(encoder, cfg.mtm), mtm_loss(cfg.mtm, cfg.augment)
 
 
@@ -116,7 +115,7 @@ def run(
     seed_everything(seed)
     device = setup_distributed(cfg.device)
     dataset, info = load_unlabeled(data, spec, split, unlabeled if cfg.unlabeled else None)
-    model, loss_fn = build(cfg, TubeletEncoder(model_cfg), dataset.inputs)
+    model, loss_fn = build(cfg, TubeletEncoder(model_cfg))
     fp = run_fingerprint(
         cfg.method_config(),
         model_cfg.to_dict(),

@@ -17,7 +17,7 @@ from params_helpers import from_params
 from tests.training_helpers import CLASSES, make_prepared
 from thermops.data.prepared import PreparedDataError, load_prepared
 from thermops.io import read_csv, write_csv
-from thermops.learn.datasets import SplitParams, load_splits, load_unlabeled, split_rows, track_partners
+from thermops.learn.datasets import SplitParams, load_splits, load_unlabeled, split_rows
 from thermops.learn.engine import OptimConfig, classification_loss, evaluate, fit, predict
 from thermops.learn.ssl import (
     MaskedTubeModel,
@@ -26,7 +26,6 @@ from thermops.learn.ssl import (
     embeddings,
     fit_linear,
     mtm_loss,
-    track_positives,
     tube_mask,
 )
 from thermops.model.card import input_spec_from_card, load_model_dir, make_card, model_config_from_card, save_model_dir
@@ -371,93 +370,6 @@ def test_each_pretraining_method_trains_the_encoder(method):
     assert all(g is not None for g in grads) and all(float(g.abs().sum()) > 0 for g in grads)
     with pytest.raises(ValueError, match="pretrain.method"):
         from_params(PretrainParams, "pretrain", method="byol")
-
-
-def test_track_partners_are_the_other_tubelets_of_a_track_nearest_in_time_first():
-    tracks = [("a", 0.0), ("a", 16.0), ("b", 0.0), ("a", 8.0), ("c", 4.0), ("c", 0.0)]
-    p = track_partners(tracks)
-    assert p.shape == (6, 9) and p.dtype == torch.long
-    assert p[0, :3].tolist() == [2, 3, 1]  # frame 8 before frame 16
-    assert p[1, :3].tolist() == [2, 3, 0]
-    assert p[3, :3].tolist() == [2, 0, 1]  # both 8 frames away: the lower row first
-    assert p[4, :2].tolist() == [1, 5] and p[5, :2].tolist() == [1, 4]
-    assert p[2, 0] == 0 and (p[2, 1:] == 2).all()  # alone on its track: padded with itself
-    assert (p[0, 3:] == 0).all()  # the rest of a row is its own index
-    capped = track_partners(tracks, max_partners=1)
-    assert capped.shape == (6, 2) and capped[0].tolist() == [1, 3] and capped[1].tolist() == [1, 3]
-    with pytest.raises(ValueError, match="max_partners"):
-        track_partners(tracks, max_partners=0)
-
-
-def test_pretraining_pairs_tubelets_of_one_track_within_one_folder_only(tmp_path):
-    """Three-tubelet tracks in the prepared folder and, under the same track ids, in an unlabeled one:
-    every partner is another row of the same track and folder."""
-    roots = []
-    for name, seed in (("prepared", 1), ("unlabeled", 2)):
-        root = make_prepared(tmp_path / name, n_per_class=9, seed=seed)
-        rows = read_csv(root / "manifest.csv")
-        for i, r in enumerate(rows):
-            r["track_id"] = f"t{i // 3}"
-            r["frame_start"] = str(8 * (i % 3))
-            if name == "unlabeled":
-                r["split"] = "unlabeled"
-        write_csv(root / "manifest.csv", rows, list(rows[0]))
-        roots.append(root)
-    spec = from_params(InputSpec, "input")
-    ds, info = load_unlabeled(roots[0], spec, None, roots[1])
-    pre_rows = [r for r in read_csv(roots[0] / "manifest.csv") if r["split"] == "train"]
-    keys = [("p", r["track_id"]) for r in pre_rows] + [
-        ("u", r["track_id"]) for r in read_csv(roots[1] / "manifest.csv")
-    ]
-    assert len(ds) == len(keys) == info["n"] and ds.partners.shape[0] == len(ds)
-    for i, row in enumerate(ds.partners.tolist()):
-        k, others = row[0], row[1 : 1 + row[0]]
-        assert k == sum(1 for key in keys if key == keys[i]) - 1
-        assert all(j != i and keys[j] == keys[i] for j in others)
-    assert info["n_with_track_partner"] == int((ds.partners[:, 0] > 0).sum()) > 0
-    x, partners = ds[torch.arange(4)]
-    assert x.shape == (4, 1, 8, 32, 32) and partners.shape == (4, 9)
-    with pytest.raises(ValueError, match="track partners"):
-        ds.subset([0, 1])
-
-
-def test_same_track_positives_take_the_share_asked_and_only_from_the_track():
-    n = 400
-    pool = torch.arange(n, dtype=torch.float32)[:, None, None, None, None].expand(n, 1, 2, 2, 2).contiguous()
-    partners = track_partners([(f"t{i // 4}" if i < 300 else f"alone{i}", float(i % 4)) for i in range(n)])
-    x = pool.clone()
-    for share, lo, hi in ((1.0, 1.0, 1.0), (0.5, 0.4, 0.6)):
-        out = track_positives(x, partners, pool, share, torch.Generator().manual_seed(0))
-        src = out[:, 0, 0, 0, 0].long()
-        moved = src != torch.arange(n)
-        assert not moved[300:].any()  # rows alone on their track keep themselves
-        assert lo <= float(moved[:300].float().mean()) <= hi
-        assert (src[:300] // 4 == torch.arange(300) // 4).all()  # a partner is always of the same track
-        assert torch.equal(x, pool)  # the batch is not written
-    assert track_positives(x, partners, pool, 0.0, torch.Generator().manual_seed(0)) is x
-
-
-def test_simclr_without_same_track_positives_is_unchanged_by_the_pool():
-    from components.pretrain import PretrainParams, build
-
-    base = from_params(PretrainParams, "pretrain", method="simclr")
-    x = torch.randn(8, 1, 8, 32, 32)
-    partners = track_partners([(f"t{i // 2}", float(i)) for i in range(8)])
-    losses = {}
-    for name, same, pool, batch in (
-        ("plain", 0.0, None, (x,)),
-        ("pool", 0.0, x, (x, partners)),
-        ("track", 1.0, x, (x, partners)),
-    ):
-        cfg = dataclasses.replace(base, simclr=dataclasses.replace(base.simclr, same_track=same))
-        torch.manual_seed(0)
-        model, loss_fn = build(cfg, TubeletClassifier(from_params(ModelConfig, "model"), 4).encoder, pool)
-        losses[name] = loss_fn(model, batch, torch.Generator().manual_seed(0))
-        assert torch.isfinite(losses[name])
-    assert torch.equal(losses["plain"], losses["pool"])
-    assert not torch.equal(losses["plain"], losses["track"])  # the second views come from the partners
-    with pytest.raises(ValueError, match="same_track"):
-        dataclasses.replace(base.simclr, same_track=1.5)
 
 
 def test_each_few_label_arm_trains_with_its_own_encoder_learning_rate(tmp_path):

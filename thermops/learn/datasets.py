@@ -28,41 +28,27 @@ class TubeletDataset(Dataset):
     """Model inputs (N, 1, T, H, W), optional geometry features (N, G) and labels (N,).
 
     Items are (x, y) or (x,), and (x, g, y) or (x, g) when the dataset has geometry
-    features (`thermops.model.preprocess.geometry_features`). A pretraining dataset may
-    carry `partners` (N, 1 + K), the rows of the same track (`track_partners`): its
-    items end with them, (x, p).
+    features (`thermops.model.preprocess.geometry_features`).
     """
 
-    def __init__(
-        self,
-        inputs: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        geo: torch.Tensor | None = None,
-        partners: torch.Tensor | None = None,
-    ):
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, geo: torch.Tensor | None = None):
         if labels is not None and len(labels) != len(inputs):
             raise ValueError(f"{len(labels)} labels for {len(inputs)} inputs")
         if geo is not None and (geo.ndim != 2 or len(geo) != len(inputs)):
             raise ValueError(f"geometry features of shape {tuple(geo.shape)} for {len(inputs)} inputs")
-        if partners is not None and (partners.ndim != 2 or len(partners) != len(inputs) or partners.shape[1] < 2):
-            raise ValueError(f"track partners of shape {tuple(partners.shape)} for {len(inputs)} inputs")
         self.inputs = inputs
         self.labels = labels
         self.geo = geo
-        self.partners = partners
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, i):
         head = (self.inputs[i],) if self.geo is None else (self.inputs[i], self.geo[i])
-        head = head if self.labels is None else (*head, self.labels[i])
-        return head if self.partners is None else (*head, self.partners[i])
+        return head if self.labels is None else (*head, self.labels[i])
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> TubeletDataset:
         """The rows `idx` as a new dataset (shares nothing mutable with this one)."""
-        if self.partners is not None:
-            raise ValueError("a dataset with track partners cannot be subset: they index its own rows")
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return TubeletDataset(
             self.inputs[idx],
@@ -244,32 +230,6 @@ def load_splits(
     return PreparedSplits(sets["train"], sets["val"], sets["test"], list(classes), calibrations, info)
 
 
-def track_partners(tracks: list[tuple[str, float]], max_partners: int = 8) -> torch.Tensor:
-    """Per row, the other rows of its track: (N, 1 + max_partners) long, column 0 the count k (0 for a row
-    alone on its track), then the k rows nearest in time (`tracks[i]` = (track id, start frame)), the rest
-    of the row padded with its own index."""
-    if max_partners < 1:
-        raise ValueError(f"max_partners must be >= 1, got {max_partners}")
-    n = len(tracks)
-    out = torch.zeros((n, 1 + max_partners), dtype=torch.long)
-    out[:, 1:] = torch.arange(n)[:, None]
-    by_track: dict[str, list[int]] = defaultdict(list)
-    for i, (t, _) in enumerate(tracks):
-        by_track[t].append(i)
-    for rows in by_track.values():
-        for i in rows:
-            others = sorted((r for r in rows if r != i), key=lambda r: (abs(tracks[r][1] - tracks[i][1]), r))
-            others = others[:max_partners]
-            out[i, 0] = len(others)
-            out[i, 1 : 1 + len(others)] = torch.as_tensor(others, dtype=torch.long)
-    return out
-
-
-def _track_keys(data: PreparedData, idx: np.ndarray, part: str) -> list[tuple[str, float]]:
-    """(part/track id, start frame) of rows `idx`: track ids of two folders never meet."""
-    return [(f"{part}:{data.rows[int(i)]['track_id']}", float(data.rows[int(i)]["frame_start"])) for i in idx]
-
-
 def load_unlabeled(
     root: str | Path,
     spec: InputSpec,
@@ -277,15 +237,13 @@ def load_unlabeled(
     unlabeled: str | Path | None = None,
 ) -> tuple[TubeletDataset, dict]:
     """Pretraining tubelets, never their labels: the prepared rows that train under `split`, plus every
-    tubelet of an unlabeled folder (the `unlabeled` step's output) when given; the dataset's `partners`
-    are each row's other tubelets of the same track (temporal positives)."""
+    tubelet of an unlabeled folder (the `unlabeled` step's output) when given."""
     root = Path(root)
     data = load_prepared(root)
     idx = np.array([i for i, a in enumerate(split_rows(data.rows, split)) if a == "train"], dtype=np.int64)
     if len(idx) == 0:
         raise PreparedDataError(f"{root}: no training rows" + (f" under {split}" if split else ""))
     parts = [model_inputs(data, idx, spec)]
-    tracks = _track_keys(data, idx, "prepared")
     info = {
         "prepared": str(root),
         "prepared_hash": hash_files([root]),
@@ -297,15 +255,12 @@ def load_unlabeled(
         if extra.tubelets.shape[0] == 0:
             raise PreparedDataError(f"{unlabeled}: no unlabeled tubelets")
         parts.append(model_inputs(extra, np.arange(len(extra.rows)), spec))
-        tracks += _track_keys(extra, np.arange(len(extra.rows)), "unlabeled")
         info["unlabeled_hash"] = hash_files([Path(unlabeled)])
         info["n_unlabeled"] = len(extra.rows)
         info["sources"] = sorted(set(info["sources"]) | {r["source"] for r in extra.rows})
     x = torch.cat(parts)
     info["n"] = int(len(x))
-    partners = track_partners(tracks)
-    info["n_with_track_partner"] = int((partners[:, 0] > 0).sum())
-    return TubeletDataset(x, partners=partners), info
+    return TubeletDataset(x), info
 
 
 def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int, min_per_class: int = 2) -> np.ndarray:

@@ -31,23 +31,11 @@ from thermops.model.network import TubeletEncoder
 
 @dataclass(frozen=True)
 class SimCLRConfig:
-    """SimCLR knobs (params `pretrain.simclr`).
-
-    Attributes:
-        same_track: share of positive pairs whose second view is cut from another tubelet of the same
-            track (another time of the same object, Qian et al.'s temporally distant clips; Feichtenhofer
-            et al., "A Large-Scale Study on Unsupervised Spatiotemporal Representation Learning", CVPR
-            2021); 0: both views from one tubelet. A tubelet alone on its track pairs with itself.
-    """
+    """SimCLR knobs (params `pretrain.simclr`)."""
 
     proj_dim: int
     proj_hidden: int
     temperature: float
-    same_track: float
-
-    def __post_init__(self):
-        if not 0.0 <= self.same_track <= 1.0:
-            raise ValueError(f"pretrain.simclr.same_track must be in [0, 1], got {self.same_track}")
 
 
 class SimCLR(nn.Module):
@@ -89,37 +77,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, target)
 
 
-def track_positives(
-    x: torch.Tensor, partners: torch.Tensor, pool: torch.Tensor, share: float, gen: torch.Generator
-) -> torch.Tensor:
-    """The batch `x` (B, 1, T, H, W) with a `share` of its rows replaced by another tubelet of the same track:
-    `partners` (B, 1 + K) are the rows' `thermops.learn.datasets.track_partners`, indices into `pool` (the
-    whole dataset's inputs, on any device). Rows without a partner stay themselves."""
-    n = x.shape[0]
-    k = partners[:, 0]
-    pick = torch.rand(n, generator=gen, device=gen.device).to(x.device)
-    u = torch.rand(n, generator=gen, device=gen.device).to(x.device)
-    j = torch.minimum((u * k).long(), (k - 1).clamp_min(0))
-    rows = partners.gather(1, (1 + j)[:, None]).squeeze(1)
-    use = (pick < share) & (k > 0)
-    if not bool(use.any()):
-        return x
-    out = x.clone()
-    out[use] = pool.index_select(0, rows[use].to(pool.device)).to(x.device, dtype=x.dtype)
-    return out
-
-
-def simclr_loss(cfg: SimCLRConfig, augment_cfg: AugmentConfig, pool: torch.Tensor | None = None):
-    """The engine's loss function: two augmented views through one forward, NT-Xent. With `pool` (the
-    dataset's inputs) and batches that end with track partners, a `cfg.same_track` share of the second
-    views come from another tubelet of the same track."""
+def simclr_loss(cfg: SimCLRConfig, augment_cfg: AugmentConfig):
+    """The engine's loss function: two augmented views through one forward, NT-Xent."""
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
         x = batch[0]
-        x2 = x
-        if cfg.same_track > 0 and pool is not None and len(batch) > 1:
-            x2 = track_positives(x, batch[-1], pool, cfg.same_track, gen)
-        v = torch.cat([augment(x, augment_cfg, gen), augment(x2, augment_cfg, gen)])
+        v = torch.cat([augment(x, augment_cfg, gen), augment(x, augment_cfg, gen)])
         z = model(v)
         z1, z2 = z.chunk(2)
         return nt_xent(z1, z2, cfg.temperature)
