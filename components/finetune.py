@@ -61,6 +61,7 @@ COMPARISONS = (
     "linear_probe_pretrained",
     "linear_probe_random",
     "few_label",
+    "few_label_epochs",
     "few_label_macro_f1_pretrained",
     "few_label_macro_f1_scratch",
     "pretraining_gain_few_label",
@@ -77,6 +78,7 @@ DECISION = (
     "best_epoch",
     "linear_probe_pretrained",
     "linear_probe_random",
+    "few_label_epochs",  # the fine-tuning budget the gain is measured at: scratch gains most from more
     "few_label_macro_f1_pretrained",
     "few_label_macro_f1_scratch",
     "pretraining_gain_few_label",
@@ -230,6 +232,8 @@ def few_label_comparison(
         "few_label": {
             "fraction": cfg.low_label.fraction,
             "n_labels": n_low,
+            "epochs": cfg.low_label.optim.epochs,
+            "pretrained_probe_init": cfg.probe_init or cfg.low_label.pretrained_probe_init,
             "seeds": list(cfg.low_label.seeds),
             **{name: {metric: stats(v) for metric, v in low[name].items()} for name in arms},
         }
@@ -237,12 +241,13 @@ def few_label_comparison(
     if set(arms) != {"pretrained", "scratch"}:
         return out
     fp, fs = out["few_label"]["pretrained"]["macro_f1"], out["few_label"]["scratch"]["macro_f1"]
+    out["few_label_epochs"] = cfg.low_label.optim.epochs
     out["few_label_macro_f1_pretrained"] = fp["mean"]
     out["few_label_macro_f1_scratch"] = fs["mean"]
     out["pretraining_gain_few_label"] = fp["mean"] - fs["mean"]
     out["pretraining_ranges_overlap"] = not (fp["min"] > fs["max"] or fs["min"] > fp["max"])
     log(
-        f"{cfg.low_label.fraction:.0%} labels ({n_low}): macro-F1 pretrained {fp['mean']:.3f} "
+        f"{cfg.low_label.fraction:.0%} labels ({n_low}), {cfg.low_label.optim.epochs} epochs: macro-F1 pretrained {fp['mean']:.3f} "
         f"({fp['min']:.3f}-{fp['max']:.3f}), scratch {fs['mean']:.3f} ({fs['min']:.3f}-{fs['max']:.3f})"
     )
     return out

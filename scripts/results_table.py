@@ -64,7 +64,9 @@ def table(m: dict[str, dict]) -> str:
             f"{f['linear_probe_pretrained']:.3f} / {f['linear_probe_random']:.3f}",
         ),
         (
-            "10% labels, macro-F1 over 5 seeds: pretrained / scratch",
+            "10% labels"
+            + (f", {f['few_label_epochs']} fine-tuning epochs" if "few_label_epochs" in f else "")
+            + ", macro-F1 over 5 seeds: pretrained / scratch",
             f"{f['few_label_macro_f1_pretrained']:.3f} / {f['few_label_macro_f1_scratch']:.3f} "
             f"(gain {f['pretraining_gain_few_label']:+.3f}; ranges "
             f"{'overlap' if f['pretraining_ranges_overlap'] else 'apart'})",

@@ -106,6 +106,10 @@ def test_finetune_metrics_confusion_and_card(trained):
         assert 0.0 <= m[k] <= 1.0, k
     few = m["few_label"]
     seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["low_label"]["seeds"]
+    # the fine-tuning budget the gain is measured at travels with it
+    low = yaml.safe_load((d / "params.yaml").read_text())["finetune"]["low_label"]
+    assert decision["few_label_epochs"] == few["epochs"] == low["optim"]["epochs"]
+    assert few["pretrained_probe_init"] == low["pretrained_probe_init"]
     for arm in ("pretrained", "scratch"):
         per = few[arm]["macro_f1"]["per_seed"]
         assert (
