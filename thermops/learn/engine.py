@@ -190,13 +190,16 @@ def predict(
     model: nn.Module,
     x: torch.Tensor,
     device: torch.device,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     geo: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits (or embeddings) of (N, 1, T, H, W) inputs, in eval mode, on CPU as float32.
 
     `geo` (N, G): geometry features for a classifier that takes them (`TubeletClassifier.geo_dim`).
+    `batch_size` None: 64 on CPU (a batch's activations stay in cache: 1.5x faster than 256 on 2
+    cores, benchmarks/RESULTS.md), 512 on a GPU.
     """
+    batch_size = batch_size or (512 if device.type == "cuda" else 64)
     m = unwrap(model)
     was = m.training
     m.eval()

@@ -91,8 +91,10 @@ def simclr_loss(cfg: SimCLRConfig, augment_cfg: AugmentConfig):
 
 
 @torch.no_grad()
-def embeddings(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Frozen-encoder embeddings (N, D) in eval mode."""
+def embeddings(
+    encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int | None = None
+) -> torch.Tensor:
+    """Frozen-encoder embeddings (N, D) in eval mode (`batch_size` None: `predict`'s per device)."""
     return predict(encoder, x, device, batch_size)
 
 
