@@ -196,7 +196,7 @@ def predict(
     """Logits (or embeddings) of (N, 1, T, H, W) inputs, in eval mode, on CPU as float32.
 
     `geo` (N, G): geometry features for a classifier that takes them (`TubeletClassifier.geo_dim`).
-    `batch_size` None: 64 on CPU (a batch's activations stay in cache: 1.5x faster than 256 on 2
+    `batch_size` None: 64 on CPU (a batch's activations stay in cache: 2.4x faster than 256 on 2
     cores, benchmarks/RESULTS.md), 512 on a GPU.
     """
     batch_size = batch_size or (512 if device.type == "cuda" else 64)
