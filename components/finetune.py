@@ -197,6 +197,8 @@ def few_label_comparison(
     log = log or (lambda s: None)
     tr, te = splits.train, splits.test
     low: dict[str, dict[str, list[float]]] = {k: {"macro_f1": [], "accuracy": []} for k in arms}
+    # LP-FT per arm: `probe_init` starts both heads from a probe; `pretrained_probe_init` the pretrained one only
+    lp_ft = {"pretrained": cfg.probe_init or cfg.low_label.pretrained_probe_init, "scratch": cfg.probe_init}
     for s in cfg.low_label.seeds:
         sub = tr.subset(stratified_fraction(tr.labels, cfg.low_label.fraction, seed + s))
         for name, init in ((a, a == "pretrained") for a in arms):
@@ -218,7 +220,7 @@ def few_label_comparison(
                 desc=f"few-label-{name}",
                 select_on_val=cfg.low_label.select_on_val,
                 geometry=geometry,
-                probe_init=cfg.probe_init or (init and cfg.low_label.pretrained_probe_init),
+                probe_init=lp_ft[name],
             )
             r = evaluate(m, te, classes, device)[0]
             low[name]["macro_f1"].append(r["macro_f1"])
@@ -233,7 +235,7 @@ def few_label_comparison(
             "fraction": cfg.low_label.fraction,
             "n_labels": n_low,
             "epochs": cfg.low_label.optim.epochs,
-            "pretrained_probe_init": cfg.probe_init or cfg.low_label.pretrained_probe_init,
+            "pretrained_probe_init": lp_ft["pretrained"],
             "seeds": list(cfg.low_label.seeds),
             **{name: {metric: stats(v) for metric, v in low[name].items()} for name in arms},
         }
