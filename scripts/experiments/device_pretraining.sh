@@ -11,12 +11,16 @@
 # printed to compare with a workstation's), and a 4x larger unlabeled set (unlabeled.clips_per_camera
 # x 4), then runs scripts/experiments/pretraining.py, in this order: SimCLR for the default 4 epochs
 # (the control) and for EPOCHS_LONG (default 64) on the default unlabeled set, with the scratch arm;
-# SimCLR for EPOCHS_4X (default 32) on the 4x set; MTM for EPOCHS_LONG on the default set. Every other knob is params.yaml's.
+# SimCLR for EPOCHS_4X (default 32) on the 4x set; MTM for EPOCHS_LONG on the default set. Every other knob is
+# params.yaml's (or $TRAIN_PARAMS's), except the few-label fine-tunes: FEW_EPOCHS (default 96) epochs for both arms, so
+# that they are compared at convergence (docs/training.md, "Scratch trained to convergence": at params.yaml's 12
+# epochs scratch is far from its best). The data steps always use params.yaml, so that the data equal a workstation's.
 # Results: OUT/default.json, OUT/unlabeled4x.json, OUT/mtm.json (and OUT/log.txt when the caller tees into it).
 set -euo pipefail
 out=${1:?usage: device_pretraining.sh OUT [EPOCHS_LONG] [EPOCHS_4X]}
 long=${2:-64}
 x4=${3:-32}
+few=${FEW_EPOCHS:-96}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
@@ -38,8 +42,15 @@ if [ ! -f data/prepared/tubelets.npy ]; then
 fi
 sha256sum data/prepared/tubelets.npy data/unlabeled/tubelets.npy
 
-stamp "pretraining: default unlabeled set"
-$py scripts/experiments/pretraining.py --params params.yaml --data data/prepared --unlabeled data/unlabeled \
+$py - "${TRAIN_PARAMS:-params.yaml}" "$work/params.yaml" "$few" <<'PY'
+import sys, yaml
+p = yaml.safe_load(open(sys.argv[1]))
+p["finetune"]["low_label"]["optim"]["epochs"] = int(sys.argv[3])
+yaml.safe_dump(p, open(sys.argv[2], "w"), sort_keys=False)
+PY
+
+stamp "pretraining: default unlabeled set (few-label arms: $few epochs)"
+$py scripts/experiments/pretraining.py --params "$work/params.yaml" --data data/prepared --unlabeled data/unlabeled \
   --work "$work/default" --out "$out/default.json" \
   --variants simclr:unlabeled:4 "simclr:unlabeled:$long"
 
@@ -47,7 +58,7 @@ if [ ! -f "$work/unlabeled4x/tubelets.npy" ]; then
   stamp "unlabeled x4"
   $py - "$work/params4x.yaml" <<'PY'
 import sys, yaml
-p = yaml.safe_load(open("params.yaml"))
+p = yaml.safe_load(open("params.yaml"))  # the data step: params.yaml's, x 4 clips
 p["unlabeled"]["clips_per_camera"] *= 4
 yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)
 PY
@@ -55,11 +66,11 @@ PY
     --out "$work/unlabeled4x" --cache "$work/unlabeled4x-cache"
 fi
 stamp "pretraining: 4x unlabeled set"
-$py scripts/experiments/pretraining.py --params params.yaml --data data/prepared --unlabeled "$work/unlabeled4x" \
+$py scripts/experiments/pretraining.py --params "$work/params.yaml" --data data/prepared --unlabeled "$work/unlabeled4x" \
   --work "$work/x4" --out "$out/unlabeled4x.json" --no-scratch \
   --variants "simclr:unlabeled:$x4"
 stamp "pretraining: MTM, default unlabeled set"
-$py scripts/experiments/pretraining.py --params params.yaml --data data/prepared --unlabeled data/unlabeled \
+$py scripts/experiments/pretraining.py --params "$work/params.yaml" --data data/prepared --unlabeled data/unlabeled \
   --work "$work/default" --out "$out/mtm.json" --no-scratch \
   --variants "mtm:unlabeled:$long"
 stamp done
