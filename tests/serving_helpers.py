@@ -338,8 +338,8 @@ def schemathesis_run(url: str, tmp_path: Path, max_examples: int) -> dict[str, l
         "-H",
         f"Authorization: Bearer {REGISTER_TOKEN}",  # so that /register_camera's body is fuzzed too
         # One worker: with two, hypothesis (inside schemathesis) describes its strategies' lambdas with
-        # ast.parse in two threads at once, and CPython 3.11 before 3.11.8 can then raise a spurious
-        # "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; seen once in CI)
+        # ast.parse in two threads at once, and CPython 3.11 (3.11.7 here) can then raise a spurious
+        # "SystemError: AST constructor recursion depth mismatch" (as in python/cpython#106905; seen once in CI)
         "--workers",
         "1",
         "--phases",
