@@ -17,7 +17,7 @@ from params_helpers import from_params
 from tests.training_helpers import CLASSES, make_prepared
 from thermops.data.prepared import PreparedDataError, load_prepared
 from thermops.io import read_csv, write_csv
-from thermops.learn.datasets import SplitParams, load_splits, load_unlabeled, split_rows
+from thermops.learn.datasets import SplitParams, load_splits, load_unlabeled, split_rows, unpack
 from thermops.learn.engine import OptimConfig, classification_loss, evaluate, fit, predict
 from thermops.learn.ssl import (
     MaskedTubeModel,
@@ -135,11 +135,17 @@ def test_load_splits_under_a_split_and_with_geometry(ranged):
     test_rows = [r for r, a in zip(data.rows, assigned) if a == "test"]
     expect = [geometry_features(float(r["window_m"]), float(r["window_px"]), spec) for r in test_rows]
     assert torch.allclose(s.test.geo, torch.tensor(expect, dtype=torch.float32))
-    x, g, y = s.train[torch.arange(3)]
+    x, g, px, y = s.train[torch.arange(3)]
     assert x.shape == (3, 1, 8, 32, 32) and g.shape == (3, 3) and y.shape == (3,)
+    train_rows = [r for r, a in zip(data.rows, assigned) if a == "train"][:3]
+    assert px.tolist() == [float(r["window_px"]) for r in train_rows]  # what the range augmentation reads
+    assert [t is u for t, u in zip(unpack((x, g, px, y)), (x, g, px, y))] == [True] * 4
+    assert unpack((x, px, y))[1] is None and unpack((x, g, y))[2] is None
     # pretraining reads the same training rows, never more
     pre, info = load_unlabeled(ranged, spec, _split(mode="range", near_fraction=0.5, far_fraction=0.3))
     assert info["n"] == assigned.count("train") == len(pre)
+    _, pre_px = pre[torch.arange(3)]  # (x, px), never a label
+    assert pre_px.tolist() == [float(r["window_px"]) for r in train_rows]
 
 
 def test_geometry_classifier_trains_and_insists_on_its_features(ranged):
@@ -329,6 +335,43 @@ def test_range_augmentation_lowers_resolution_and_moves_pixel_scale():
     )
     changed = (v2 - near).flatten(1).abs().amax(1) > 1e-6  # same draws before the range step
     assert torch.equal(changed, g2[:, 1] < -1e-6)  # exactly the rows whose resolution dropped
+
+
+def test_range_augmentation_blurs_each_window_to_the_camera_pixels_it_would_cover():
+    from thermops.learn.augment import AugmentConfig, far
+
+    cfg = from_params(AugmentConfig, "finetune.augment", far_p=1.0, far_max=8.0)
+    x = torch.randn(256, 1, 8, 32, 32)
+    # the same draws for every px: k depends on the generator only
+    _, k = far(x, cfg, torch.Generator().manual_seed(1), px=torch.full((256,), 32.0))
+    assert (k >= 1).all() and (k <= 8.0 + 1e-5).all() and (k > 4).any()
+    # a window cut from 400 camera pixels still covers >= 50 px 8 times farther: nothing to lose at 32
+    wide, k_wide = far(x, cfg, torch.Generator().manual_seed(1), px=torch.full((256,), 400.0))
+    assert torch.equal(wide, x) and torch.equal(k_wide, k)  # the physical factor, for pixel_scale
+    # a window cut from 64 px loses detail exactly where 64 / k < 32, i.e. k > 2
+    mid, _ = far(x, cfg, torch.Generator().manual_seed(1), px=torch.full((256,), 64.0))
+    changed = (mid - x).flatten(1).abs().amax(1) > 1e-6
+    assert torch.equal(changed, torch.round(64.0 / k) < 32)
+    # at the same k, fewer camera pixels lose more detail: 16 px across is cut to 16 / k
+    small, _ = far(x, cfg, torch.Generator().manual_seed(1), px=torch.full((256,), 16.0))
+    both = changed
+    assert small[both].var() < mid[both].var()
+    # without px every window is taken as the input's side (the old rule): S / k snapped to 4 px
+    legacy, k_legacy = far(x, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(k_legacy, 32 / torch.clamp(torch.round(32 / k / 4) * 4, min=4, max=32))
+    assert legacy.shape == x.shape
+
+
+def test_a_window_without_a_positive_pixel_size_is_refused_by_name(ranged, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ranged, bad)
+    rows = read_csv(bad / "manifest.csv")
+    rows[0]["window_px"] = "0"
+    write_csv(bad / "manifest.csv", rows, list(rows[0]))
+    with pytest.raises(PreparedDataError, match="window_px '0' is not a positive pixel count"):
+        load_splits(bad, CLASSES, from_params(InputSpec, "input"))  # the prepared split: every row is read
 
 
 def test_geometry_drop_marks_whole_views_as_of_a_camera_without_geometry():

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         nargs=2,
         metavar=("P", "MAX"),
-        help="range augmentation of the +far variants (default: finetune.augment far_p / far_max)",
+        help="range augmentation of the +far variants: share of views, up to this many times farther, each "
+        "blurred to the camera pixels it would cover (default: finetune.augment far_p / far_max)",
     )
     ap.add_argument(
         "--background-m",

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from thermops.learn.datasets import unpack
 from thermops.learn.distributed import unwrap
 from thermops.robustness.attacks import PGD
 
@@ -68,18 +69,19 @@ def pgd(
 def adversarial_loss(cfg: AdversarialConfig, prepare=None, label_smoothing: float = 0.0):
     """Supervised loss on PGD examples plus `clean_weight` x the clean loss, in one forward pass.
 
-    `prepare(x, gen)` (e.g. augmentation) is applied before the attack. One forward
-    over the concatenated batch keeps DDP to one forward per backward.
+    `prepare(x, gen[, px])` (augmentation; px: camera pixels across each window) is applied
+    before the attack. One forward over the concatenated batch keeps DDP to one forward per
+    backward.
     """
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-        if len(batch) != 2:
+        x, geo, px, y = unpack(batch)
+        if geo is not None:
             raise ValueError(
-                "adversarial training takes (x, y) batches: geometry features (input.geometry) are not supported"
+                "adversarial training takes (x, [px], y) batches: geometry features (input.geometry) are not supported"
             )
-        x, y = batch
         if prepare is not None:
-            x = prepare(x, gen)
+            x = prepare(x, gen) if px is None else prepare(x, gen, px)
         x_adv = pgd(unwrap(model), x, y, cfg, gen)
         n = len(x)
         if cfg.clean_weight > 0:

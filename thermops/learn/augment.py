@@ -15,7 +15,8 @@ GPU with the model and draw every random number from one `torch.Generator`
 - range (`far`): the same object k times farther away covers k times fewer camera
   pixels, so its window reaches the network resampled from fewer pixels (blurred,
   its edges mixed with the background). Simulated by area-downsampling the window to
-  S/k and resampling it back to S, as `prepare` resamples a small window; a
+  the px / k camera pixels it would cover (px: the window's `window_px`; capped at the
+  input side S) and resampling it back to S, as `prepare` resamples a small window; a
   classifier that takes geometry features gets its `pixel_scale` moved by -log k
   (`augment_with_geometry`): the metric extent, what the object is, stays;
 - unknown geometry (`geometry_drop`, `augment_with_geometry`), for a classifier that
@@ -103,14 +104,33 @@ def thermal(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
     return x * gain + off + noise + stripes
 
 
-def far(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The object `far_max`-times farther at most: (view, factor (N,) actually applied, 1 when untouched)."""
+def far(
+    x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, px: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The object up to `far_max` times farther: (view, factor (N,) k applied, 1 when untouched).
+
+    `px` (N,): camera pixels across each window (the manifest's `window_px`). k times farther the
+    window covers px / k camera pixels; the view is the input area-downsampled to that many
+    pixels (never more than the input's side: a window still covering more camera pixels than
+    the network sees keeps all its detail) and resampled back, as `prepare` resamples a window
+    cut from few pixels. So a near vehicle 300 px across stays sharp at k = 4 (75 px), while a
+    person 60 px across is cut to 15 px. Without `px` every window is taken as covering exactly
+    the input's side (k times farther: side / k, snapped to 4 px), which over-blurs windows cut
+    from many pixels.
+    """
     n, c, t, h, w = x.shape
     dev = x.device
     on = torch.rand(n, generator=g, device=dev) < cfg.far_p
     k = torch.exp(_uniform(n, 0.0, math.log(max(cfg.far_max, 1.0)), g, dev))
-    # sides snapped to multiples of 4 px: at most H/4 distinct sizes, one batched resample each
-    side = torch.where(on, torch.clamp(torch.round(h / k / 4) * 4, min=4, max=h), torch.full_like(k, h)).long()
+    if px is None:
+        # sides snapped to multiples of 4 px: at most H/4 distinct sizes, one batched resample each
+        side = torch.where(on, torch.clamp(torch.round(h / k / 4) * 4, min=4, max=h), torch.full_like(k, h)).long()
+        factor = h / side.to(x.dtype)
+    else:
+        # whole camera pixels, at least 2 (the `prepare` minimum is larger): at most H distinct sizes
+        seen = torch.clamp(torch.round(px.to(dev, x.dtype) / k), min=2.0)
+        side = torch.where(on & (seen < h), seen, torch.full_like(k, h)).long()
+        factor = torch.where(on, k, torch.ones_like(k))
     out = x
     for s in torch.unique(side).tolist():
         if s == h:
@@ -120,28 +140,36 @@ def far(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.
         lo = F.interpolate(part, size=(s, round(s * w / h)), mode="area")
         back = F.interpolate(lo, size=(h, w), mode="bilinear", align_corners=False)
         out = out.index_copy(0, idx, back.reshape(len(idx), c, t, h, w))
-    return out, h / side.to(x.dtype)
+    return out, factor
 
 
-def _augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _augment(
+    x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, px: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = thermal(spatial(temporal(x, cfg, g), cfg, g), cfg, g)
     if cfg.far_p > 0:
-        return far(x, cfg, g)
+        return far(x, cfg, g, px)
     return x, torch.ones(len(x), device=x.device, dtype=x.dtype)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """One random view of a batch (N, 1, T, H, W): temporal, then spatial, then thermal, then range."""
-    return _augment(x, cfg, g)[0]
+def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, px: torch.Tensor | None = None) -> torch.Tensor:
+    """One random view of a batch (N, 1, T, H, W): temporal, then spatial, then thermal, then range
+    (`px`: camera pixels across each window, see `far`)."""
+    return _augment(x, cfg, g, px)[0]
 
 
 def augment_with_geometry(
-    x: torch.Tensor, geo: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, geometry: tuple[str, ...]
+    x: torch.Tensor,
+    geo: torch.Tensor,
+    cfg: AugmentConfig,
+    g: torch.Generator,
+    geometry: tuple[str, ...],
+    px: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`augment` for a classifier with geometry features `geometry` (N, G): a view simulated k times
     farther gets its `pixel_scale` lowered by log k, as `geometry_features` would compute it; then
     `geometry_drop` (unknown geometry), which draws random numbers only when it is on."""
-    view, k = _augment(x, cfg, g)
+    view, k = _augment(x, cfg, g, px)
     geo = geo.clone()
     if "pixel_scale" in geometry:
         i = geometry.index("pixel_scale")

@@ -25,27 +25,41 @@ from thermops.model.preprocess import InputSpec, geometry_features, prepare_batc
 
 
 class TubeletDataset(Dataset):
-    """Model inputs (N, 1, T, H, W), optional geometry features (N, G) and labels (N,).
+    """Model inputs (N, 1, T, H, W), optional geometry features (N, G), optional camera pixels
+    across each window (N,) and labels (N,).
 
-    Items are (x, y) or (x,), and (x, g, y) or (x, g) when the dataset has geometry
-    features (`thermops.model.preprocess.geometry_features`).
+    Items are `(x, [geo], [px], y)`, or without `y` when unlabelled: `geo` when the dataset has
+    geometry features (`thermops.model.preprocess.geometry_features`), `px` when it has window
+    sizes (the manifest's `window_px`, which the range augmentation reads: `thermops.learn.augment.far`).
+    `unpack` takes a labelled batch apart.
     """
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, geo: torch.Tensor | None = None):
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        geo: torch.Tensor | None = None,
+        px: torch.Tensor | None = None,
+    ):
         if labels is not None and len(labels) != len(inputs):
             raise ValueError(f"{len(labels)} labels for {len(inputs)} inputs")
         if geo is not None and (geo.ndim != 2 or len(geo) != len(inputs)):
             raise ValueError(f"geometry features of shape {tuple(geo.shape)} for {len(inputs)} inputs")
+        if px is not None and (px.ndim != 1 or len(px) != len(inputs) or not bool((px > 0).all())):
+            raise ValueError(f"window sizes of shape {tuple(px.shape)} for {len(inputs)} inputs: one positive px each")
         self.inputs = inputs
         self.labels = labels
         self.geo = geo
+        self.px = px
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, i):
-        head = (self.inputs[i],) if self.geo is None else (self.inputs[i], self.geo[i])
-        return head if self.labels is None else (*head, self.labels[i])
+        item = (self.inputs[i],)
+        item += () if self.geo is None else (self.geo[i],)
+        item += () if self.px is None else (self.px[i],)
+        return item if self.labels is None else (*item, self.labels[i])
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> TubeletDataset:
         """The rows `idx` as a new dataset (shares nothing mutable with this one)."""
@@ -54,7 +68,40 @@ class TubeletDataset(Dataset):
             self.inputs[idx],
             None if self.labels is None else self.labels[idx],
             None if self.geo is None else self.geo[idx],
+            None if self.px is None else self.px[idx],
         )
+
+
+def unpack(
+    batch: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """A labelled batch `(x, [geo], [px], y)` -> `(x, geo or None, px or None, y)`: geometry features
+    are (N, G), window sizes (N,)."""
+    x, *mid, y = batch
+    geo = next((t for t in mid if t.ndim == 2), None)
+    px = next((t for t in mid if t.ndim == 1), None)
+    if len(mid) > 2 or (len(mid) == 2 and (geo is None or px is None)):
+        raise ValueError(f"a batch is (x, [geo (N, G)], [px (N,)], y), got shapes {[tuple(t.shape) for t in batch]}")
+    return x, geo, px, y
+
+
+def row_window_px(data: PreparedData, idx: np.ndarray) -> torch.Tensor:
+    """(len(idx),) camera pixels across the windows of rows `idx` (manifest `window_px`).
+
+    Raises PreparedDataError naming the first row whose `window_px` is not a positive number."""
+    out = np.empty(len(idx), dtype=np.float32)
+    for j, i in enumerate(idx):
+        r = data.rows[int(i)]
+        try:
+            out[j] = float(r["window_px"])
+        except (KeyError, TypeError, ValueError):
+            out[j] = float("nan")
+        if not out[j] > 0:
+            raise PreparedDataError(
+                f"row {int(i)} (camera {r.get('camera_id')}, track {r.get('track_id')}): "
+                f"window_px {r.get('window_px')!r} is not a positive pixel count"
+            )
+    return torch.as_tensor(out)
 
 
 def model_inputs(data: PreparedData, idx: np.ndarray, spec: InputSpec, chunk: int = 512) -> torch.Tensor:
@@ -197,7 +244,10 @@ def load_splits(
         if len(idx) == 0:
             raise PreparedDataError(f"{root}: split {name!r} is empty" + (f" under {split}" if split else ""))
         sets[name] = TubeletDataset(
-            model_inputs(data, idx, spec), labels[torch.as_tensor(idx)], row_geometry(data, idx, spec)
+            model_inputs(data, idx, spec),
+            labels[torch.as_tensor(idx)],
+            row_geometry(data, idx, spec),
+            row_window_px(data, idx),
         )
     calibrations: dict[str, str] = {}
     for r, a in zip(data.rows, assigned):
@@ -237,13 +287,15 @@ def load_unlabeled(
     unlabeled: str | Path | None = None,
 ) -> tuple[TubeletDataset, dict]:
     """Pretraining tubelets, never their labels: the prepared rows that train under `split`, plus every
-    tubelet of an unlabeled folder (the `unlabeled` step's output) when given."""
+    tubelet of an unlabeled folder (the `unlabeled` step's output) when given. Items are `(x, px)`:
+    px, the camera pixels across each window, is what the range augmentation reads."""
     root = Path(root)
     data = load_prepared(root)
     idx = np.array([i for i, a in enumerate(split_rows(data.rows, split)) if a == "train"], dtype=np.int64)
     if len(idx) == 0:
         raise PreparedDataError(f"{root}: no training rows" + (f" under {split}" if split else ""))
     parts = [model_inputs(data, idx, spec)]
+    sizes = [row_window_px(data, idx)]
     info = {
         "prepared": str(root),
         "prepared_hash": hash_files([root]),
@@ -255,12 +307,13 @@ def load_unlabeled(
         if extra.tubelets.shape[0] == 0:
             raise PreparedDataError(f"{unlabeled}: no unlabeled tubelets")
         parts.append(model_inputs(extra, np.arange(len(extra.rows)), spec))
+        sizes.append(row_window_px(extra, np.arange(len(extra.rows))))
         info["unlabeled_hash"] = hash_files([Path(unlabeled)])
         info["n_unlabeled"] = len(extra.rows)
         info["sources"] = sorted(set(info["sources"]) | {r["source"] for r in extra.rows})
     x = torch.cat(parts)
     info["n"] = int(len(x))
-    return TubeletDataset(x), info
+    return TubeletDataset(x, px=torch.cat(sizes)), info
 
 
 def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int, min_per_class: int = 2) -> np.ndarray:

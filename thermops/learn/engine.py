@@ -41,7 +41,7 @@ from torch import nn
 
 from thermops.learn.adversarial import adversarial_loss
 from thermops.learn.augment import augment, augment_with_geometry
-from thermops.learn.datasets import TubeletDataset
+from thermops.learn.datasets import TubeletDataset, unpack
 from thermops.learn.distributed import barrier, dist_info, is_main, sync_buffers, unwrap
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
@@ -401,21 +401,22 @@ def classification_loss(
 ) -> LossFn:
     """Cross-entropy on (optionally augmented) batches; PGD adversarial training when `adversarial.enabled`.
 
-    Batches are (x, y), or (x, g, y) for a classifier with the geometry features `geometry`
-    (the range augmentation moves their `pixel_scale` with the view)."""
-    prepare = (lambda x, g: augment(x, augment_cfg, g)) if augment_cfg is not None else None
+    Batches are `(x, [geo], [px], y)` (`thermops.learn.datasets.unpack`): `geo` for a classifier with
+    the geometry features `geometry` (the range augmentation moves their `pixel_scale` with the
+    view), `px` the camera pixels across each window (the range augmentation blurs a view to the
+    pixels it would have k times farther)."""
+    prepare = (lambda x, g, px=None: augment(x, augment_cfg, g, px)) if augment_cfg is not None else None
     if adversarial is not None and adversarial.enabled:
         return adversarial_loss(adversarial, prepare, label_smoothing)
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-        if len(batch) == 3:
-            x, geo, y = batch
+        x, geo, px, y = unpack(batch)
+        if geo is not None:
             if augment_cfg is not None:
-                x, geo = augment_with_geometry(x, geo, augment_cfg, gen, geometry)
+                x, geo = augment_with_geometry(x, geo, augment_cfg, gen, geometry, px)
             return F.cross_entropy(model(x, geo), y, label_smoothing=label_smoothing)
-        x, y = batch
         if prepare is not None:
-            x = prepare(x, gen)
+            x = prepare(x, gen, px)
         return F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
 
     return loss_fn

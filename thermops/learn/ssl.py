@@ -81,8 +81,8 @@ def simclr_loss(cfg: SimCLRConfig, augment_cfg: AugmentConfig):
     """The engine's loss function: two augmented views through one forward, NT-Xent."""
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-        x = batch[0]
-        v = torch.cat([augment(x, augment_cfg, gen), augment(x, augment_cfg, gen)])
+        x, px = batch[0], (batch[1] if len(batch) > 1 else None)  # (x, [px]): `load_unlabeled`
+        v = torch.cat([augment(x, augment_cfg, gen, px), augment(x, augment_cfg, gen, px)])
         z = model(v)
         z1, z2 = z.chunk(2)
         return nt_xent(z1, z2, cfg.temperature)
@@ -238,9 +238,9 @@ def mtm_loss(cfg: MTMConfig, augment_cfg: AugmentConfig | None):
     """The engine's loss function: one augmented view, tube-masked; MSE of the hidden cells' pixels."""
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-        x = batch[0]
+        x, px = batch[0], (batch[1] if len(batch) > 1 else None)  # (x, [px]): `load_unlabeled`
         if augment_cfg is not None:
-            x = augment(x, augment_cfg, gen)
+            x = augment(x, augment_cfg, gen, px)
         n, _, t, h, w = x.shape
         c = cfg.cell
         mask = tube_mask(n, h // c, w // c, cfg.mask_ratio, gen, x.device)  # (N, gh, gw)
