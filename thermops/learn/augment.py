@@ -114,12 +114,9 @@ def far(
     pixels (never more than the input's side: a window still covering more camera pixels than
     the network sees keeps all its detail) and resampled back, as `prepare` resamples a window
     cut from few pixels. So a near vehicle 300 px across stays sharp at k = 4 (75 px), while a
-    person 60 px across is cut to 15 px. Averaging camera pixels also averages their temporal noise
-    (NETD) away, while a far window keeps each camera pixel's own: so a view cut to fewer pixels gets
-    it back, at that resolution, estimated per view from its frame differences (a window cut from px
-    camera pixels into S carries px / S times less noise per input pixel than one camera pixel).
-    Without `px` every window is taken as covering exactly the input's side (k times farther: side
-    / k, snapped to 4 px, no noise added), which over-blurs windows cut from many pixels.
+    person 60 px across is cut to 15 px. Without `px` every window is taken as covering exactly
+    the input's side (k times farther: side / k, snapped to 4 px), which over-blurs windows cut
+    from many pixels.
     """
     n, c, t, h, w = x.shape
     dev = x.device
@@ -134,11 +131,6 @@ def far(
         seen = torch.clamp(torch.round(px.to(dev, x.dtype) / k), min=2.0)
         side = torch.where(on & (seen < h), seen, torch.full_like(k, h)).long()
         factor = torch.where(on, k, torch.ones_like(k))
-        # temporal noise per input pixel (median absolute frame difference: the moving object is a
-        # minority of the pixels), and per camera pixel before `prepare` averaged px / S of them
-        diff = (x[:, :, 1:] - x[:, :, :-1]).reshape(n, -1).abs()
-        sigma_in = diff.median(dim=1).values / (0.6745 * math.sqrt(2.0))
-        sigma_cam = sigma_in * torch.clamp(px.to(dev, x.dtype) / h, min=1.0)
     out = x
     for s in torch.unique(side).tolist():
         if s == h:
@@ -146,10 +138,6 @@ def far(
         idx = torch.nonzero(side == s).flatten()
         part = x[idx].reshape(len(idx), c * t, h, w)
         lo = F.interpolate(part, size=(s, round(s * w / h)), mode="area")
-        if px is not None:  # what the area-averaging left of the input's noise, topped up to a camera pixel's
-            left = sigma_in[idx] * s / h
-            top = torch.sqrt(torch.clamp(sigma_cam[idx] ** 2 - left**2, min=0.0)).view(-1, 1, 1, 1)
-            lo = lo + torch.randn(lo.shape, generator=g, device=dev, dtype=x.dtype) * top
         back = F.interpolate(lo, size=(h, w), mode="bilinear", align_corners=False)
         out = out.index_copy(0, idx, back.reshape(len(idx), c, t, h, w))
     return out, factor
