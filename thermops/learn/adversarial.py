@@ -69,7 +69,7 @@ def pgd(
 def adversarial_loss(cfg: AdversarialConfig, prepare=None, label_smoothing: float = 0.0):
     """Supervised loss on PGD examples plus `clean_weight` x the clean loss, in one forward pass.
 
-    `prepare(x, gen[, px])` (augmentation; px: camera pixels across each window) is applied
+    `prepare(x, gen, px)` (augmentation; px: camera pixels across each window, or None) is applied
     before the attack. One forward over the concatenated batch keeps DDP to one forward per
     backward.
     """
@@ -81,7 +81,7 @@ def adversarial_loss(cfg: AdversarialConfig, prepare=None, label_smoothing: floa
                 "adversarial training takes (x, [px], y) batches: geometry features (input.geometry) are not supported"
             )
         if prepare is not None:
-            x = prepare(x, gen) if px is None else prepare(x, gen, px)
+            x = prepare(x, gen, px)
         x_adv = pgd(unwrap(model), x, y, cfg, gen)
         n = len(x)
         if cfg.clean_weight > 0:
