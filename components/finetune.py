@@ -152,7 +152,9 @@ def _train_classifier(
     """Fit (after an LP-FT head init when `probe_init`, default `cfg.probe_init`) with val macro-F1
     selection; returns the FitResult."""
     if cfg.probe_init if probe_init is None else probe_init:
-        init_head_by_probe(model, train.inputs, train.labels, device, cfg.probe.weight_decay, cfg.probe.iters)
+        init_head_by_probe(
+            model, train.inputs, train.labels, device, cfg.probe.weight_decay, cfg.probe.iters, geo=train.geo
+        )
     loss = classification_loss(cfg.augment, cfg.label_smoothing, adversarial, geometry)
     select = (lambda m: evaluate(m, val, classes, device)[0]["macro_f1"]) if select_on_val else None  # noqa: E731
     return fit(

@@ -25,6 +25,7 @@ from thermops.learn.ssl import (
     cells,
     embeddings,
     fit_linear,
+    init_head_by_probe,
     mtm_loss,
     tube_mask,
 )
@@ -449,6 +450,41 @@ def test_each_few_label_arm_trains_with_its_own_encoder_learning_rate(tmp_path):
         return any(not torch.equal(p, before[k]) for k, p in m.encoder.named_parameters())
 
     assert moved("pretrained") and not moved("scratch")
+
+
+def test_lp_ft_of_a_geometry_classifier_probes_all_its_head_sees(ranged):
+    """A classifier with geometry features (input.geometry) gets LP-FT too: its head is the probe of the
+    image embedding beside the geometry embedding of each row's own features (a probe of the image
+    embedding alone does not even fit the head), and the few-label comparison runs its pretrained arm so."""
+    import components.finetune as F
+
+    spec = from_params(InputSpec, "input", geometry=GEOMETRY_FEATURES)
+    s = load_splits(ranged, CLASSES, spec)
+    mc = from_params(ModelConfig, "model", size="tiny")
+    torch.manual_seed(0)
+    model = TubeletClassifier(mc, len(CLASSES), geo_dim=3)
+    init_head_by_probe(model, s.train.inputs, s.train.labels, CPU, geo=s.train.geo)
+    assert model.training  # left in the mode it was in
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(s.train.inputs, s.train.geo)
+    assert feats.shape[1] == model.head.in_features > mc.embed_dim
+    w, b = fit_linear(feats, s.train.labels, len(CLASSES))
+    assert torch.allclose(model.head.weight, w, atol=1e-4) and torch.allclose(model.head.bias, b, atol=1e-4)
+    with pytest.raises(ValueError, match="geometry features"):
+        init_head_by_probe(model, s.train.inputs, s.train.labels, CPU)  # its features are not optional
+    ft = from_params(F.FinetuneParams, "finetune")
+    low = dataclasses.replace(
+        ft.low_label,
+        optim=dataclasses.replace(ft.low_label.optim, epochs=1, batch_size=8, warmup_epochs=0),
+        seeds=[0],
+        pretrained_probe_init=True,
+    )
+    ft = dataclasses.replace(ft, low_label=low, probe_init=False)
+    made = F.initializer(mc, len(CLASSES), 3, TubeletClassifier(mc, len(CLASSES)).encoder.state_dict())
+    out = F.few_label_comparison(ft, s, CLASSES, 0, CPU, made, geometry=GEOMETRY_FEATURES)
+    assert out["few_label"]["pretrained_probe_init"]  # the path `dvc repro` with input.geometry crashed in
+    assert 0.0 <= out["few_label"]["pretrained"]["macro_f1"]["mean"] <= 1.0
 
 
 @pytest.mark.parametrize("lp_ft", [True, False])

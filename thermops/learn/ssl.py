@@ -151,14 +151,33 @@ def init_head_by_probe(
     device: torch.device,
     weight_decay: float = 1e-3,
     iters: int = 100,
+    geo: torch.Tensor | None = None,
 ) -> None:
     """LP-FT (Kumar et al., ICLR 2022): set a TubeletClassifier's head to the linear probe of its frozen
-    encoder before fine-tuning, so the first gradient steps do not wreck pretrained features with a random head."""
+    encoder before fine-tuning, so the first gradient steps do not wreck pretrained features with a random head.
+
+    The probe is fit on what the head sees (`TubeletClassifier.features`): the image embedding and, for a
+    classifier that takes geometry features (`geo`: (N, G) of the rows of `x`), the embedding of those
+    beside it, as its geometry layers stand now."""
     model.to(device)
-    w, b = fit_linear(embeddings(model.encoder, x, device), y, model.head.out_features, weight_decay, iters)
+    head_input = _HeadInput(model)
+    head_input.training = model.training  # predict puts the classifier back in this mode
+    feats = predict(head_input, x, device, geo=geo)
+    w, b = fit_linear(feats, y, model.head.out_features, weight_decay, iters)
     with torch.no_grad():
         model.head.weight.copy_(w.to(model.head.weight.device))
         model.head.bias.copy_(b.to(model.head.bias.device))
+
+
+class _HeadInput(nn.Module):
+    """A classifier's `features` as a module's forward, for `predict`."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor, geo: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier.features(x, geo)
 
 
 # -- masked tube modelling -------------------------------------------------------------------
