@@ -32,6 +32,7 @@ from thermops.model.preprocess import GEOMETRY_FEATURES, InputSpec, normalize, r
 from thermops.robustness import attacks as A
 from thermops.robustness.evaluate import evaluate, subset
 from thermops.robustness.params import GateParams
+from thermops.robustness.report import NOT_CURVES
 
 GEO_SPEC: InputSpec = from_params(
     InputSpec, "input", frames=4, size=16, celsius_scale_k=5.0, robust_floor=1.0, geometry=GEOMETRY_FEATURES
@@ -188,7 +189,7 @@ def test_robust_accuracy_equals_clean_accuracy_under_every_figure_when_only_geom
     ia, ic, ip = subset(n, p.attack_subset, 5), subset(n, p.corruptions.subset, 6), subset(n, p.perspective.subset, 7)
     for threat, tm in m["robust_accuracy"].items():
         for name, curve in tm.items():
-            if not isinstance(curve, dict) or name in ("subset_n", "more_steps"):
+            if not isinstance(curve, dict) or name in NOT_CURVES:
                 continue
             want = acc(ia[: p.cw.subset]) if name == "cw_l2" else acc(ia)
             assert all(v == pytest.approx(want) for v in curve.values()), (threat, name, curve)
@@ -205,6 +206,13 @@ def test_robust_accuracy_equals_clean_accuracy_under_every_figure_when_only_geom
     assert torch.equal(m["_artefacts"]["geo"], geo[torch.as_tensor(ia)])
     grads = next(s for s in m["sanity"] if s["name"] == "gradients_finite_nonzero")
     assert grads["passed"], grads  # the pixels still have a (tiny) gradient: the attacks did step
+    for threat, tm in m["robust_accuracy"].items():
+        # every row the attacks leave correct keeps its class under any other row's pixels too: no
+        # known adversarial example, so the large-eps check does not count it as masked gradients
+        reach = tm["large_eps_reach"]
+        assert reach["rows"] and reach["no_known_adversarial"] == reach["rows"] and reach["kept"] == []
+        check = next(s for s in m["sanity"] if s["name"] == f"zero_at_large_eps[{threat}]")
+        assert check["passed"] and f"{len(reach['rows'])} with no known adversarial" in check["detail"], check
 
 
 def test_a_geometry_classifier_goes_through_the_whole_evaluation_with_finite_figures(probe):

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from robustness_helpers import ArgmaxInside, QuantizedInput, gate_params, one_thread, split_xy, train_tiny  # noqa: F401 (autouse fixture)
+from torch import nn
 from training_helpers import make_prepared
 
 from thermops.config import ParamsError, section
@@ -22,6 +24,7 @@ from thermops.robustness import attacks as A
 from thermops.robustness import corruptions as C
 from thermops.robustness import envelope as E
 from thermops.robustness import perspective as P
+from thermops.robustness import sanity as S
 from thermops.robustness.decision import decide
 from thermops.robustness.evaluate import attack_suite
 from thermops.robustness.params import GateParams, Regression
@@ -206,6 +209,74 @@ def test_sanity_checks_catch_gradient_masking(wrapper, robust, test_xy):
     assert "gradients_finite_nonzero" in failed
     # The white-box attacks go blind: noise is stronger, or nothing reaches zero at the large eps.
     assert any(n.startswith(("black_box_not_stronger", "zero_at_large_eps")) for n in failed), failed
+
+
+CENTRES = torch.tensor([0.0, 100.0, 200.0, 300.0])
+
+
+class MeanIntensity(nn.Module):
+    """The class whose centre (100 input units apart) is nearest the tubelet's mean value: a smooth
+    model whose every margin lies far beyond the gate's fixed large eps, as a hot vehicle's does
+    (a pixel change moves the mean by at most eps / sqrt(D) in L2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((x.mean((1, 2, 3, 4))[:, None] - CENTRES[None]) ** 2) / 2000.0  # neighbours 5 apart: no underflow
+
+
+def high_contrast_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(16) % 4
+    return CENTRES[y].reshape(-1, 1, 1, 1, 1) + 0.1 * torch.randn(16, 1, 4, 16, 16, generator=gen), y
+
+
+def test_the_large_eps_check_reaches_as_far_as_a_known_adversarial():
+    x, y = high_contrast_rows()
+    p = section({"gate": gate_params(attack_subset=16)}, "gate", GateParams)
+    s = attack_suite(MeanIntensity(), x, y, p, seed=0)
+    for threat, large, far in (("linf", 1.0, 100.0), ("l2", 20.0, 100.0 * math.sqrt(4 * 16 * 16))):
+        ra = s["robust_accuracy"][threat]
+        assert ra["worst"][large] == 1.0  # every row keeps its class at the fixed large eps ...
+        reach = ra["large_eps_reach"]
+        assert reach["rows"] == list(range(16)) and reach["no_known_adversarial"] == []
+        assert all(r == pytest.approx(far, rel=0.01) for r in reach["radius"])  # ... the next class's rows lie this far
+        assert reach["kept"] == []  # ... and the attacks find an adversarial example out there
+        check = next(c for c in s["sanity"] if c["name"] == f"zero_at_large_eps[{threat}]")
+        assert check["passed"] and check["value"] == 0.0, check
+        assert "1.000 (16 of 16)" in check["detail"]
+    # the same model with its gradient masked keeps every row at that radius too: the check fails
+    masked = attack_suite(ArgmaxInside(MeanIntensity()), x, y, p, seed=0)
+    for threat in ("linf", "l2"):
+        check = next(c for c in masked["sanity"] if c["name"] == f"zero_at_large_eps[{threat}]")
+        assert not check["passed"] and check["value"] == 1.0, check
+        assert masked["robust_accuracy"][threat]["large_eps_reach"]["kept"] == list(range(16))
+
+
+class PixelsOrGeometry(nn.Module):
+    """MeanIntensity's logits, plus 1000 on class c where the row's geometry feature c is 1: such a
+    row's class no pixel change moves."""
+
+    def forward(self, x: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
+        return MeanIntensity()(x) + 1000.0 * geo
+
+
+def test_the_nearest_known_adversarial_uses_each_rows_own_geometry():
+    x, y = high_contrast_rows()
+    geo = torch.zeros(16, 4)
+    geo[::3] = F.one_hot(y[::3], 4).float()  # rows 0, 3, 6, ...: the geometry decides
+    rows = torch.arange(16)
+    for norm in ("l2", "linf"):
+        got = S.nearest_known_adversarial(PixelsOrGeometry(), x, y, rows, norm, geo)
+        flat = x.reshape(16, -1)
+        for i in range(16):
+            if i % 3 == 0:
+                assert got[i] == math.inf  # no tubelet's pixels move it
+                continue
+            other = y != y[i]  # with row i's (zero) geometry each tubelet is its own class
+            d = flat[other] - flat[i]
+            want = d.norm(dim=1).min() if norm == "l2" else d.abs().amax(1).min()
+            assert float(got[i]) == pytest.approx(float(want), rel=1e-6), (norm, i)
+    with pytest.raises(ValueError, match="norm 'l1'"):
+        S.nearest_known_adversarial(MeanIntensity(), x, y, rows, "l1")
 
 
 def test_homographies_have_the_stated_size():

@@ -38,7 +38,7 @@ class CWParams:
 @dataclass(frozen=True)
 class SanityParams:
     monotone_tol: float  # robust accuracy may rise this much with eps (sampling noise)
-    large_eps_max_accuracy: float  # "about 0" at the large eps
+    large_eps_max_accuracy: float  # "about 0" at the large eps (or out to each row's nearest known adversarial)
     more_steps_factor: int  # PGD with factor x steps must not do worse
     more_steps_tol: float
     max_zero_grad_fraction: float

@@ -25,7 +25,7 @@ from torch import nn
 
 from thermops.robustness.decision import PER_CAMERA
 
-NOT_CURVES = ("more_steps", "subset_n")  # entries of robust_accuracy[threat] that are not {eps: acc}
+NOT_CURVES = ("more_steps", "subset_n", "large_eps_reach")  # entries of robust_accuracy[threat] that are not {eps: acc}
 
 
 def _plt():

@@ -6,7 +6,8 @@ Every check returns a dict {name, passed, value, limit, detail}; the gate report
 them with every number and fails when any fails:
 
 - `monotone_in_eps`: worst-case robust accuracy never rises with eps (up to a tolerance);
-- `zero_at_large_eps`: at a large eps robust accuracy is about 0;
+- `zero_at_large_eps`: at a large eps robust accuracy is about 0, where "large" is at least
+  as far as the nearest known adversarial example of the row (below);
 - `more_steps_not_weaker`: PGD with more steps never leaves more samples robust;
 - `gradients_finite_nonzero`: the input gradient of the (non-saturating) margin loss
   is finite and non-zero for every sample;
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from thermops.robustness.attacks import call_model, margin
+from thermops.robustness.attacks import call_model, margin, predict
 
 
 def _check(name: str, passed: bool, value, limit, detail: str) -> dict:
@@ -39,15 +40,63 @@ def monotone_in_eps(curve: dict[float, float], tol: float, threat: str) -> dict:
     )
 
 
-def zero_at_large_eps(acc: float, large_eps: float, limit: float, threat: str) -> dict:
-    """Robust accuracy at the large eps must be at most `limit` (about 0)."""
-    return _check(
-        f"zero_at_large_eps[{threat}]",
-        acc <= limit,
-        acc,
-        limit,
-        f"robust accuracy at eps {large_eps} (should be about 0)",
-    )
+def nearest_known_adversarial(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, norm: str, geo: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(len(rows),) distance, in `norm` (model-input units, per tubelet), from each row in `rows`
+    to the nearest tubelet of `x` that the model classifies as another class than the row's
+    label; inf where it classifies every tubelet of `x` as that class.
+
+    Each candidate is a known adversarial example of the row inside a ball of that radius: the
+    row's own geometry features (a classifier that takes them) with another row's pixels, a
+    pixel-only change. So an attack that leaves the row its class at that radius is beaten by
+    a swap: the mark of masked gradients (Carlini et al. 2019: an unbounded attack must
+    succeed), where a fixed large eps can be short of a high-contrast tubelet's margin.
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"nearest_known_adversarial: norm {norm!r} is not one of ['linf', 'l2']")
+    flat = x.reshape(len(x), -1)
+    shared = predict(model, x) if geo is None else None  # a geometry-free model: one prediction per tubelet
+    out = torch.full((len(rows),), float("inf"))
+    for k, i in enumerate(rows.tolist()):
+        pred = shared if geo is None else predict(model, x, geo[i : i + 1].expand(len(x), -1))
+        other = pred != y[i]
+        if other.any():
+            diff = flat[other] - flat[i]
+            out[k] = float((diff.norm(dim=1) if norm == "l2" else diff.abs().amax(1)).min())
+    return out
+
+
+def zero_at_large_eps(acc: float, large_eps: float, limit: float, threat: str, reach: dict | None = None) -> dict:
+    """Robust accuracy at the large eps must be at most `limit` (about 0).
+
+    `reach` (from `thermops.robustness.evaluate.large_eps_reach`): the rows still robust at
+    `large_eps` attacked again at the distance of their nearest known adversarial example where
+    that is farther. Then the check counts the rows still robust there (`kept`), and a row no
+    tubelet's pixels move (`no_known_adversarial`, robust to every pixel input tried) is reported
+    and not counted: it is evidence of neither masking nor its absence.
+    """
+    if reach is None:
+        return _check(
+            f"zero_at_large_eps[{threat}]",
+            acc <= limit,
+            acc,
+            limit,
+            f"robust accuracy at eps {large_eps} (should be about 0)",
+        )
+    n, kept, unmoved = reach["n"], len(reach["kept"]), len(reach["no_known_adversarial"])
+    value = kept / max(n, 1)
+    detail = f"robust accuracy at eps {large_eps}: {acc:.3f} ({len(reach['rows'])} of {n})"
+    radii = [r for r in reach["radius"] if r is not None]
+    if radii:
+        detail += (
+            f"; their nearest known adversarial (another tubelet's pixels the model classifies otherwise, "
+            f"with the row's own geometry) lies at {min(radii):.3g}-{max(radii):.3g}; attacked out to the "
+            f"farther of the two, {kept} keep their class"
+        )
+    if unmoved:
+        detail += f"; {unmoved} with no known adversarial, not counted"
+    return _check(f"zero_at_large_eps[{threat}]", value <= limit, value, limit, detail)
 
 
 def more_steps_not_weaker(
