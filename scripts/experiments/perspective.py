@@ -16,6 +16,12 @@ accuracy, and the gate's perspective figures on the test split
 geometric envelope under the gate's thresholds). Every variant sees the same
 tracks in the same split with the same seeds; only the input differs.
 
+`--epoch-record` also scores, after every epoch, a farther view of val (each val window through
+the range augmentation alone, up to the --far maximum, drawn once: near rows standing in for
+farther ones) and the test split, and reports the test macro-F1 that selecting the epoch on val,
+on the farther val, on the test itself, or keeping the last epoch would give; the run still
+selects on val, so its other figures are unchanged.
+
 The windows are prepared here (`components.prepare.run` with `prepare.geometric`
 true / false, everything else from params.yaml) into --work; nothing in the
 repository's data/ or models/ is touched. CLI flags carry paths and the
@@ -45,7 +51,8 @@ from components.prepare import run as prepare_run  # noqa: E402
 from thermops.config import classes_of, get, load_params, section, seed_of  # noqa: E402
 from thermops.data.extract import PrepareParams  # noqa: E402
 from thermops.data.prepared import load_prepared  # noqa: E402
-from thermops.learn.datasets import SplitParams, load_splits, split_rows  # noqa: E402
+from thermops.learn.augment import AugmentConfig, far  # noqa: E402
+from thermops.learn.datasets import SplitParams, TubeletDataset, load_splits, split_rows  # noqa: E402
 from thermops.learn.engine import classification_loss, evaluate, fit  # noqa: E402
 from thermops.model.network import ModelConfig, TubeletClassifier  # noqa: E402
 from thermops.model.preprocess import GEOMETRY_FEATURES, InputSpec, resample  # noqa: E402
@@ -113,6 +120,32 @@ def perspective_figures(model, raw, labels, units, spec, gate: GateParams, geo, 
     }
 
 
+def farther(data: TubeletDataset, aug: AugmentConfig, geometry: tuple[str, ...], seed: int) -> TubeletDataset:
+    """`data` with every row seen through the range augmentation alone (each up to `aug.far_max` times
+    farther, log-uniform, blurred to the camera pixels it would cover; `pixel_scale` moved by -log k),
+    drawn once from `seed`: near rows standing in for farther ones, to select an epoch on."""
+    if data.px is None:
+        raise ValueError("--epoch-record needs each window's camera pixels (the manifest's window_px)")
+    view, k = far(data.inputs, dataclasses.replace(aug, far_p=1.0), torch.Generator().manual_seed(seed), data.px)
+    geo = data.geo
+    if geo is not None and "pixel_scale" in geometry:
+        geo = geo.clone()
+        geo[:, geometry.index("pixel_scale")] -= torch.log(k)
+    return TubeletDataset(view, data.labels, geo, data.px / k)
+
+
+def selections(epochs: list[dict]) -> dict:
+    """Test macro-F1 of the epoch each criterion picks (the first best; `last`: no selection), from
+    per-epoch records."""
+
+    def pick(key: str) -> dict:
+        best = max(range(len(epochs)), key=lambda i: (epochs[i][key], -i))
+        return {"epoch": epochs[best]["epoch"], "test_macro_f1": epochs[best]["test"]}
+
+    last = {"epoch": epochs[-1]["epoch"], "test_macro_f1": epochs[-1]["test"]}
+    return {"val": pick("val"), "far_val": pick("far_val"), "last": last, "oracle_test": pick("test")}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, required=True)
@@ -145,6 +178,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         metavar="P",
         help="geometry_drop of the variants with geometry features (default: finetune.augment.geometry_drop)",
+    )
+    ap.add_argument(
+        "--epoch-record",
+        action="store_true",
+        help="after every epoch also score a farther view of val (`farther`) and the test split, and report the "
+        "test macro-F1 each criterion would select (val, far val, the test itself); selection stays on val",
     )
     ap.add_argument(
         "--magnitudes",
@@ -213,10 +252,28 @@ def main(argv: list[str] | None = None) -> None:
             test_idx = [i for i, a in enumerate(split_rows(prepared.rows, split)) if a == "test"]
             raw = resample(np.asarray(prepared.tubelets[test_idx], dtype=np.float32), spec.frames, spec.size)
             units = [prepared.rows[i]["units"] for i in test_idx]
+            # the same farther view of val for every variant (the --far range, augmented or not)
+            far_aug = dataclasses.replace(aug, far_max=far_max)
+            far_val = farther(data.val, far_aug, spec.geometry, seed + 7919) if args.epoch_record else None
             for s in args.seeds:
                 t0 = time.perf_counter()
                 torch.manual_seed(seed + s)
                 model = TubeletClassifier(model_cfg, len(classes), geo_dim=len(geometry))
+                epochs: list[dict] = []
+
+                def select(m, far_val=far_val):  # noqa: B023
+                    score = evaluate(m, data.val, classes, device)[0]["macro_f1"]  # noqa: B023
+                    if args.epoch_record:
+                        epochs.append(  # noqa: B023
+                            {
+                                "epoch": len(epochs) + 1,  # noqa: B023
+                                "val": score,
+                                "far_val": evaluate(m, far_val, classes, device)[0]["macro_f1"],
+                                "test": evaluate(m, data.test, classes, device)[0]["macro_f1"],  # noqa: B023
+                            }
+                        )
+                    return score
+
                 fit(
                     model,
                     classification_loss(aug, ft.label_smoothing, geometry=spec.geometry),
@@ -225,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                     seed=seed + s,
                     device=device,
                     resume=False,
-                    select=lambda m: evaluate(m, data.val, classes, device)[0]["macro_f1"],  # noqa: B023
+                    select=select,
                 )
                 metrics, _ = evaluate(model, data.test, classes, device)
                 persp = perspective_figures(
@@ -241,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
                     **persp,
                     "seconds": round(time.perf_counter() - t0, 1),
                 }
+                if args.epoch_record:
+                    row["epochs"], row["selected_by"] = epochs, selections(epochs)
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
