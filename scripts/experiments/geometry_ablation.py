@@ -26,8 +26,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from thermops.data.prepared import PreparedData, load_prepared  # noqa: E402
-from thermops.evaluation.scores import auroc  # noqa: E402
+from thermops.data.prepared import load_prepared  # noqa: E402
+from thermops.evaluation.scores import score  # noqa: E402
 from thermops.learn.datasets import model_inputs, row_geometry  # noqa: E402
 from thermops.learn.engine import predict  # noqa: E402
 from thermops.model.card import input_spec_from_card, load_model_dir  # noqa: E402
@@ -63,16 +63,12 @@ def main(argv: list[str] | None = None) -> None:
             geo[:, i] = float(train_geo[:, i].median())
         return geo
 
-    def figures(data: PreparedData, idx: np.ndarray, edit: str) -> str:
-        geo = edited(row_geometry(data, idx, spec), edit)
-        logits = predict(model, model_inputs(data, idx, spec), torch.device("cpu"), geo=geo)
-        p = torch.softmax(logits.float(), 1).numpy()
-        y = np.array([data.rows[i]["label"] for i in idx])
-        pos, said = y == args.positive, p.argmax(1) == pos_i
-        ba = 0.5 * (said[pos].mean() + (~said[~pos]).mean()) if pos.any() and (~pos).any() else float("nan")
-        acc = float((np.array(classes)[p.argmax(1)] == y).mean())
-        a = auroc(p[:, pos_i], pos)
-        return f"AUROC {a if a is None else round(a, 3)}, balanced accuracy {ba:.3f}, accuracy {acc:.3f}"
+    def figures(x: torch.Tensor, geo: torch.Tensor, target: np.ndarray) -> str:
+        logits = predict(model, x, torch.device("cpu"), geo=geo)
+        s = score(torch.softmax(logits.float(), 1).numpy(), target, classes, args.positive)
+        b = s[f"{args.positive}_vs_rest"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        return f"AUROC {fmt(b['auroc'])}, balanced accuracy {fmt(b['balanced_accuracy'])}, accuracy {s['accuracy']:.3f}"
 
     if "pixel_scale" in spec.geometry:
         i = spec.geometry.index("pixel_scale")
@@ -85,14 +81,16 @@ def main(argv: list[str] | None = None) -> None:
         for s in sorted({r["source"] for r in real.rows}):
             sets.append((s, real, np.array([i for i, r in enumerate(real.rows) if r["source"] == s])))
     for name, data, idx in sets:
-        y = np.array([data.rows[i]["label"] for i in idx])
+        x, geo = model_inputs(data, idx, spec), row_geometry(data, idx, spec)
+        target = data.labels(classes)[idx]
         line = f"{name} (n {len(idx)})"
-        if "pixel_scale" in spec.geometry and (y == args.positive).any():
-            g = row_geometry(data, idx, spec)[:, spec.geometry.index("pixel_scale")].numpy()
-            line += f", {args.positive} pixel_scale 10/50/90%: {np.round(np.percentile(g[y == args.positive], [10, 50, 90]), 2).tolist()}"
+        persons = target == pos_i
+        if "pixel_scale" in spec.geometry and persons.any():
+            g = geo[:, spec.geometry.index("pixel_scale")].numpy()[persons]
+            line += f", {args.positive} pixel_scale 10/50/90%: {np.round(np.percentile(g, [10, 50, 90]), 2).tolist()}"
         print(line)
         for edit in ("own", "unknown", "pixel_scale_median"):
-            print(f"  {edit:>18}: {figures(data, idx, edit)}")
+            print(f"  {edit:>18}: {figures(x, edited(geo, edit), target)}")
 
 
 if __name__ == "__main__":

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         "--epoch-record",
         action="store_true",
         help="after every epoch also score a farther view of val (`farther`) and the test split, and report the "
-        "test macro-F1 each criterion would select (val, far val, the test itself); selection stays on val",
+        "test macro-F1 each criterion would keep (val, far val, the last epoch, the test itself); selection stays "
+        "on val",
     )
     ap.add_argument(
         "--magnitudes",
@@ -253,8 +254,11 @@ def main(argv: list[str] | None = None) -> None:
             raw = resample(np.asarray(prepared.tubelets[test_idx], dtype=np.float32), spec.frames, spec.size)
             units = [prepared.rows[i]["units"] for i in test_idx]
             # the same farther view of val for every variant (the --far range, augmented or not)
-            far_aug = dataclasses.replace(aug, far_max=far_max)
-            far_val = farther(data.val, far_aug, spec.geometry, seed + 7919) if args.epoch_record else None
+            far_val = (
+                farther(data.val, dataclasses.replace(aug, far_max=far_max), spec.geometry, seed + 7919)
+                if args.epoch_record
+                else None
+            )
             for s in args.seeds:
                 t0 = time.perf_counter()
                 torch.manual_seed(seed + s)

@@ -127,12 +127,11 @@ def large_eps_reach(
         if r <= tm.large_eps:  # a known adversarial inside the ball the attacks already failed in
             kept.append(i)
             continue
-        eps = r
         xi, yi, gi = x[i : i + 1], y[i : i + 1], A.rows_of(geo, slice(i, i + 1))
         for name in tm.attacks:
             if name == "cw_l2":  # minimal-perturbation, not bounded: the bounded attacks judge the radius
                 continue
-            adv = A.build_attack(threat, name, model, eps, **_attack_kwargs(name, p, seed))(xi, yi, gi)
+            adv = A.build_attack(threat, name, model, r, **_attack_kwargs(name, p, seed))(xi, yi, gi)
             if A.predict(model, adv, gi)[0] != yi[0]:
                 break
         else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from thermops.robustness.attacks import call_model, margin, predict
+from thermops.robustness.attacks import NORMS, call_model, margin, predict
 
 
 def _check(name: str, passed: bool, value, limit, detail: str) -> dict:
@@ -53,8 +53,8 @@ def nearest_known_adversarial(
     a swap: the mark of masked gradients (Carlini et al. 2019: an unbounded attack must
     succeed), where a fixed large eps can be short of a high-contrast tubelet's margin.
     """
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"nearest_known_adversarial: norm {norm!r} is not one of ['linf', 'l2']")
+    if norm not in NORMS:
+        raise ValueError(f"nearest_known_adversarial: norm {norm!r} is not one of {list(NORMS)}")
     flat = x.reshape(len(x), -1)
     shared = predict(model, x) if geo is None else None  # a geometry-free model: one prediction per tubelet
     out = torch.full((len(rows),), float("inf"))
@@ -67,23 +67,16 @@ def nearest_known_adversarial(
     return out
 
 
-def zero_at_large_eps(acc: float, large_eps: float, limit: float, threat: str, reach: dict | None = None) -> dict:
-    """Robust accuracy at the large eps must be at most `limit` (about 0).
+def zero_at_large_eps(acc: float, large_eps: float, limit: float, threat: str, reach: dict) -> dict:
+    """Robust accuracy at the large eps must be at most `limit` (about 0), where "large" reaches as
+    far as each row's nearest known adversarial.
 
-    `reach` (from `thermops.robustness.evaluate.large_eps_reach`): the rows still robust at
-    `large_eps` attacked again at the distance of their nearest known adversarial example where
-    that is farther. Then the check counts the rows still robust there (`kept`), and a row no
-    tubelet's pixels move (`no_known_adversarial`, robust to every pixel input tried) is reported
-    and not counted: it is evidence of neither masking nor its absence.
+    `acc`: robust accuracy at `large_eps`. `reach` (from `thermops.robustness.evaluate.large_eps_reach`):
+    the rows still robust at `large_eps` attacked again at the distance of their nearest known
+    adversarial example where that is farther. The check counts the rows still robust there
+    (`kept`); a row no tubelet's pixels move (`no_known_adversarial`, robust to every pixel input
+    tried) is reported and not counted: it is evidence of neither masking nor its absence.
     """
-    if reach is None:
-        return _check(
-            f"zero_at_large_eps[{threat}]",
-            acc <= limit,
-            acc,
-            limit,
-            f"robust accuracy at eps {large_eps} (should be about 0)",
-        )
     n, kept, unmoved = reach["n"], len(reach["kept"]), len(reach["no_known_adversarial"])
     value = kept / max(n, 1)
     detail = f"robust accuracy at eps {large_eps}: {acc:.3f} ({len(reach['rows'])} of {n})"
