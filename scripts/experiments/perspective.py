@@ -20,7 +20,10 @@ tracks in the same split with the same seeds; only the input differs.
 the range augmentation alone, up to the --far maximum, drawn once: near rows standing in for
 farther ones) and the test split, and reports the test macro-F1 that selecting the epoch on val,
 on the farther val, on the test itself, or keeping the last epoch would give; the run still
-selects on val, so its other figures are unchanged.
+selects on val, so its other figures are unchanged. `--average K ...` (with `--epoch-record`)
+also reports the test macro-F1 of the weights averaged over the last K epochs (tail averaging,
+as SWA over a cosine schedule's end: every float tensor averaged, BatchNorm's running statistics
+too; `..._bn` recomputes them on the un-augmented train split instead).
 
 The windows are prepared here (`components.prepare.run` with `prepare.geometric`
 true / false, everything else from params.yaml) into --work; nothing in the
@@ -31,6 +34,7 @@ experiment grid only; every training knob comes from params.yaml.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -53,7 +57,7 @@ from thermops.data.extract import PrepareParams  # noqa: E402
 from thermops.data.prepared import load_prepared  # noqa: E402
 from thermops.learn.augment import AugmentConfig, far  # noqa: E402
 from thermops.learn.datasets import SplitParams, TubeletDataset, load_splits, split_rows  # noqa: E402
-from thermops.learn.engine import classification_loss, evaluate, fit  # noqa: E402
+from thermops.learn.engine import _clone_state, classification_loss, evaluate, fit  # noqa: E402
 from thermops.model.network import ModelConfig, TubeletClassifier  # noqa: E402
 from thermops.model.preprocess import GEOMETRY_FEATURES, InputSpec, resample  # noqa: E402
 from thermops.robustness import envelope as E  # noqa: E402
@@ -134,6 +138,61 @@ def farther(data: TubeletDataset, aug: AugmentConfig, geometry: tuple[str, ...],
     return TubeletDataset(view, data.labels, geo, data.px / k)
 
 
+class TailAverage:
+    """Running mean of a model's float state over the epochs it is given (weights and BatchNorm
+    buffers; integer buffers such as `num_batches_tracked` keep the last value)."""
+
+    def __init__(self):
+        self.n, self.state = 0, None
+
+    def add(self, model: torch.nn.Module) -> None:
+        sd = _clone_state(model)
+        self.n += 1
+        if self.state is None:
+            self.state = sd
+            return
+        for k, v in sd.items():
+            if v.is_floating_point():
+                self.state[k] += (v - self.state[k]) / self.n
+            else:
+                self.state[k] = v
+
+
+@torch.no_grad()
+def recompute_bn(model: torch.nn.Module, data: TubeletDataset, batch_size: int = 64) -> None:
+    """BatchNorm running statistics of `model` recomputed as a cumulative mean over `data` (train mode,
+    no gradients; as torch.optim.swa_utils.update_bn, but passing each row's geometry)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = model.training
+    model.train()
+    for s in range(0, len(data.inputs), batch_size):
+        x = data.inputs[s : s + batch_size].contiguous(memory_format=torch.channels_last_3d)
+        model(x, data.geo[s : s + batch_size]) if data.geo is not None else model(x)
+    for m, mom in saved.items():
+        m.momentum = mom
+    model.train(was)
+
+
+def averaged_scores(model, averages: dict[int, TailAverage], train, test, classes, device) -> dict:
+    """Test macro-F1 of each tail average (and of it with BatchNorm recomputed on `train`), scored on a
+    copy of `model`; `model` itself is left as it is."""
+    out = {}
+    for k, avg in sorted(averages.items()):
+        m = copy.deepcopy(model)
+        m.load_state_dict(avg.state)
+        out[f"average_last_{k}"] = {"epochs": avg.n, "test_macro_f1": evaluate(m, test, classes, device)[0]["macro_f1"]}
+        recompute_bn(m, train)
+        out[f"average_last_{k}_bn"] = {
+            "epochs": avg.n,
+            "test_macro_f1": evaluate(m, test, classes, device)[0]["macro_f1"],
+        }
+    return out
+
+
 def selections(epochs: list[dict]) -> dict:
     """Test macro-F1 of the epoch each criterion picks (the first best; `last`: no selection), from
     per-epoch records."""
@@ -187,6 +246,14 @@ def main(argv: list[str] | None = None) -> None:
         "on val",
     )
     ap.add_argument(
+        "--average",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="K",
+        help="with --epoch-record: also report the test macro-F1 of the weights averaged over the last K epochs",
+    )
+    ap.add_argument(
         "--magnitudes",
         type=float,
         nargs="+",
@@ -194,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         help="extra corner px for the extended envelope (the gate's magnitudes are always swept)",
     )
     args = ap.parse_args(argv)
+    if args.average and not args.epoch_record:
+        ap.error("--average needs --epoch-record")
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     params = load_params(args.params)
@@ -264,9 +333,13 @@ def main(argv: list[str] | None = None) -> None:
                 torch.manual_seed(seed + s)
                 model = TubeletClassifier(model_cfg, len(classes), geo_dim=len(geometry))
                 epochs: list[dict] = []
+                averages = {k: TailAverage() for k in args.average}
 
                 def select(m, far_val=far_val):  # noqa: B023
                     score = evaluate(m, data.val, classes, device)[0]["macro_f1"]  # noqa: B023
+                    for k, avg in averages.items():  # noqa: B023
+                        if len(epochs) >= ft.optim.epochs - k:  # noqa: B023  (epochs recorded so far)
+                            avg.add(m)
                     if args.epoch_record:
                         epochs.append(  # noqa: B023
                             {
@@ -304,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 if args.epoch_record:
                     row["epochs"], row["selected_by"] = epochs, selections(epochs)
+                    row["selected_by"].update(averaged_scores(model, averages, data.train, data.test, classes, device))
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
