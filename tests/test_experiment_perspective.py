@@ -66,7 +66,7 @@ def test_recompute_bn_holds_the_split_statistics_and_restores_mode(perspective):
     m.eval()
     x = torch.randn(12, 1, 2, 3, 3) * 3.0 + 5.0
     data = TubeletDataset(x, torch.zeros(12, dtype=torch.long))
-    perspective.recompute_bn(m, data, batch_size=4)
+    perspective.recompute_bn(m, data, torch.device("cpu"), batch_size=4)
     # conv is the identity on each of its two channels: the statistics are those of x itself
     torch.testing.assert_close(m.bn.running_mean, torch.full((2,), x.mean().item()), rtol=1e-4, atol=1e-4)
     batch_vars = torch.stack([x[s : s + 4].var(unbiased=True) for s in range(0, 12, 4)])

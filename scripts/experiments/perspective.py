@@ -57,7 +57,7 @@ from thermops.data.extract import PrepareParams  # noqa: E402
 from thermops.data.prepared import load_prepared  # noqa: E402
 from thermops.learn.augment import AugmentConfig, far  # noqa: E402
 from thermops.learn.datasets import SplitParams, TubeletDataset, load_splits, split_rows  # noqa: E402
-from thermops.learn.engine import _clone_state, classification_loss, evaluate, fit  # noqa: E402
+from thermops.learn.engine import _clone_state, classification_loss, evaluate, fit, to_device  # noqa: E402
 from thermops.model.network import ModelConfig, TubeletClassifier  # noqa: E402
 from thermops.model.preprocess import GEOMETRY_FEATURES, InputSpec, resample  # noqa: E402
 from thermops.robustness import envelope as E  # noqa: E402
@@ -159,7 +159,7 @@ class TailAverage:
 
 
 @torch.no_grad()
-def recompute_bn(model: torch.nn.Module, data: TubeletDataset, batch_size: int = 64) -> None:
+def recompute_bn(model: torch.nn.Module, data: TubeletDataset, device: torch.device, batch_size: int = 64) -> None:
     """BatchNorm running statistics of `model` recomputed as a cumulative mean over `data` (train mode,
     no gradients; as torch.optim.swa_utils.update_bn, but passing each row's geometry)."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -170,8 +170,10 @@ def recompute_bn(model: torch.nn.Module, data: TubeletDataset, batch_size: int =
     was = model.training
     model.train()
     for s in range(0, len(data.inputs), batch_size):
-        x = data.inputs[s : s + batch_size].contiguous(memory_format=torch.channels_last_3d)
-        model(x, data.geo[s : s + batch_size]) if data.geo is not None else model(x)
+        args = (to_device(data.inputs[s : s + batch_size], device),)
+        if data.geo is not None:
+            args += (data.geo[s : s + batch_size].to(device),)
+        model(*args)
     for m, mom in saved.items():
         m.momentum = mom
     model.train(was)
@@ -180,16 +182,17 @@ def recompute_bn(model: torch.nn.Module, data: TubeletDataset, batch_size: int =
 def averaged_scores(model, averages: dict[int, TailAverage], train, test, classes, device) -> dict:
     """Test macro-F1 of each tail average (and of it with BatchNorm recomputed on `train`), scored on a
     copy of `model`; `model` itself is left as it is."""
+
+    def f1(m) -> float:
+        return evaluate(m, test, classes, device)[0]["macro_f1"]
+
     out = {}
     for k, avg in sorted(averages.items()):
         m = copy.deepcopy(model)
         m.load_state_dict(avg.state)
-        out[f"average_last_{k}"] = {"epochs": avg.n, "test_macro_f1": evaluate(m, test, classes, device)[0]["macro_f1"]}
-        recompute_bn(m, train)
-        out[f"average_last_{k}_bn"] = {
-            "epochs": avg.n,
-            "test_macro_f1": evaluate(m, test, classes, device)[0]["macro_f1"],
-        }
+        out[f"average_last_{k}"] = {"epochs": avg.n, "test_macro_f1": f1(m)}
+        recompute_bn(m, train, device)
+        out[f"average_last_{k}_bn"] = {"epochs": avg.n, "test_macro_f1": f1(m)}
     return out
 
 
